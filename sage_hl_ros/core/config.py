@@ -1,0 +1,269 @@
+"""Model and observation configs: dataclasses loaded from YAML and validated on load.
+
+Every error names the file and the dotted key, so a typo in a robot's YAML is found before any
+tensor is built. Units live in the names (``rate_hz``, ``timeout_s``, ``_px``, ``_m``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODALITIES = ("visual", "depth", "audio", "tactile", "proprio")
+COMPRESSORS = ("bottleneck", "attention", "hierarchical", "hybrid")
+PROPRIO_FEATURES = ("position", "velocity")
+LATENT_DIM = 256
+CONTEXT_DIM = 4096
+
+
+class ConfigError(ValueError):
+    """A config file or dict is invalid; the message names the source and the key."""
+
+
+@dataclass
+class ObservationConfig:
+    """What the robot senses and how it is shaped before the encoders."""
+
+    joint_names: list[str] = field(
+        default_factory=lambda: [f"joint{i}" for i in range(1, 8)]
+    )
+    image_height_px: int = 128
+    image_width_px: int = 128
+    depth_height_px: int = 128
+    depth_width_px: int = 128
+    depth_max_m: float = 5.0
+    audio_sample_rate_hz: int = 16000
+    audio_window_samples: int = 4096
+    audio_n_fft: int = 512
+    audio_hop_samples: int = 256
+    audio_n_mels: int = 32
+    tactile_taxels: int = 16
+    # Velocities are off by default: with them a policy learns to copy its own motion (DESIGN §7).
+    proprio_features: list[str] = field(default_factory=lambda: ["position"])
+
+    def validate(self, where: str) -> None:
+        if not self.joint_names:
+            raise ConfigError(f"{where}.joint_names: at least one joint is required")
+        if len(set(self.joint_names)) != len(self.joint_names):
+            raise ConfigError(f"{where}.joint_names: duplicate joint names {self.joint_names}")
+        for key in ("image_height_px", "image_width_px", "depth_height_px", "depth_width_px"):
+            if getattr(self, key) < 16:
+                raise ConfigError(f"{where}.{key}: must be >= 16, got {getattr(self, key)}")
+        _positive(self, where, "depth_max_m", "audio_sample_rate_hz", "audio_window_samples",
+                  "audio_n_fft", "audio_hop_samples", "audio_n_mels", "tactile_taxels")
+        if self.audio_window_samples < self.audio_n_fft:
+            raise ConfigError(
+                f"{where}.audio_window_samples: must be >= audio_n_fft ({self.audio_n_fft}), "
+                f"got {self.audio_window_samples}"
+            )
+        bad = [f for f in self.proprio_features if f not in PROPRIO_FEATURES]
+        if bad or not self.proprio_features:
+            raise ConfigError(
+                f"{where}.proprio_features: choose from {list(PROPRIO_FEATURES)}, got {self.proprio_features}"
+            )
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joint_names)
+
+    @property
+    def proprio_dim(self) -> int:
+        return self.num_joints * len(self.proprio_features)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of encoders, H-module, compressor and L-module."""
+
+    visual_backbone: str = "cnn"  # "cnn" or a local Hugging Face model directory
+    history_len: int = 8  # contexts the temporal group attends over
+    h_layers: int = 2
+    h_heads: int = 4
+    h_ff_dim: int = 512
+    dropout: float = 0.0
+    compressor: str = "hybrid"
+    latent_dim: int = LATENT_DIM
+    attention_latents: int = 8
+    # Per-group share of the latent for the hierarchical compressor; must sum to latent_dim.
+    hierarchical_dims: dict[str, int] = field(
+        default_factory=lambda: {"sensory": 96, "semantic": 64, "physical": 48, "temporal": 48}
+    )
+    action_mode: str = "delta"  # "delta" (target = position + action) or "absolute"
+    action_chunk: int = 1  # steps of joint targets predicted per L-module call
+    l_hidden_dim: int = 256
+    l_layers: int = 2
+    max_step_rad: float = 0.2  # delta mode: largest step the L-module can express (tanh-scaled)
+
+    def validate(self, where: str) -> None:
+        if self.compressor not in COMPRESSORS:
+            raise ConfigError(f"{where}.compressor: choose from {list(COMPRESSORS)}, got {self.compressor!r}")
+        if self.action_mode not in ("delta", "absolute"):
+            raise ConfigError(f"{where}.action_mode: 'delta' or 'absolute', got {self.action_mode!r}")
+        _positive(self, where, "history_len", "h_layers", "h_heads", "h_ff_dim", "latent_dim",
+                  "attention_latents", "action_chunk", "l_hidden_dim", "l_layers", "max_step_rad")
+        if 256 % self.h_heads:
+            raise ConfigError(f"{where}.h_heads: must divide the 256-D token size, got {self.h_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
+        if self.latent_dim % self.attention_latents:
+            raise ConfigError(
+                f"{where}.attention_latents: must divide latent_dim ({self.latent_dim}), "
+                f"got {self.attention_latents}"
+            )
+        groups = {"sensory", "semantic", "physical", "temporal"}
+        if set(self.hierarchical_dims) != groups:
+            raise ConfigError(f"{where}.hierarchical_dims: needs exactly the keys {sorted(groups)}, "
+                              f"got {sorted(self.hierarchical_dims)}")
+        if sum(self.hierarchical_dims.values()) != self.latent_dim or min(self.hierarchical_dims.values()) < 1:
+            raise ConfigError(
+                f"{where}.hierarchical_dims: positive sizes summing to latent_dim ({self.latent_dim}), "
+                f"got {self.hierarchical_dims}"
+            )
+
+
+@dataclass
+class LossConfig:
+    """Weights of the training objectives (see SageHL.losses)."""
+
+    bc: float = 1.0  # behaviour cloning of recorded / teacher actions
+    reconstruction: float = 0.1  # decoder(z) -> stop-gradient context
+    kl: float = 1e-4  # variational bottleneck KL per sample
+    dynamics: float = 0.5  # physical.dynamics -> next proprio
+    predictive: float = 0.1  # temporal.predictive -> next sensory embedding (stop-gradient)
+    semantic: float = 0.1  # cross-modal agreement
+    smoothness: float = 0.0  # action-chunk smoothness
+
+    def validate(self, where: str) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) < 0:
+                raise ConfigError(f"{where}.{f.name}: loss weights must be >= 0, got {getattr(self, f.name)}")
+
+
+@dataclass
+class SageConfig:
+    """Everything needed to build a SageHL model (and stored with each checkpoint)."""
+
+    observation: ObservationConfig = field(default_factory=ObservationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        self.observation.validate(f"{where}observation")
+        self.model.validate(f"{where}model")
+        self.loss.validate(f"{where}loss")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> SageConfig:
+        return from_dict(cls, data, source)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SageConfig:
+        return load_yaml(cls, path)
+
+
+def _positive(obj: Any, where: str, *keys: str) -> None:
+    for key in keys:
+        if getattr(obj, key) <= 0:
+            raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(obj, key)}")
+
+
+def load_yaml(cls: type, path: str | Path, section: str | None = None) -> Any:
+    """Load dataclass ``cls`` from a YAML file (optionally one top-level section of it)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if section is not None:
+        if not isinstance(data, dict) or section not in data:
+            raise ConfigError(f"{path}: missing top-level section '{section}'")
+        data = data[section]
+    return from_dict(cls, data if data is not None else {}, str(path))
+
+
+def load_json(cls: type, path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+    return from_dict(cls, data, str(path))
+
+
+def from_dict(cls: type, data: Any, source: str) -> Any:
+    """Build and validate dataclass ``cls`` from plain data; errors read ``source: key: problem``."""
+    obj = _build(cls, data, source, "")
+    if hasattr(obj, "validate"):
+        try:
+            obj.validate("")
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {str(exc).lstrip('.')}") from None
+    return obj
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix or 'top level'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {sorted(names)})")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, source, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, source, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}: expected a mapping, got {type(value).__name__}")
+        kt, vt = typing.get_args(hint)
+        return {_coerce(kt, k, source, key): _coerce(vt, v, source, f"{key}.{k}") for k, v in value.items()}
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key}: expected true/false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,34 @@
+"""ament_python package for sage_hl_ros (also pip-installable for machines without colcon)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "sage_hl_ros"
+
+# Every entry point here exists in the package; `ros2 run sage_hl_ros <name>` uses the same table.
+CONSOLE_SCRIPTS = [
+    "sage-hl = sage_hl_ros.cli:main",
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*", "bench"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.urdf")),
+        (f"share/{PACKAGE}/models", glob("models/*.md")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="sage_hl_ros maintainers",
+    maintainer_email="maintainers@sage-hl-ros.dev",
+    description="SAGE V2 H-L controller for ROS 2: 4096-D context, 16x compression, learned joint control.",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    python_requires=">=3.10",
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
+)
