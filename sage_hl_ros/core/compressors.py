@@ -32,6 +32,10 @@ class VariationalHead(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(),
                                  nn.Linear(hidden, 2 * latent_dim))
+        # Start with little posterior noise so the L-module can learn from z at once; the KL term
+        # then trades noise against information as training goes on.
+        with torch.no_grad():
+            self.net[-1].bias[latent_dim:].fill_(-6.0)
 
     def forward(self, x: torch.Tensor) -> Compressed:
         mu, logvar = self.net(x).chunk(2, dim=-1)

@@ -17,8 +17,9 @@ from .system import SequenceBatch
 
 
 class SyntheticReachTask:
-    def __init__(self, cfg: ObservationConfig, seed: int = 0, max_step_rad: float = 0.1):
+    def __init__(self, cfg: ObservationConfig, seed: int = 0, gain: float = 0.3, max_step_rad: float = 0.2):
         self.cfg = cfg
+        self.gain = gain
         self.max_step_rad = max_step_rad
         g = torch.Generator().manual_seed(seed)
         self.gen = torch.Generator().manual_seed(seed + 1)
@@ -38,7 +39,7 @@ class SyntheticReachTask:
         return feats @ self.goal_map + self.goal_bias
 
     def expert_target(self, goal: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        step = (self.joint_goal(goal) - pos).clamp(-self.max_step_rad, self.max_step_rad)
+        step = (self.gain * (self.joint_goal(goal) - pos)).clamp(-self.max_step_rad, self.max_step_rad)
         return pos + step
 
     def render(self, goal: torch.Tensor, pos: torch.Tensor) -> ObservationBatch:
@@ -69,7 +70,7 @@ class SyntheticReachTask:
         """Expert rollouts of ``steps`` steps; actions are chunks of the next ``chunk`` targets."""
         j = self.cfg.num_joints
         goal = self.sample_goal(num_sequences)
-        pos = self.joint_goal(goal) + torch.randn(num_sequences, j, generator=self.gen) * 0.5
+        pos = self.joint_goal(goal) + torch.randn(num_sequences, j, generator=self.gen) * 0.3
         frames, actions = [], []
         for _ in range(steps):
             frames.append(self.render(goal, pos))

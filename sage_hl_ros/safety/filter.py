@@ -1,0 +1,262 @@
+"""Safety filter between the policy and the robot (DESIGN §4).
+
+Every command the policy proposes passes through :meth:`SafetyFilter.step`, which either
+returns a command that respects position, velocity and acceleration limits, or holds.
+
+Why these rules:
+
+- "Stop" means *hold the last command*, never zeros: zero is a real joint position, and
+  commanding it from anywhere else is a full-speed jump.
+- Stale inputs hold within one step: a policy acting on an old observation or an old latent is
+  acting on a world that no longer exists.
+- The rate limits are applied to the step from the previous *command* (not the measured
+  position), so the command stream itself is smooth whatever the tracking error.
+- Near a position limit the velocity is also capped so the joint can still brake to a stop
+  inside the limit at the acceleration limit. Without that, a fast approach would overshoot and
+  the final position clamp would cause an unbounded deceleration.
+- A target out of reach in one tick is approached on a braking profile (relative to the
+  target's own motion), so a far target is reached without ringing around it, while a smooth
+  target stream that respects the limits passes through bit-exact.
+- Holding zeroes the commanded velocity, so resuming ramps up from rest at the acceleration limit.
+- Every command published (OK or hold) lies within the position limits.
+
+All limits use the nominal ``period_s``: if the loop runs late the realised speed is lower than
+the limit, which is the safe side.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .estop import EStopLatch
+from .limits import JointLimits
+
+__all__ = ["SafetyFilter", "SafetyOutput", "SafetyStatus"]
+
+
+class SafetyStatus(enum.Enum):
+    """Why this tick's command is what it is. HOLD_NO_INPUT is not produced by the filter itself
+    (missing inputs map to the stale/invalid states); nodes may report it before any input arrives."""
+
+    OK = "ok"
+    DISABLED = "disabled"
+    ESTOP = "estop"
+    HOLD_STALE_LATENT = "hold_stale_latent"
+    HOLD_STALE_JOINTS = "hold_stale_joints"
+    HOLD_INVALID_TARGET = "hold_invalid_target"
+    HOLD_NO_INPUT = "hold_no_input"
+
+
+@dataclass
+class SafetyOutput:
+    """One filter decision. ``command is None`` means publish nothing this tick."""
+
+    command: np.ndarray | None
+    velocity: np.ndarray | None
+    status: SafetyStatus
+    clamped: bool
+    reason: str
+
+
+def _fresh(now_s: float, stamp_s: float | None, timeout_s: float) -> tuple[bool, str]:
+    """Fresh when |now - stamp| <= timeout; a stamp far in the future means a clock jump (sim reset)."""
+    if stamp_s is None:
+        return False, "never received"
+    age = now_s - stamp_s
+    if not math.isfinite(age):
+        return False, "non-finite stamp"
+    if abs(age) > timeout_s:
+        return False, f"age {age * 1e3:.1f} ms exceeds {timeout_s * 1e3:.1f} ms"
+    return True, ""
+
+
+class SafetyFilter:
+    """Clamp, rate-limit and hold joint position commands at control rate (500 Hz)."""
+
+    def __init__(
+        self,
+        limits: JointLimits,
+        period_s: float,
+        latent_timeout_s: float,
+        joint_state_timeout_s: float,
+        estop: EStopLatch | None = None,
+    ) -> None:
+        for key, value in (
+            ("period_s", period_s),
+            ("latent_timeout_s", latent_timeout_s),
+            ("joint_state_timeout_s", joint_state_timeout_s),
+        ):
+            if not math.isfinite(value) or value <= 0.0:
+                raise ValueError(f"SafetyFilter: {key} must be finite and > 0 (got {value})")
+        self.limits = limits
+        self.period_s = float(period_s)
+        self.latent_timeout_s = float(latent_timeout_s)
+        self.joint_state_timeout_s = float(joint_state_timeout_s)
+        self.estop = estop if estop is not None else EStopLatch()
+
+        n = len(limits.joints)
+        self._n = n
+        self._shape = (n,)
+        dt = self.period_s
+        # numpy copies for validation/holds, float lists for the per-joint loop in _limit().
+        self._lower_np = limits.lower
+        self._upper_np = limits.upper
+        self._lower = self._lower_np.tolist()
+        self._upper = self._upper_np.tolist()
+        # Limits as per-step position changes ("deltas"), so the loop never divides by dt.
+        self._vstep = (limits.velocity_max * dt).tolist()  # max |delta|
+        self._astep = (limits.acceleration_max * dt * dt).tolist()  # max |delta - previous delta|
+
+        self._last = [0.0] * n  # last published command (meaningful only if _has_last)
+        self._has_last = False
+        self._delta_prev = [0.0] * n  # last commanded step; 0 at start and after a hold
+        self._target_prev: list[float] | None = None  # last (position-clamped) target, for its motion
+        self._inv_dt = 1.0 / self.period_s
+
+    # ------------------------------------------------------------------ public
+    @property
+    def last_command(self) -> np.ndarray | None:
+        return np.array(self._last) if self._has_last else None
+
+    def reset(self) -> None:
+        """Forget the last command (deactivate/disable) so the next one starts from the measured position."""
+        self._has_last = False
+        self._delta_prev = [0.0] * self._n
+        self._target_prev = None
+
+    def step(
+        self,
+        now_s: float,
+        target: np.ndarray | None,
+        latent_stamp_s: float | None,
+        joint_stamp_s: float | None,
+        measured_position: np.ndarray | None,
+        enabled: bool,
+    ) -> SafetyOutput:
+        """Decide this tick's command.
+
+        Priority: DISABLED > ESTOP > STALE_JOINTS > STALE_LATENT > INVALID_TARGET.
+        """
+        if not enabled:
+            self.reset()
+            return SafetyOutput(None, None, SafetyStatus.DISABLED, False, "control disabled")
+
+        measured = self._valid(measured_position)
+        joints_ok, joints_why = _fresh(now_s, joint_stamp_s, self.joint_state_timeout_s)
+        if measured is None:
+            joints_ok = False
+            joints_why = joints_why or "measured position missing, wrong length or non-finite"
+        # A stale measurement is never used as a hold point: the robot may have moved since.
+        fresh_measured = measured if joints_ok else None
+
+        if self.estop.latched:
+            return self._hold(SafetyStatus.ESTOP, f"e-stop latched: {self.estop.reason}", fresh_measured)
+        if not joints_ok:
+            return self._hold(SafetyStatus.HOLD_STALE_JOINTS, f"joint state {joints_why}", None)
+        latent_ok, latent_why = _fresh(now_s, latent_stamp_s, self.latent_timeout_s)
+        if not latent_ok:
+            return self._hold(SafetyStatus.HOLD_STALE_LATENT, f"latent {latent_why}", fresh_measured)
+        tgt = self._valid(target)
+        if tgt is None:
+            return self._hold(
+                SafetyStatus.HOLD_INVALID_TARGET,
+                "target missing, wrong length or non-finite",
+                fresh_measured,
+            )
+        return self._limit(tgt, measured)
+
+    # ------------------------------------------------------------------ internals
+    def _valid(self, x: np.ndarray | None) -> np.ndarray | None:
+        """The array as float64 if it has one finite value per configured joint, else None."""
+        if x is None:
+            return None
+        try:
+            arr = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        if arr.shape != self._shape or not np.isfinite(arr).all():
+            return None
+        return arr
+
+    def _hold(self, status: SafetyStatus, reason: str, measured: np.ndarray | None) -> SafetyOutput:
+        """Repeat the last command; with none yet, latch the (fresh) measured position as the hold point."""
+        self._delta_prev = [0.0] * self._n
+        self._target_prev = None
+        if not self._has_last:
+            if measured is None:
+                return SafetyOutput(None, None, status, False, reason)
+            # Latch it so later holds repeat one fixed point instead of following a sagging arm.
+            self._last = np.minimum(np.maximum(measured, self._lower_np), self._upper_np).tolist()
+            self._has_last = True
+        return SafetyOutput(np.array(self._last), np.zeros(self._n), status, False, reason)
+
+    def _limit(self, target: np.ndarray, measured: np.ndarray) -> SafetyOutput:
+        """Clamp to position limits, then bound the step by speed, acceleration and braking distance.
+
+        A plain per-joint float loop: for arm-sized joint counts it is faster than chaining numpy
+        ufuncs on tiny arrays (each call costs ~1 us of overhead), and it reads like the maths.
+        """
+        if self._has_last:
+            prev = self._last
+        else:
+            prev = measured.tolist()  # first command after (re)start: start where the arm is
+        tgt = target.tolist()
+        xprev = self._target_prev
+        lower, upper, vstep, astep = self._lower, self._upper, self._vstep, self._astep
+        dprev = self._delta_prev
+        sqrt = math.sqrt
+        n = self._n
+        cmd = [0.0] * n
+        delta = [0.0] * n
+        clipped = [0.0] * n
+        clamped = False
+        for i in range(n):
+            lo, up, a = lower[i], upper[i], astep[i]
+            p = prev[i]
+            p = lo if p < lo else (up if p > up else p)  # a measured start may sit just past a limit
+            x = tgt[i]
+            x = lo if x < lo else (up if x > up else x)
+            clipped[i] = x
+            # Hard bounds on this step (all in position change per tick):
+            # speed, acceleration vs the last step, and braking distance to each position limit,
+            # i.e. the largest step after which the joint can still stop inside the limit.
+            # From v^2/(2a) + v*dt <= distance:  step <= sqrt(astep^2 + 2*astep*distance) - astep.
+            # Landing exactly on the limit is also allowed when one braking step (<= astep) stops
+            # it. A continuous joint has infinite distance, so its braking bound is inf.
+            du = up - p
+            brake_up = max(sqrt(a * a + 2.0 * a * du) - a, min(du, a))
+            dl = p - lo
+            brake_lo = max(sqrt(a * a + 2.0 * a * dl) - a, min(dl, a))
+            d0 = dprev[i]
+            step_hi = min(vstep[i], d0 + a, brake_up)
+            step_lo = max(-vstep[i], d0 - a, -brake_lo)
+            e = x - p
+            if not step_lo <= e <= step_hi:
+                # Out of reach this tick. Steering straight at the target would overshoot it at
+                # speed and oscillate around it forever (acceleration-limited bang-bang). Instead
+                # close the gap on a braking profile relative to the target's own motion: follow
+                # the target's step g, plus what still lets us stop at it. Tracking of smooth
+                # streams stays exact, and a far step target is approached without ringing.
+                g = x - xprev[i] if xprev is not None else 0.0
+                r = e - g
+                if r >= 0.0:
+                    s = g + sqrt(a * a + 2.0 * a * r) - a
+                else:
+                    s = g - sqrt(a * a - 2.0 * a * r) + a
+                s = step_lo if s < step_lo else (step_hi if s > step_hi else s)
+                x = p + s
+                x = lo if x < lo else (up if x > up else x)  # hard guarantee against rounding
+                clamped = True
+            elif x != tgt[i]:
+                clamped = True  # only the position clamp changed it
+            cmd[i] = x
+            delta[i] = x - p
+        self._last = cmd
+        self._delta_prev = delta
+        self._target_prev = clipped
+        self._has_last = True
+        return SafetyOutput(np.array(cmd), np.array(delta) * self._inv_dt, SafetyStatus.OK, clamped, "")
