@@ -1,0 +1,401 @@
+"""ROS message <-> numpy conversion without cv_bridge (not pip-installable).
+
+Only standard messages cross the robot/sim boundary (DESIGN.md section 4), so the layouts
+below are conventions of this package, documented here once:
+
+- Images: ``sensor_msgs/Image`` in one of ``IMAGE_ENCODINGS``; rows may be padded (``step``).
+  Depth is ``16UC1``/``mono16`` in millimetres (0 = invalid) or ``32FC1`` in metres.
+- Audio frames: ``std_msgs/Float32MultiArray``, one dim labelled ``"samples"``, PCM float32 in
+  [-1, 1], mono, at the configured sample rate.
+- Tactile arrays: ``std_msgs/Float32MultiArray``, one dim labelled ``"taxels"`` (or two dims
+  rows x cols, flattened row-major).
+- Latent z (256-D): ``sensor_msgs/Image``, encoding ``"32FC1"``, height 1, width D. A standard
+  type that carries a header (the stamp of the observation z came from) and a zero-copy float32
+  payload, so no custom .msg is needed.
+- Joint states are matched by ``name[]``, never by array position.
+
+Array fields are filled with ``array.array`` objects built from the raw bytes: assigning an
+ndarray goes through a per-element Python check (~800x slower), and Humble's generated setters
+also check every element of ``bytes`` (only Kilted skips that); an ``array.array`` of the right
+typecode is the one fast path on both. Readers return views on the message buffer where they can.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from array import array as _pyarray
+from collections.abc import Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension
+
+__all__ = [
+    "ConversionError",
+    "IMAGE_ENCODINGS",
+    "image_to_numpy",
+    "image_to_rgb",
+    "depth_to_meters",
+    "compressed_image_to_rgb",
+    "numpy_to_image",
+    "joint_state_to_arrays",
+    "multiarray_to_numpy",
+    "numpy_to_float32_multiarray",
+    "latent_to_msg",
+    "msg_to_latent",
+    "stamp_to_seconds",
+    "seconds_to_stamp",
+]
+
+
+class ConversionError(ValueError):
+    """A message could not be converted; the text says what was wrong (encoding, sizes, joints)."""
+
+
+# encoding -> (element dtype, channels). Dtypes are little-endian; is_bigendian flips them.
+IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "mono8": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype("<u2"), 1),
+    "16UC1": (np.dtype("<u2"), 1),
+    "32FC1": (np.dtype("<f4"), 1),
+}
+
+_RGB_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+_DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_u8(data) -> np.ndarray:
+    """uint8 view on a message byte sequence (array.array/bytes); copies only a plain list."""
+    if isinstance(data, (bytes, bytearray, memoryview, _pyarray)):
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.asarray(data, dtype=np.uint8)  # very old rclpy: list of ints
+
+
+def _u8_array(arr: np.ndarray) -> _pyarray:
+    """array('B') copy of a C-contiguous array in one memcpy (the setters' fast path)."""
+    out = _pyarray("B")
+    out.frombytes(memoryview(arr.reshape(-1).view(np.uint8)))
+    return out
+
+
+def _as_float(data, dtype) -> np.ndarray:
+    """Float view on an array.array field; copies other sequences."""
+    dtype = np.dtype(dtype)
+    if isinstance(data, _pyarray) and data.typecode in "fd" and data.itemsize == dtype.itemsize:
+        return np.frombuffer(data, dtype=dtype)
+    return np.asarray(data, dtype=dtype)
+
+
+def _to_stamp(stamp) -> Time:
+    """Accept a builtin_interfaces Time, an rclpy Time (has to_msg), float seconds or None (zero)."""
+    if stamp is None:
+        return Time()
+    if isinstance(stamp, Time):
+        return stamp
+    to_msg = getattr(stamp, "to_msg", None)
+    if to_msg is not None:
+        return to_msg()
+    if isinstance(stamp, (int, float, np.floating, np.integer)):
+        return seconds_to_stamp(float(stamp))
+    raise ConversionError(f"cannot use {type(stamp).__name__} as a stamp")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def image_to_numpy(msg: Image) -> np.ndarray:
+    """Zero-copy view of ``msg.data`` as (H, W, C), or (H, W) for one channel.
+
+    Honours ``step`` (row padding) and ``is_bigendian``: a big-endian 16/32-bit image comes back
+    as a non-native-endian view rather than a copy; arithmetic on it converts correctly.
+    """
+    enc = msg.encoding
+    if enc not in IMAGE_ENCODINGS:
+        raise ConversionError(
+            f"unsupported image encoding {enc!r} ({msg.width}x{msg.height}); "
+            f"supported: {', '.join(IMAGE_ENCODINGS)}"
+        )
+    dtype, channels = IMAGE_ENCODINGS[enc]
+    if msg.is_bigendian and dtype.itemsize > 1:
+        dtype = dtype.newbyteorder(">")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    bpp = dtype.itemsize * channels
+    if height == 0 or width == 0:
+        raise ConversionError(f"empty {enc} image: width={width} height={height}")
+    if step < width * bpp:
+        raise ConversionError(f"{enc} image step {step} < width {width} * {bpp} bytes/pixel = {width * bpp}")
+    buf = _as_u8(msg.data)
+    if buf.size < step * height:
+        raise ConversionError(
+            f"{enc} image data truncated: {buf.size} bytes < step {step} * height {height} = {step * height}"
+        )
+    if channels == 1:
+        shape, strides = (height, width), (step, dtype.itemsize)
+    else:
+        shape, strides = (height, width, channels), (step, bpp, dtype.itemsize)
+    return np.ndarray(shape=shape, dtype=dtype, buffer=buf, offset=0, strides=strides)
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB. rgb8/rgba8 are views; bgr8/bgra8/mono8 need a copy (reorder/expand).
+
+    The copy is C-contiguous, so ``torch.from_numpy`` accepts it (negative strides it would not).
+    """
+    if msg.encoding not in _RGB_ENCODINGS:
+        raise ConversionError(
+            f"image_to_rgb: unsupported encoding {msg.encoding!r} ({msg.width}x{msg.height}); "
+            f"supported: {', '.join(_RGB_ENCODINGS)}"
+        )
+    arr = image_to_numpy(msg)
+    enc = msg.encoding
+    if enc == "rgb8":
+        return arr
+    if enc == "rgba8":
+        return arr[..., :3]
+    if enc == "bgr8":
+        return np.ascontiguousarray(arr[..., ::-1])
+    if enc == "bgra8":
+        return np.ascontiguousarray(arr[..., 2::-1])
+    return np.repeat(arr[..., None], 3, axis=2)  # mono8
+
+
+def depth_to_meters(msg: Image) -> np.ndarray:
+    """(H, W) float32 metres. 16UC1/mono16 are millimetres with 0 = invalid -> NaN (REP 118).
+
+    32FC1 is already metres and comes back as a view when little-endian.
+    """
+    if msg.encoding not in _DEPTH_ENCODINGS:
+        raise ConversionError(
+            f"depth_to_meters: unsupported encoding {msg.encoding!r} ({msg.width}x{msg.height}); "
+            f"supported: {', '.join(_DEPTH_ENCODINGS)}"
+        )
+    arr = image_to_numpy(msg)
+    if msg.encoding == "32FC1":
+        return arr.astype(np.float32, copy=False)
+    out = arr.astype(np.float32)
+    out *= np.float32(0.001)
+    out[arr == 0] = np.nan
+    return out
+
+
+def compressed_image_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a JPEG or PNG ``CompressedImage`` (Pillow, imported lazily).
+
+    image_transport encodes colour images so the file itself is RGB-correct, so ``format``
+    only matters to reject compressedDepth (it prepends a private header).
+    """
+    try:
+        from PIL import Image as PILImage
+    except ImportError as exc:
+        raise ConversionError(
+            "compressed images need Pillow, which is not installed (pip install Pillow)"
+        ) from exc
+    fmt = msg.format or ""
+    if "compresseddepth" in fmt.lower():
+        raise ConversionError(f"compressedDepth images are not supported (format {fmt!r})")
+    data = bytes(msg.data)
+    if not data:
+        raise ConversionError(f"empty compressed image (format {fmt!r})")
+    try:
+        with PILImage.open(io.BytesIO(data)) as img:
+            rgb = img.convert("RGB")
+    except Exception as exc:  # Pillow raises OSError, ValueError, DecompressionBombError...
+        raise ConversionError(
+            f"cannot decode compressed image (format {fmt!r}, {len(data)} bytes): {exc}"
+        ) from exc
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def numpy_to_image(array: np.ndarray, encoding: str, stamp=None, frame_id: str = "") -> Image:
+    """Build an Image (little-endian, unpadded). The dtype must match the encoding exactly,
+    so a silent float64 -> uint8 wrap-around cannot happen; convert explicitly first."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise ConversionError(
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(IMAGE_ENCODINGS)}"
+        )
+    dtype, channels = IMAGE_ENCODINGS[encoding]
+    arr = np.asarray(array)
+    if arr.dtype.kind != dtype.kind or arr.dtype.itemsize != dtype.itemsize:
+        raise ConversionError(f"{encoding} needs dtype {dtype.name}, got {arr.dtype}")
+    if channels == 1 and arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    expected_ndim = 2 if channels == 1 else 3
+    if arr.ndim != expected_ndim or (channels > 1 and arr.shape[2] != channels):
+        want = "(H, W)" if channels == 1 else f"(H, W, {channels})"
+        raise ConversionError(f"{encoding} needs shape {want}, got {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ConversionError(f"empty {encoding} image: shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)  # little-endian, C order
+    msg = Image()
+    msg.header.stamp = _to_stamp(stamp)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(arr.shape[1]) * dtype.itemsize * channels
+    msg.data = _u8_array(arr)
+    return msg
+
+
+# --------------------------------------------------------------------------- joint states
+
+# (tuple(msg.name), tuple(joint_names)) -> index array into msg order. Publishers keep their
+# name order fixed, so this holds one or two entries; cleared if it ever grows.
+_JOINT_INDEX_CACHE: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
+_JOINT_INDEX_CACHE_MAX = 32
+
+
+def _joint_index(msg_names: tuple[str, ...], joint_names: tuple[str, ...]) -> np.ndarray:
+    key = (msg_names, joint_names)
+    idx = _JOINT_INDEX_CACHE.get(key)
+    if idx is not None:
+        return idx
+    where: dict[str, int] = {}
+    dupes = set()
+    for i, n in enumerate(msg_names):
+        if n in where:
+            dupes.add(n)
+        where[n] = i
+    missing = [n for n in joint_names if n not in where]
+    if missing:
+        raise ConversionError(
+            f"JointState is missing configured joints {missing} (message has {list(msg_names)})"
+        )
+    ambiguous = [n for n in joint_names if n in dupes]
+    if ambiguous:
+        raise ConversionError(f"JointState names configured joints more than once: {ambiguous}")
+    idx = np.fromiter((where[n] for n in joint_names), dtype=np.intp, count=len(joint_names))
+    if len(_JOINT_INDEX_CACHE) >= _JOINT_INDEX_CACHE_MAX:
+        _JOINT_INDEX_CACHE.clear()
+    _JOINT_INDEX_CACHE[key] = idx
+    return idx
+
+
+def joint_state_to_arrays(msg: JointState, joint_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, velocities) float64 in ``joint_names`` order, matched by name.
+
+    Extra joints are ignored; missing, duplicated or non-finite configured joints are rejected
+    so a partial message can never shift values onto the wrong joint. Empty velocity -> zeros.
+    """
+    names = tuple(msg.name)
+    n = len(names)
+    if len(msg.position) != n:
+        raise ConversionError(f"JointState has {n} names but {len(msg.position)} positions")
+    nv = len(msg.velocity)
+    if nv not in (0, n):
+        raise ConversionError(f"JointState has {n} names but {nv} velocities")
+    idx = _joint_index(names, tuple(joint_names))
+    pos = _as_float(msg.position, np.float64)[idx]
+    if not np.isfinite(pos).all():
+        bad = [joint_names[i] for i in np.flatnonzero(~np.isfinite(pos))]
+        raise ConversionError(f"non-finite position for {', '.join(bad)}")
+    if nv == 0:
+        vel = np.zeros(len(idx), dtype=np.float64)
+    else:
+        vel = _as_float(msg.velocity, np.float64)[idx]
+        if not np.isfinite(vel).all():
+            bad = [joint_names[i] for i in np.flatnonzero(~np.isfinite(vel))]
+            raise ConversionError(f"non-finite velocity for {', '.join(bad)}")
+    return pos, vel
+
+
+# --------------------------------------------------------------------------- multiarrays
+
+
+def multiarray_to_numpy(
+    msg: Float32MultiArray | Float64MultiArray, expected_size: int | None = None
+) -> np.ndarray:
+    """1-D float32/float64 view of ``data[data_offset:]``, validated against layout and size.
+
+    Strides in ``layout.dim`` are not checked: publishers commonly leave them 0.
+    """
+    dtype = np.float32 if isinstance(msg, Float32MultiArray) else np.float64
+    data = _as_float(msg.data, dtype)
+    offset = int(msg.layout.data_offset)
+    if offset > data.size:
+        raise ConversionError(f"multiarray data_offset {offset} > data length {data.size}")
+    data = data[offset:]
+    dims = msg.layout.dim
+    if dims:
+        prod = math.prod(int(d.size) for d in dims)
+        if prod != data.size:
+            shape = " x ".join(f"{d.label or '?'}={d.size}" for d in dims)
+            raise ConversionError(
+                f"multiarray layout {shape} holds {prod} values but data has {data.size}"
+                + (f" after data_offset {offset}" if offset else "")
+            )
+    if expected_size is not None and data.size != expected_size:
+        raise ConversionError(f"multiarray has {data.size} values, expected {expected_size}")
+    if not np.isfinite(data).all():
+        raise ConversionError(
+            f"multiarray has non-finite values at indices {np.flatnonzero(~np.isfinite(data))[:8].tolist()}"
+        )
+    return data
+
+
+def numpy_to_float32_multiarray(array: np.ndarray, label: str) -> Float32MultiArray:
+    """Float32MultiArray with one dim (label, size, stride); N-D input is flattened row-major."""
+    arr = np.asarray(array, dtype=np.float32).ravel()
+    msg = Float32MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=label, size=arr.size, stride=arr.size)]
+    msg.layout.data_offset = 0
+    msg.data = _pyarray("f", arr.tobytes())
+    return msg
+
+
+# --------------------------------------------------------------------------- latent
+
+
+def latent_to_msg(z: np.ndarray, stamp, frame_id: str = "sage") -> Image:
+    """z (D,) -> Image 32FC1, height 1, width D; ``stamp`` = stamp of the source observation."""
+    arr = np.asarray(z, dtype=np.float32)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1 or arr.size == 0:
+        raise ConversionError(f"latent must be 1-D and non-empty, got shape {np.shape(z)}")
+    if not np.isfinite(arr).all():
+        raise ConversionError("latent has non-finite values")
+    return numpy_to_image(arr[None, :], "32FC1", stamp=stamp, frame_id=frame_id)
+
+
+def msg_to_latent(msg: Image, expected_dim: int | None = None) -> np.ndarray:
+    """Image 32FC1 (1 x D) -> (D,) float32 (a view when little-endian)."""
+    if msg.encoding != "32FC1":
+        raise ConversionError(f"latent image must be 32FC1, got {msg.encoding!r}")
+    if msg.height != 1:
+        raise ConversionError(f"latent image must have height 1, got {msg.height} (width {msg.width})")
+    if expected_dim is not None and msg.width != expected_dim:
+        raise ConversionError(f"latent has {msg.width} values, expected {expected_dim}")
+    z = image_to_numpy(msg)[0].astype(np.float32, copy=False)
+    if not np.isfinite(z).all():
+        raise ConversionError("latent has non-finite values")
+    return z
+
+
+# --------------------------------------------------------------------------- time
+
+
+def stamp_to_seconds(stamp) -> float:
+    """builtin_interfaces Time -> float seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def seconds_to_stamp(t: float) -> Time:
+    """Float seconds -> builtin_interfaces Time (nanosec always in [0, 1e9))."""
+    if not math.isfinite(t):
+        raise ConversionError(f"cannot convert non-finite time {t} to a stamp")
+    sec = math.floor(t)
+    nanosec = int(round((t - sec) * 1e9))
+    if nanosec >= 1_000_000_000:
+        sec += 1
+        nanosec -= 1_000_000_000
+    return Time(sec=int(sec), nanosec=nanosec)
