@@ -99,7 +99,6 @@ class ModelConfig:
     action_chunk: int = 1  # steps of joint targets predicted per L-module call
     l_hidden_dim: int = 256
     l_layers: int = 2
-    max_step_rad: float = 0.2  # delta mode: largest step the L-module can express (tanh-scaled)
 
     def validate(self, where: str) -> None:
         if self.compressor not in COMPRESSORS:
@@ -107,7 +106,7 @@ class ModelConfig:
         if self.action_mode not in ("delta", "absolute"):
             raise ConfigError(f"{where}.action_mode: 'delta' or 'absolute', got {self.action_mode!r}")
         _positive(self, where, "history_len", "h_layers", "h_heads", "h_ff_dim", "latent_dim",
-                  "attention_latents", "action_chunk", "l_hidden_dim", "l_layers", "max_step_rad")
+                  "attention_latents", "action_chunk", "l_hidden_dim", "l_layers")
         if 256 % self.h_heads:
             raise ConfigError(f"{where}.h_heads: must divide the 256-D token size, got {self.h_heads}")
         if not 0.0 <= self.dropout < 1.0:

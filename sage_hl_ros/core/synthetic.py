@@ -1,8 +1,9 @@
 """A synthetic reaching task with a learnable sensors -> command mapping.
 
 A bright blob in the camera image (and a bump in the depth image) marks a goal; the goal's image
-position and depth map linearly to a joint-space goal; the "expert" command steps the joints toward
-it by at most ``max_step_rad``. Solving it needs vision (where is the blob), depth and proprioception.
+position and depth map linearly to a joint-space goal; the "expert" command moves the joints a fraction
+(``gain``) of the way there, at most ``max_step_rad`` per step. Solving it needs vision (where is the
+blob), depth and proprioception.
 Used by tests, benchmarks and the synthetic main job; the MuJoCo closed loop replaces it for real.
 """
 
