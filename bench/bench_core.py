@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Core model benchmark: per-stage latency, throughput, parameters and memory (DESIGN §8).
+
+Runs the default model (config/model.yaml) in eval mode under torch.inference_mode with torch
+threads pinned to 1 and to 2, at batch 1 and 16, on real synthetic observations. Prints per-stage
+p50/p99, then one summary line:
+
+    bench_core: h_path_b1_p50_ms=<x> b16_samples_per_s=<y> l_step_p99_ms=<z> train_samples_per_s=<t> params_m=<p> rss_mb=<r>
+
+Summary figures are for 1 thread (each node pins torch to 1 thread by default so the H and L
+processes do not fight over cores), except training which uses every thread given.
+
+    python bench/bench_core.py            # full run (~2 min on 2 cores)
+    python bench/bench_core.py --quick    # few iterations, to check it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sage_hl_ros.core.config import SageConfig  # noqa: E402
+from sage_hl_ros.core.synthetic import SyntheticReachTask  # noqa: E402
+from sage_hl_ros.core.system import build_model  # noqa: E402
+from sage_hl_ros.training.fit import fit  # noqa: E402
+
+STAGES = ("prepare", "encoders", "context", "h_module", "compressor", "l_module")
+
+
+def timed(fn, iters: int, warmup: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - t0
+    return out * 1e3  # ms
+
+
+def pct(ms: np.ndarray) -> str:
+    return f"p50={np.percentile(ms, 50):8.3f} ms  p99={np.percentile(ms, 99):8.3f} ms"
+
+
+def bench_stages(model, task, batch: int, iters: int, warmup: int) -> dict[str, np.ndarray]:
+    j = model.cfg.observation.num_joints
+    goal = task.sample_goal(batch)
+    pos = task.joint_goal(goal)
+    obs = task.render(goal, pos)
+    raw = task.observation(goal[0], pos[0])
+    state = model.initial_state(batch)
+    results: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        if batch == 1:
+            results["prepare"] = timed(lambda: model.schema.prepare(raw), iters, warmup)
+        sensory, _ = model._sensory(obs)
+        results["encoders"] = timed(lambda: model._sensory(obs), iters, warmup)
+        ctx, _ = model.context_heads(sensory, obs.mask, state)
+        results["context"] = timed(lambda: model.context_heads(sensory, obs.mask, state), iters, warmup)
+        refined = model.h_module(ctx)
+        results["h_module"] = timed(lambda: model.h_module(ctx), iters, warmup)
+        results["compressor"] = timed(lambda: model.compressor(refined), iters, warmup)
+        z = model.compressor(refined).z
+        vel = torch.zeros(batch, j)
+        results["l_module"] = timed(lambda: model.act(z, pos, vel), iters * 5, warmup)
+        results["h_path"] = timed(lambda: model.encode(obs, state), iters, warmup)
+    return results
+
+
+def bench_training(cfg: SageConfig, steps: int) -> float:
+    model = build_model(cfg)
+    task = SyntheticReachTask(cfg.observation)
+    data = task.sequences(8, 2)
+    model.fit_normalizer(data.obs.joint_position, data.obs.joint_velocity, data.obs.tactile, data.action.flatten(0, 1))
+    batches = [task.sequences(8, 2) for _ in range(4)]  # 16 observations a step, generated up front
+    fit(model, lambda s: batches[s % 4], steps=2, lr=1e-4)  # warm-up
+    return fit(model, lambda s: batches[s % 4], steps=steps, lr=1e-4).samples_per_s
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "config" / "model.yaml"))
+    parser.add_argument("--quick", action="store_true", help="few iterations: checks the script, not the numbers")
+    args = parser.parse_args()
+    iters, warmup, train_steps = (5, 1, 2) if args.quick else (200, 20, 20)
+
+    cfg = SageConfig.from_yaml(args.config)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    task = SyntheticReachTask(cfg.observation)
+    data = task.sequences(16, 2)
+    model.fit_normalizer(data.obs.joint_position, data.obs.joint_velocity, data.obs.tactile, data.action.flatten(0, 1))
+
+    print(f"config: {args.config} (compressor={cfg.model.compressor}, image {cfg.observation.image_width_px}x"
+          f"{cfg.observation.image_height_px}, {cfg.observation.num_joints} joints)")
+    print("parameters (M):")
+    params = {name: sum(p.numel() for p in mod.parameters()) / 1e6 for name, mod in model.named_children()}
+    for name, n in params.items():
+        print(f"  {name:14s} {n:7.3f}")
+    total_params = sum(params.values())
+    deploy = total_params - params.get("decoder", 0.0)
+    print(f"  {'total':14s} {total_params:7.3f}  (deployed without the training-only decoder: {deploy:.3f})")
+
+    summary: dict[int, dict] = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        summary[threads] = {}
+        for batch in (1, 16):
+            res = bench_stages(model, task, batch, iters, warmup)
+            print(f"threads={threads} batch={batch}")
+            for stage in (*STAGES, "h_path"):
+                if stage in res:
+                    print(f"  {stage:11s} {pct(res[stage])}")
+            h50 = np.percentile(res["h_path"], 50)
+            print(f"  h_path throughput: {batch / h50 * 1e3:9.1f} samples/s")
+            summary[threads][batch] = res
+
+    torch.set_num_threads(2)
+    train_sps = bench_training(cfg, train_steps)
+    print(f"training (threads=2, 8 sequences x 2 steps a batch): {train_sps:.1f} samples/s")
+
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    one = summary[1]
+    h_b1 = np.percentile(one[1]["h_path"], 50)
+    b16 = 16 / np.percentile(one[16]["h_path"], 50) * 1e3
+    l99 = np.percentile(one[1]["l_module"], 99)
+    print(f"budget: h_path_b1_p50 < 30 ms -> {'OK' if h_b1 < 30 else 'MISSED'}; "
+          f"l_step_p99 < 0.5 ms -> {'OK' if l99 < 0.5 else 'MISSED'}")
+    print(f"bench_core: h_path_b1_p50_ms={h_b1:.2f} b16_samples_per_s={b16:.1f} l_step_p99_ms={l99:.3f} "
+          f"train_samples_per_s={train_sps:.1f} params_m={total_params:.2f} rss_mb={rss_mb:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
