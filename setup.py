@@ -9,6 +9,11 @@ PACKAGE = "sage_hl_ros"
 # Every entry point here exists in the package; `ros2 run sage_hl_ros <name>` uses the same table.
 CONSOLE_SCRIPTS = [
     "sage-hl = sage_hl_ros.cli:main",
+    "sage_context_node = sage_hl_ros.ros.context_node:main",
+    "sage_control_node = sage_hl_ros.ros.control_node:main",
+    "sage_synthetic_sensors = sage_hl_ros.ros.synthetic_sensors_node:main",
+    "sage_loopback_robot = sage_hl_ros.ros.loopback_robot_node:main",
+    "sage_hl_bringup = sage_hl_ros.tools.bringup:main",
 ]
 
 setup(

@@ -1,0 +1,525 @@
+"""sage_context: the H side. Sensors -> 4096-D reality context -> 256-D latent z at ``h_rate_hz``.
+
+Lifecycle node (``rclpy.lifecycle``): ``configure`` loads and warms up the checkpoint and creates
+the subscriptions/publishers; ``activate`` resets the temporal state and starts the H loop;
+``deactivate`` stops it; ``cleanup`` releases everything. With ``autostart:=true`` the node
+configures and activates itself (how the launch files start it without a lifecycle manager).
+
+Subscribed topics (defaults; QoS overridable via ``qos.<name>.{reliability,depth,durability}``)
+    /camera/image_raw         sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8)   qos.camera: sensor
+    /camera/image_raw/compressed  sensor_msgs/CompressedImage (instead, when camera_compressed)
+    /camera/depth/image_raw   sensor_msgs/Image (32FC1 metres, 16UC1/mono16 mm)     qos.depth: sensor
+    /audio/frames             std_msgs/Float32MultiArray (PCM frames, dim "samples") qos.audio: sensor
+    /tactile/array            std_msgs/Float32MultiArray (taxels)                   qos.tactile: sensor
+    /joint_states             sensor_msgs/JointState (matched by name)              qos.joint_states: reliable
+Published topics
+    /sage/latent              sensor_msgs/Image 32FC1 1x256, stamped with the newest header stamp
+                              among the modalities used (audio/tactile have no header: their
+                              arrival time counts only when nothing stamped is fresh) qos.latent: reliable
+    /diagnostics              diagnostic_msgs/DiagnosticArray every diagnostics_period_s
+Services
+    ~/reload_model            std_srvs/Trigger: load the checkpoint at the current ``model_dir``
+                              on a worker thread, validate it, swap it in between H steps. A bad
+                              checkpoint -> success=false + the reason; the old model keeps running.
+    (plus the standard lifecycle services ~/change_state, ~/get_state, ...)
+Parameters (read at configure unless marked runtime)
+    model_dir (str, "")                 checkpoint directory; required. Runtime: setting it reloads.
+    h_rate_hz (float, 10.0)             H loop rate
+    torch_threads (int, 1)              torch intra-op threads for this process
+    camera_topic, camera_compressed (bool, false), depth_topic, audio_topic, tactile_topic,
+    joint_states_topic, latent_topic    topic names (see above)
+    observation_timeout_s (float, 0.5)  older observations (by header stamp) are masked as stale
+    expected_image_width_px / expected_image_height_px (int, 0)
+                                        0 = accept any camera size; else other sizes are rejected
+    diagnostics_period_s (float, 1.0)   diagnostics publishing period
+    autostart (bool, false)             configure + activate at start-up
+    use_sim_time (bool, false)          standard ROS parameter; all ages use the node clock
+
+Bad input never raises out of a callback: each rejected message is counted per modality and
+reason (``rejected.<reason>`` in diagnostics) and logged at most once per 5 s per modality. A
+modality that is missing, stale or invalid is passed to the model as None, so the schema masks it.
+The H step is skipped (nothing published, so the control node holds) when no modality is fresh.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float32MultiArray
+from std_srvs.srv import Trigger
+
+from ..core.checkpoint import CheckpointError, load_checkpoint, model_hash
+from ..core.observation import Observation
+from . import convert
+from .diagnostics import RateMeter, RollingStats, diagnostic_array, status
+from .node_main import BackgroundLoader, Throttle, check_checkpoint_dir, run_node
+from .qos import declare_qos
+from .sensor_cache import AudioWindow, SensorCache
+
+MODALITIES = ("camera", "depth", "audio", "tactile", "joint_states")
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    model_dir: str
+    sha256: str
+    joint_names: tuple
+    latent_dim: int
+    load_ms: float
+
+
+def load_model(model_dir: str) -> LoadedModel:
+    """Load + warm up a checkpoint (one encode) so the first real H step is not slow."""
+    t0 = time.perf_counter()
+    if not model_dir:
+        raise CheckpointError("model_dir is empty: set the model_dir parameter to a checkpoint directory")
+    model = load_checkpoint(model_dir)
+    sha = model_hash(model_dir)
+    batch, _ = model.schema.prepare(Observation())
+    model.encode(batch, model.initial_state(1))
+    cfg = model.cfg
+    return LoadedModel(model, os.path.abspath(model_dir), sha, tuple(cfg.observation.joint_names),
+                       int(cfg.model.latent_dim), (time.perf_counter() - t0) * 1e3)
+
+
+class ContextNode(LifecycleNode):
+    def __init__(self, node_name: str = "sage_context", **kwargs):
+        super().__init__(node_name, **kwargs)
+        p = self._param
+        p("model_dir", "", "checkpoint directory (config.json + model.safetensors); setting it at runtime reloads")
+        p("h_rate_hz", 10.0, "H loop rate [Hz]")
+        p("torch_threads", 1, "torch intra-op threads for this process (pin on small CPUs)")
+        p("camera_topic", "/camera/image_raw", "RGB camera topic (sensor_msgs/Image)")
+        p("camera_compressed", False, "subscribe sensor_msgs/CompressedImage on camera_topic + '/compressed'")
+        p("depth_topic", "/camera/depth/image_raw", "depth image topic (32FC1 m or 16UC1 mm)")
+        p("audio_topic", "/audio/frames", "audio frames (std_msgs/Float32MultiArray, PCM in [-1, 1])")
+        p("tactile_topic", "/tactile/array", "tactile array (std_msgs/Float32MultiArray)")
+        p("joint_states_topic", "/joint_states", "joint states (sensor_msgs/JointState, matched by name)")
+        p("latent_topic", "/sage/latent", "published latent z (sensor_msgs/Image 32FC1, 1 x 256)")
+        p("observation_timeout_s", 0.5, "observations older than this (header stamp vs node clock) are masked")
+        p("expected_image_width_px", 0, "0 = accept any camera width; otherwise other widths are rejected")
+        p("expected_image_height_px", 0, "0 = accept any camera height; otherwise other heights are rejected")
+        p("diagnostics_period_s", 1.0, "period of /diagnostics messages [s]")
+        p("autostart", False, "configure and activate at start-up (no lifecycle manager needed)")
+        for name, preset in (("camera", "sensor"), ("depth", "sensor"), ("audio", "sensor"), ("tactile", "sensor"),
+                             ("joint_states", "reliable"), ("latent", "reliable"), ("diagnostics", "reliable")):
+            declare_qos(self, name, preset)
+
+        self._log = self.get_logger()
+        self._closing = False
+        self._throttle = Throttle(5.0)
+        self._loaded: LoadedModel | None = None
+        self._pending: LoadedModel | None = None
+        self._loader = BackgroundLoader(self, self._load_job, on_done=self._note_reload, name="sage_context_loader")
+        self._reload_note = ""  # last reload outcome, for diagnostics
+        self._reload_failed = False
+        self._state = None
+        self._active = False
+        self._subs: list = []
+        self._pubs: list = []
+        self._srvs: list = []
+        self._h_timer = None
+        self._diag_timer = None
+        self._cache = SensorCache(MODALITIES)
+        self._audio: AudioWindow | None = None
+        self._decoded: tuple = (None, None)  # (compressed msg, rgb or exception text)
+        self._infer_ms = RollingStats(256)
+        self._rate = RateMeter()
+        self._steps = 0
+        self._published = 0
+        self._skipped_no_input = 0
+        self._step_errors = 0
+        self._last_step_error = ""
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ------------------------------------------------------------------ parameters
+    def _param(self, name, default, description):
+        kw = {}
+        if isinstance(default, list):
+            kw["dynamic_typing"] = True
+        return self.declare_parameter(name, default, ParameterDescriptor(description=description, **kw))
+
+    def _get(self, name):
+        return self.get_parameter(name).value
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == "model_dir" and self._loaded is not None:
+                path = param.value if isinstance(param.value, str) else ""
+                problem = check_checkpoint_dir(path)
+                if problem:
+                    return SetParametersResult(successful=False, reason=problem)
+                if self._loader.start(path) is None:
+                    return SetParametersResult(successful=False, reason="a model reload is already running")
+                self._log.info(f"model_dir changed: reloading {path} in the background")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+            self._log.error(f"configure failed: {exc}")
+            self._destroy_entities()
+            self._loaded = None
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        threads = int(self._get("torch_threads"))
+        if threads < 1:
+            raise ValueError(f"torch_threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+        self._h_rate = float(self._get("h_rate_hz"))
+        self._timeout = float(self._get("observation_timeout_s"))
+        self._diag_period = float(self._get("diagnostics_period_s"))
+        for key, value in (("h_rate_hz", self._h_rate), ("observation_timeout_s", self._timeout),
+                           ("diagnostics_period_s", self._diag_period)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{key} must be > 0, got {value}")
+        self._expect_w = int(self._get("expected_image_width_px"))
+        self._expect_h = int(self._get("expected_image_height_px"))
+        loaded = load_model(self._get("model_dir"))
+        self._loaded = loaded
+        cfg = loaded.model.cfg.observation
+        self._joint_names = loaded.joint_names
+        self._tactile_size = int(cfg.tactile_taxels)
+        self._audio = AudioWindow(cfg.audio_window_samples, max_gap_s=self._timeout)
+        self._cache.clear()
+        self._reload_failed, self._reload_note = False, ""
+        self._log.info(f"loaded {loaded.model_dir} (sha256 {loaded.sha256[:12]}, joints {list(loaded.joint_names)}) "
+                       f"in {loaded.load_ms:.0f} ms")
+
+        q = lambda name, preset: declare_qos(self, name, preset)  # current values of qos.* params
+        sub = self.create_subscription
+        ents = self._subs
+        if self._get("camera_compressed"):
+            ents.append(sub(CompressedImage, self._get("camera_topic").rstrip("/") + "/compressed",
+                            self._on_compressed, q("camera", "sensor")))
+        else:
+            ents.append(sub(Image, self._get("camera_topic"), self._on_camera, q("camera", "sensor")))
+        ents.append(sub(Image, self._get("depth_topic"), self._on_depth, q("depth", "sensor")))
+        ents.append(sub(Float32MultiArray, self._get("audio_topic"), self._on_audio, q("audio", "sensor")))
+        ents.append(sub(Float32MultiArray, self._get("tactile_topic"), self._on_tactile, q("tactile", "sensor")))
+        ents.append(sub(JointState, self._get("joint_states_topic"), self._on_joints, q("joint_states", "reliable")))
+        self._latent_pub = self.create_publisher(Image, self._get("latent_topic"), q("latent", "reliable"))
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", q("diagnostics", "reliable"))
+        self._pubs = [self._latent_pub, self._diag_pub]
+        self._srvs = [self.create_service(Trigger, "~/reload_model", self._on_reload_srv,
+                                          # own group: while this async callback awaits the load, the
+                                          # default (mutually exclusive) group keeps taking messages
+                                          callback_group=MutuallyExclusiveCallbackGroup())]
+        self._diag_timer = self.create_timer(self._diag_period, self._publish_diagnostics)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._state = self._loaded.model.initial_state(1)
+        self._infer_ms.clear()
+        self._rate = RateMeter()
+        self._active = True
+        self._h_timer = self.create_timer(1.0 / self._h_rate, self._h_step)
+        self._log.info(f"active: H loop at {self._h_rate:g} Hz, publishing {self._get('latent_topic')}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_h()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_h()
+        self._destroy_entities()
+        self._loaded = self._pending = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_h()
+        self._destroy_entities()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_h()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        """Process exit (context may already be shut down): stop the loop, no transitions."""
+        self._closing = True
+        self._active = False
+
+    def destroy_node(self):
+        self.release()
+        return super().destroy_node()
+
+    def _stop_h(self) -> None:
+        self._active = False
+        if self._h_timer is not None:
+            self.destroy_timer(self._h_timer)
+            self._h_timer = None
+
+    def _destroy_entities(self) -> None:
+        for ent in self._subs:
+            self.destroy_subscription(ent)
+        for ent in self._pubs:
+            self.destroy_publisher(ent)
+        for ent in self._srvs:
+            self.destroy_service(ent)
+        self._subs, self._pubs, self._srvs = [], [], []
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+
+    # ------------------------------------------------------------------ callbacks (cheap)
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _reject(self, name: str, reason: str, now_s: float) -> None:
+        count = self._cache.reject(name, reason, now_s)
+        if self._throttle.allow(name):
+            self._log.warning(f"{name}: rejected message ({count} so far): {reason}")
+
+    def _check_size(self, width: int, height: int) -> str:
+        if (self._expect_w and width != self._expect_w) or (self._expect_h and height != self._expect_h):
+            return (f"image size {width}x{height}, expected "
+                    f"{self._expect_w or 'any'}x{self._expect_h or 'any'}")
+        return ""
+
+    def _on_camera(self, msg: Image) -> None:
+        now = self._now_s()
+        try:
+            problem = self._check_size(msg.width, msg.height)
+            if problem:
+                raise convert.ConversionError(problem)
+            rgb = convert.image_to_rgb(msg)  # a view for rgb8; copies for bgr/mono
+        except (convert.ConversionError, ValueError) as exc:
+            self._reject("camera", str(exc), now)
+            return
+        self._cache.put("camera", rgb, msg.header.stamp, now)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        # Decoding is the expensive part: done in the H step, only for the newest frame.
+        now = self._now_s()
+        if not msg.data:
+            self._reject("camera", "empty compressed image", now)
+            return
+        self._cache.put("camera", msg, msg.header.stamp, now)
+
+    def _on_depth(self, msg: Image) -> None:
+        now = self._now_s()
+        try:
+            depth = convert.depth_to_meters(msg)
+        except (convert.ConversionError, ValueError) as exc:
+            self._reject("depth", str(exc), now)
+            return
+        self._cache.put("depth", depth, msg.header.stamp, now)
+
+    def _on_audio(self, msg: Float32MultiArray) -> None:
+        now = self._now_s()
+        try:
+            frame = convert.multiarray_to_numpy(msg)
+            if frame.size == 0:
+                raise convert.ConversionError("empty audio frame")
+        except (convert.ConversionError, ValueError) as exc:
+            self._reject("audio", str(exc), now)
+            return
+        # Float32MultiArray has no header: the arrival time on the node clock is its stamp.
+        self._audio.add(frame, now)
+        self._cache.put("audio", self._audio, None, now)
+
+    def _on_tactile(self, msg: Float32MultiArray) -> None:
+        now = self._now_s()
+        try:
+            taxels = convert.multiarray_to_numpy(msg, expected_size=self._tactile_size).copy()
+        except (convert.ConversionError, ValueError) as exc:
+            self._reject("tactile", str(exc), now)
+            return
+        self._cache.put("tactile", taxels, None, now)
+
+    def _on_joints(self, msg: JointState) -> None:
+        now = self._now_s()
+        try:
+            pos, vel = convert.joint_state_to_arrays(msg, self._joint_names)
+        except (convert.ConversionError, ValueError) as exc:
+            self._reject("joint_states", str(exc), now)
+            return
+        self._cache.put("joint_states", (pos, vel), msg.header.stamp, now)
+
+    # ------------------------------------------------------------------ H loop
+    def _camera_rgb(self, value, now_s: float):
+        if not isinstance(value, CompressedImage):
+            return value
+        cached_msg, cached = self._decoded
+        if cached_msg is not value:
+            try:
+                rgb = convert.compressed_image_to_rgb(value)
+                if not rgb.flags.writeable:
+                    rgb = rgb.copy()  # torch.from_numpy warns on read-only arrays
+                problem = self._check_size(rgb.shape[1], rgb.shape[0])
+                if problem:
+                    raise convert.ConversionError(problem)
+                cached = rgb
+            except (convert.ConversionError, ValueError) as exc:
+                self._reject("camera", str(exc), now_s)
+                cached = None
+            self._decoded = (value, cached)
+        return cached
+
+    def _h_step(self) -> None:
+        if not self._active:
+            return
+        try:
+            self._h_step_inner()
+        except Exception as exc:  # never let the H loop die on one bad step
+            if self._closing or not rclpy.ok():
+                return  # shutting down (Ctrl-C): the publish raced the context shutdown
+            self._step_errors += 1
+            self._last_step_error = f"{type(exc).__name__}: {exc}"
+            if self._throttle.allow("h_step"):
+                self._log.error(f"H step failed ({self._step_errors} so far): {self._last_step_error}")
+
+    def _h_step_inner(self) -> None:
+        pending = self._pending
+        if pending is not None:  # swap between H steps; temporal state belongs to the old model
+            self._pending = None
+            self._loaded = pending
+            self._state = pending.model.initial_state(1)
+        loaded = self._loaded
+        now = self._now_s()
+        self._rate.tick(time.monotonic())
+        self._steps += 1
+        cache, timeout = self._cache, self._timeout
+        fresh = {name: cache.fresh(name, now, timeout) for name in MODALITIES}
+        if fresh["camera"] is not None:
+            fresh["camera"] = self._camera_rgb(fresh["camera"], now)  # decodes compressed frames
+        used = [name for name, value in fresh.items() if value is not None]
+        if not used:  # nothing fresh: publish nothing, so the control node holds
+            self._skipped_no_input += 1
+            return
+        joints, audio = fresh["joint_states"], fresh["audio"]
+        obs = Observation(image=fresh["camera"], depth=fresh["depth"],
+                          audio=audio.samples() if audio is not None else None, tactile=fresh["tactile"],
+                          joint_position=joints[0] if joints is not None else None,
+                          joint_velocity=joints[1] if joints is not None else None,
+                          stamps_s={name: cache.slots[name].stamp_s for name in used})
+        # The latent carries the newest header stamp among the modalities used; audio and tactile
+        # have no header, so their arrival time counts only when nothing stamped is fresh.
+        stamped = [cache.slots[n] for n in used if cache.slots[n].stamp_msg is not None]
+        if stamped:
+            stamp = max(stamped, key=lambda slot: slot.stamp_s).stamp_msg
+        else:
+            stamp = convert.seconds_to_stamp(max(cache.slots[n].stamp_s for n in used))
+        model = loaded.model
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            batch, problems = model.schema.prepare(obs)
+            z, _, self._state = model.encode(batch, self._state)
+        self._infer_ms.add((time.perf_counter() - t0) * 1e3)
+        for modality, reason in problems.items():
+            if reason != "missing":  # masked for a reason the callbacks did not catch
+                name = _SCHEMA_TO_TOPIC.get(modality, modality)
+                self._reject(name, f"schema: {reason}", now)
+        self._latent_pub.publish(convert.latent_to_msg(z[0].numpy(), stamp, frame_id="sage"))
+        self._published += 1
+
+    # ------------------------------------------------------------------ reload
+    def _load_job(self, path: str) -> str:
+        new = load_model(path)
+        current = self._loaded
+        if current is not None:
+            if new.joint_names != current.joint_names:
+                raise CheckpointError(f"{path}: joint names {list(new.joint_names)} differ from the running "
+                                      f"model's {list(current.joint_names)}; reconfigure the node to change robots")
+            if new.latent_dim != current.latent_dim:
+                raise CheckpointError(f"{path}: latent_dim {new.latent_dim} differs from the running "
+                                      f"{current.latent_dim} (the control node consumes it)")
+        self._pending = new
+        if not self._active:  # no H step to swap it in
+            self._loaded, self._pending = new, None
+        return f"loaded {new.model_dir} (sha256 {new.sha256[:12]}) in {new.load_ms:.0f} ms"
+
+    async def _on_reload_srv(self, request, response):
+        response.success, response.message = await self._reload(self._get("model_dir"))
+        return response
+
+    async def _reload(self, path: str):
+        if self._loaded is None:
+            return False, "not configured"
+        future = self._loader.start(path)
+        if future is None:
+            return False, "a model reload is already running"
+        return await future
+
+    def _note_reload(self, ok: bool, message: str) -> None:
+        self._reload_failed = not ok
+        self._reload_note = message
+        if ok:
+            self._log.info(f"reload: {message}")
+        else:
+            running = self._loaded.model_dir if self._loaded else "none"
+            self._log.error(f"reload rejected, still running {running}: {message}")
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        try:
+            self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), self._statuses()))
+        except Exception as exc:  # diagnostics must never take the node down
+            if not self._closing and rclpy.ok() and self._throttle.allow("diagnostics"):
+                self._log.error(f"diagnostics failed: {exc}")
+
+    def _statuses(self):
+        name = self.get_name()  # status names: "<node name>: <part>"
+        now = self._now_s()
+        loaded = self._loaded
+        rate = self._rate.read_hz(time.monotonic()) if self._active else 0.0
+        infer = self._infer_ms.summary()
+        h_level, h_msg = "ok", "running"
+        if not self._active:
+            h_level, h_msg = "warn", "inactive"
+        elif self._steps >= 3 and rate < 0.8 * self._h_rate:
+            h_level, h_msg = "warn", f"H loop slow: {rate:.1f} Hz < {self._h_rate:g} Hz"
+        elif self._skipped_no_input and self._published == 0:
+            h_level, h_msg = "warn", "no fresh observations: nothing published"
+        out = [status(f"{name}: H loop", h_level, h_msg, {
+            "rate_hz": rate, "target_hz": self._h_rate, "inference_p50_ms": infer["p50"],
+            "inference_p99_ms": infer["p99"], "inference_max_ms": infer["max"], "steps": self._steps,
+            "latents_published": self._published, "skipped_no_fresh_input": self._skipped_no_input,
+            "step_errors": self._step_errors, "last_step_error": self._last_step_error,
+        })]
+        m_level = "error" if self._reload_failed else "ok"
+        m_msg = (f"reload failed, still running the previous model: {self._reload_note}" if self._reload_failed
+                 else "model loaded")
+        out.append(status(f"{name}: model", m_level, m_msg, {
+            "model_dir": loaded.model_dir if loaded else "", "model_sha256": loaded.sha256 if loaded else "",
+            "model_dir_param": self._get("model_dir"), "reload_in_progress": self._loader.busy,
+            "last_reload": self._reload_note,
+        }))
+        for modality, slot in self._cache.slots.items():
+            st = slot.state(now, self._timeout)
+            values = {"state": st, "age_ms": slot.age_s(now) * 1e3, "received": slot.received,
+                      "accepted": slot.accepted, "rejected": slot.rejected, "unstamped": slot.unstamped,
+                      "last_reason": slot.last_reason}
+            for reason, count in sorted(slot.reasons.items()):
+                values[f"rejected.{reason}"] = count
+            msg = st if not slot.last_reason or st == "ok" else f"{st}: {slot.last_reason}"
+            out.append(status(f"{name}: {modality}", "ok" if st == "ok" else "warn", msg, values))
+        return out
+
+
+_SCHEMA_TO_TOPIC = {"visual": "camera", "depth": "depth", "audio": "audio", "tactile": "tactile",
+                    "proprio": "joint_states"}
+
+
+def main(args=None) -> None:
+    raise SystemExit(run_node(ContextNode, args))
+
+
+if __name__ == "__main__":
+    main()

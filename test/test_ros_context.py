@@ -1,0 +1,331 @@
+"""sage_context over a real ROS graph, in one process: sensors in, latents and diagnostics out."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+
+import numpy as np
+import pytest
+from ros_harness import Harness, Spinner, diag_statuses, make_checkpoint, ros_env, wait_for
+
+pytestmark = pytest.mark.ros
+
+JOINTS = ["joint1", "joint2", "joint3", "joint4"]
+SIZE = 32  # camera/depth px (the test checkpoint's size)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("context")
+    make_checkpoint(root / "a", JOINTS, bias=0.0)
+    make_checkpoint(root / "b", JOINTS, bias=0.05)  # different weights -> different hash
+    make_checkpoint(root / "other_robot", ["a", "b", "c", "d"])
+    shutil.copytree(root / "a", root / "corrupt")
+    (root / "corrupt" / "model.safetensors").write_bytes(b"\x00not safetensors" * 10)
+    return root
+
+
+class Sensors:
+    """Streams all five modalities from the harness node (50 Hz base timer); each can be paused."""
+
+    def __init__(self, harness: Harness):
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float32MultiArray
+
+        from sage_hl_ros.ros import convert
+
+        self.h = harness
+        self.on = {k: True for k in ("camera", "depth", "audio", "tactile", "joint_states")}
+        self.stamps: set[tuple[int, int]] = set()
+        self.n = 0
+        node = harness.node
+        pub = {"camera": harness.publisher(Image, "/camera/image_raw"),
+               "depth": harness.publisher(Image, "/camera/depth/image_raw"),
+               "audio": harness.publisher(Float32MultiArray, "/audio/frames"),
+               "tactile": harness.publisher(Float32MultiArray, "/tactile/array"),
+               "joint_states": harness.publisher(JointState, "/joint_states")}
+        image = np.full((SIZE, SIZE, 3), 80, np.uint8)
+        depth = np.full((SIZE, SIZE), 1.5, np.float32)
+        tone = (0.3 * np.sin(np.arange(512) * 0.1)).astype(np.float32)
+
+        def tick():
+            self.n += 1
+            stamp = node.get_clock().now().to_msg()
+            if self.on["camera"] and self.n % 2 == 0:
+                pub["camera"].publish(convert.numpy_to_image(image, "rgb8", stamp, "camera"))
+                self.stamps.add((stamp.sec, stamp.nanosec))
+            if self.on["depth"] and self.n % 2 == 1:
+                pub["depth"].publish(convert.numpy_to_image(depth, "32FC1", stamp, "camera"))
+                self.stamps.add((stamp.sec, stamp.nanosec))
+            if self.on["audio"] and self.n % 3 == 0:
+                pub["audio"].publish(convert.numpy_to_float32_multiarray(tone, "samples"))
+            if self.on["tactile"]:
+                pub["tactile"].publish(convert.numpy_to_float32_multiarray(np.zeros(16, np.float32), "taxels"))
+            if self.on["joint_states"]:
+                msg = JointState()
+                msg.header.stamp = stamp
+                msg.name = JOINTS[::-1]
+                msg.position = [0.1, 0.2, 0.3, 0.4]
+                pub["joint_states"].publish(msg)
+                self.stamps.add((stamp.sec, stamp.nanosec))
+
+        node.create_timer(0.02, tick)
+
+    def all(self, value: bool):
+        for k in self.on:
+            self.on[k] = value
+
+
+@pytest.fixture(scope="module")
+def graph():
+    ros_env()
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+
+    rclpy.init()
+    harness = Harness("context_test_harness")
+    harness.record(Image, "/sage/latent")
+    harness.record(DiagnosticArray, "/diagnostics")
+    sensors = Sensors(harness)
+    spinner = Spinner(harness.node)
+    yield harness, spinner, sensors
+    spinner.shutdown()
+    harness.destroy()
+    rclpy.shutdown()
+
+
+_counter = [0]
+
+
+@pytest.fixture
+def make_node(graph, files):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from sage_hl_ros.ros.context_node import ContextNode
+
+    harness, spinner, sensors = graph
+    created = []
+
+    def make(**params):
+        base = {"model_dir": str(files / "a"), "h_rate_hz": 10.0, "diagnostics_period_s": 0.25,
+                "expected_image_width_px": SIZE, "expected_image_height_px": SIZE}
+        base.update(params)
+        _counter[0] += 1
+        node = ContextNode(node_name=f"sage_context_{_counter[0]}",
+                           parameter_overrides=[Parameter(k, value=v) for k, v in base.items()])
+        created.append(node)
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        spinner.add(node)
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        return node
+
+    yield make
+    sensors.all(True)
+    for node in created:
+        try:
+            spinner.remove(node)
+        except Exception:
+            pass
+        node.destroy_node()
+    for rec in harness.recorders.values():
+        rec.clear()
+
+
+def _diag(harness, node, part, since, predicate=None, timeout_s=10.0):
+    rec = harness.recorders["/diagnostics"]
+    key = f"{node.get_name()}: {part}"
+
+    def find():
+        for _, msg in reversed(rec.since(since)):
+            st = diag_statuses(msg).get(key)
+            if st is not None and (predicate is None or predicate(st)):
+                return st
+        return None
+
+    return wait_for(find, timeout_s, what=f"a matching '{key}' diagnostic")
+
+
+def _latents(harness, since=0.0):
+    return harness.recorders["/sage/latent"].since(since)
+
+
+def test_latents_at_h_rate_stamped_from_observations(graph, make_node):
+    harness, _, sensors = graph
+    node = make_node()
+    wait_for(lambda: len(_latents(harness)) >= 3, 15.0, what="latents")
+    window = 3.0
+    t0 = time.monotonic()
+    wait_for(lambda: time.monotonic() > t0 + window, window + 5.0, interval_s=0.1, what="measurement window")
+    got = [m for t, m in _latents(harness, t0) if t <= t0 + window]
+    assert 27 <= len(got) <= 33, f"{len(got) / window:.1f} latents/s, expected 10 Hz +-10%"
+    msg = got[-1]
+    assert (msg.encoding, msg.height, msg.width) == ("32FC1", 1, 256)
+    from sage_hl_ros.ros.convert import msg_to_latent
+
+    assert np.isfinite(msg_to_latent(msg)).all()
+    # Stamped with the newest header stamp among the observations used (not the publish time).
+    assert all((m.header.stamp.sec, m.header.stamp.nanosec) in sensors.stamps for m in got)
+    level, message, values = _diag(harness, node, "H loop", since=t0, predicate=lambda st: st[0] == 0)
+    # (the exact rate is the latent count above; this reading spans only one 0.25 s diagnostics period)
+    assert 4.0 <= float(values["rate_hz"]) <= 20.0 and float(values["inference_p50_ms"]) > 0
+    for modality in ("camera", "depth", "audio", "tactile", "joint_states"):
+        assert _diag(harness, node, modality, since=t0)[2]["state"] == "ok", modality
+
+
+def test_bad_inputs_are_counted_and_diagnosed(graph, make_node):
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+
+    from sage_hl_ros.ros import convert
+
+    harness, _, _ = graph
+    node = make_node()
+    wait_for(lambda: len(_latents(harness)) >= 2, 15.0, what="latents")
+    now = harness.node.get_clock().now().to_msg()
+
+    def joints(names, positions):
+        msg = JointState()
+        msg.header.stamp = now
+        msg.name, msg.position = names, positions
+        return msg
+
+    malformed = Float32MultiArray()
+    malformed.layout.dim = [MultiArrayDimension(label="taxels", size=16, stride=16)]
+    malformed.data = [0.0] * 8
+    short_audio = Float32MultiArray()
+    short_audio.layout.dim = [MultiArrayDimension(label="samples", size=600, stride=600)]
+    short_audio.data = [0.0] * 512
+    cases = [  # (topic, type, message, modality, reason category)
+        ("/camera/image_raw", Image, convert.numpy_to_image(np.zeros((SIZE, SIZE), np.float32), "32FC1", now),
+         "camera", "wrong_encoding"),
+        ("/camera/image_raw", Image, convert.numpy_to_image(np.zeros((48, 64, 3), np.uint8), "rgb8", now),
+         "camera", "wrong_size"),
+        ("/camera/depth/image_raw", Image, convert.numpy_to_image(np.zeros((SIZE, SIZE, 3), np.uint8), "rgb8", now),
+         "depth", "wrong_encoding"),
+        ("/tactile/array", Float32MultiArray, malformed, "tactile", "malformed"),
+        ("/tactile/array", Float32MultiArray, convert.numpy_to_float32_multiarray(np.zeros(9), "taxels"),
+         "tactile", "wrong_size"),
+        ("/audio/frames", Float32MultiArray, short_audio, "audio", "malformed"),
+        ("/joint_states", JointState, joints(JOINTS[:3], [0.1, 0.2, 0.3]), "joint_states", "missing_joint"),
+        ("/joint_states", JointState, joints(JOINTS, [0.1, float("nan"), 0.3, 0.4]), "joint_states", "non_finite"),
+        ("/joint_states", JointState, joints(JOINTS, [0.1, float("-inf"), 0.3, 0.4]), "joint_states", "non_finite"),
+    ]
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    sensor_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    for topic, msg_type, msg, modality, category in cases:
+        slot = node._cache.slots[modality]
+        before = slot.reasons[category]
+        harness.publish(msg_type, topic, msg, sensor_qos)
+        wait_for(lambda s=slot, c=category, b=before: s.reasons[c] > b, 5.0,
+                 what=f"{modality} rejection '{category}'")
+    t0 = time.monotonic()
+    n_latents = len(_latents(harness))
+    for modality, category in (("camera", "wrong_encoding"), ("camera", "wrong_size"), ("depth", "wrong_encoding"),
+                               ("tactile", "malformed"), ("tactile", "wrong_size"), ("audio", "malformed"),
+                               ("joint_states", "missing_joint"), ("joint_states", "non_finite")):
+        _, message, values = _diag(harness, node, modality, since=t0,
+                                   predicate=lambda st, c=category: int(st[2].get(f"rejected.{c}", 0)) >= 1)
+        assert values["last_reason"]
+    assert int(_diag(harness, node, "joint_states", since=t0)[2]["rejected.non_finite"]) >= 2
+    # Nothing crashed: latents keep coming, the good streams are still "ok".
+    wait_for(lambda: len(_latents(harness)) >= n_latents + 3, 5.0, what="latents after bad input")
+    assert node._step_errors == 0
+
+
+def test_compressed_camera(graph, make_node):
+    from PIL import Image as PILImage
+    from sensor_msgs.msg import CompressedImage
+
+    harness, _, sensors = graph
+    node = make_node(camera_compressed=True)
+    buf = io.BytesIO()
+    PILImage.fromarray(np.full((SIZE, SIZE, 3), 120, np.uint8)).save(buf, format="JPEG")
+    msg = CompressedImage(format="jpeg", data=buf.getvalue())
+    bad = CompressedImage(format="jpeg", data=b"not a jpeg at all")
+    topic = "/camera/image_raw/compressed"
+    harness.wait_for_subscribers(CompressedImage, topic)
+
+    def send(m):
+        m.header.stamp = harness.node.get_clock().now().to_msg()
+        harness.publish(CompressedImage, topic, m)
+
+    send(msg)
+    wait_for(lambda: node._decoded[1] is not None, 5.0, what="a decoded JPEG")
+    assert node._decoded[1].shape == (SIZE, SIZE, 3)
+    slot = node._cache.slots["camera"]
+    send(bad)
+    wait_for(lambda: slot.reasons["decode_error"] + slot.reasons["malformed"] >= 1, 5.0, what="decode rejection")
+
+
+def test_stale_modality_is_masked_and_no_input_publishes_nothing(graph, make_node):
+    harness, _, sensors = graph
+    node = make_node(observation_timeout_s=0.3)
+    wait_for(lambda: len(_latents(harness)) >= 2, 15.0, what="latents")
+    sensors.on["camera"] = False
+    t0 = time.monotonic()
+    _diag(harness, node, "camera", since=t0, predicate=lambda st: st[2]["state"] == "stale")
+    n = len(_latents(harness))
+    wait_for(lambda: len(_latents(harness)) >= n + 3, 5.0, what="latents without the camera")
+    assert node._cache.fresh("camera", node._now_s(), 0.3) is None
+
+    sensors.all(False)  # nothing fresh at all: publish nothing, so the control node holds
+    wait_for(lambda: node._skipped_no_input >= 3, 5.0, what="skipped H steps")
+    n = len(_latents(harness))
+    t1 = time.monotonic()
+    wait_for(lambda: time.monotonic() > t1 + 0.5, 2.0, what="a quiet period")
+    assert len(_latents(harness)) <= n + 1
+    sensors.all(True)
+    wait_for(lambda: len(_latents(harness)) >= n + 3, 5.0, what="latents after sensors resumed")
+
+
+def test_reload_swaps_model_and_rejects_bad_checkpoints(graph, make_node, files, tmp_path):
+    from std_srvs.srv import Trigger
+
+    from sage_hl_ros.core.checkpoint import load_checkpoint, model_hash, save_checkpoint
+
+    harness, _, _ = graph
+    live = tmp_path / "live"
+    shutil.copytree(files / "a", live)
+    node = make_node(model_dir=str(live))
+    name = node.get_name()
+    wait_for(lambda: len(_latents(harness)) >= 2, 15.0, what="latents")
+
+    save_checkpoint(load_checkpoint(files / "b"), live)
+    t0 = time.monotonic()
+    response = harness.call(Trigger, f"/{name}/reload_model")
+    assert response.success, response.message
+    new_hash = model_hash(files / "b")
+    _diag(harness, node, "model", since=t0, predicate=lambda st: st[2]["model_sha256"] == new_hash)
+
+    result = harness.set_params(name, {"model_dir": str(files / "corrupt")})[0]
+    assert result.successful, result.reason
+    level, message, values = _diag(harness, node, "model", since=time.monotonic(), predicate=lambda st: st[0] == 2)
+    assert "safetensors" in message and values["model_sha256"] == new_hash
+    response = harness.call(Trigger, f"/{name}/reload_model")
+    assert not response.success and "safetensors" in response.message
+
+    assert harness.set_params(name, {"model_dir": str(files / "other_robot")})[0].successful
+    _diag(harness, node, "model", since=time.monotonic(), predicate=lambda st: "joint names" in st[1])
+    result = harness.set_params(name, {"model_dir": str(tmp_path / "missing")})[0]
+    assert not result.successful and "not a directory" in result.reason
+
+    # Latents never stopped: no gap longer than 2.5 H periods since the first reload.
+    times = [t for t, _ in _latents(harness, t0)]
+    assert len(times) >= 5 and max(np.diff(times)) < 0.25, max(np.diff(times))
+
+
+def test_configure_fails_without_a_model(graph):
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from sage_hl_ros.ros.context_node import ContextNode
+
+    node = ContextNode(node_name="sage_context_no_model")
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    finally:
+        node.destroy_node()

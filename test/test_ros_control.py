@@ -1,0 +1,447 @@
+"""sage_control over a real ROS graph, in one process (fast, deterministic where it can be).
+
+The node runs with its real control thread; a harness node streams latents and joint states and
+records commands with receive times. Checkpoints use a constant L-module delta (0 unless stated),
+so a command equals the measured joint position: joint order and holds are visible from outside.
+Timing claims ("hold within 2 ticks", "e-stop within 1 tick") are checked against the node's own
+tick log (tick time on the node clock + safety status), which does not depend on machine load.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+from ros_harness import Harness, Spinner, diag_statuses, make_checkpoint, ros_env, wait_for, write_limits
+
+pytestmark = pytest.mark.ros
+
+CKPT_ORDER = ["joint1", "joint2", "joint3", "joint4"]  # model order
+COMMAND_ORDER = ["joint3", "joint1", "joint4", "joint2"]  # joint_names parameter (command order)
+PUBLISH_ORDER = ["joint4", "joint2", "joint1", "joint3"]  # JointState name[] order, different again
+LIMITS = {"joint1": (-1.0, 1.0, 2.0, 40.0), "joint2": (-1.0, 1.0, 2.0, 40.0),
+          "joint3": (-1.0, 1.0, 2.0, 40.0), "joint4": (-0.5, 0.5, 2.0, 40.0)}
+POSITIONS = {"joint1": 0.1, "joint2": -0.2, "joint3": 0.3, "joint4": 0.9}  # joint4 beyond its limit
+EXPECTED = np.array([0.3, 0.1, 0.5, -0.2])  # COMMAND_ORDER, joint4 clamped to 0.5
+ARRAY_TOPIC = "/forward_position_controller/commands"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("control")
+    make_checkpoint(root / "zero", CKPT_ORDER, bias=0.0)
+    make_checkpoint(root / "plus", CKPT_ORDER, bias=0.05)
+    make_checkpoint(root / "other_robot", ["a", "b", "c", "d"], bias=0.0)
+    shutil.copytree(root / "zero", root / "corrupt")
+    (root / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage, not safetensors" * 10)
+    write_limits(root / "limits.yaml", LIMITS)
+    write_limits(root / "limits_missing.yaml", {k: v for k, v in LIMITS.items() if k != "joint2"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def graph():
+    ros_env()
+    import rclpy
+    from std_msgs.msg import Float64MultiArray
+
+    rclpy.init()
+    harness = Harness("control_test_harness")
+    harness.record(Float64MultiArray, ARRAY_TOPIC)
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    harness.record(DiagnosticArray, "/diagnostics")
+    spinner = Spinner(harness.node)
+    harness.stream_joints(PUBLISH_ORDER, POSITIONS, rate_hz=100.0)
+    harness.stream_latent(rate_hz=10.0)
+    yield harness, spinner
+    spinner.shutdown()
+    harness.destroy()
+    rclpy.shutdown()
+
+
+_counter = [0]
+
+
+@pytest.fixture
+def make_node(graph, files):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from sage_hl_ros.ros.control_node import ControlNode
+
+    harness, spinner = graph
+    created = []
+
+    def make(activate=True, **params):
+        defaults = {"model_dir": str(files / "zero"), "joint_limits_file": str(files / "limits.yaml"),
+                    "joint_names": COMMAND_ORDER, "control_rate_hz": 200.0, "diagnostics_period_s": 0.25}
+        defaults.update(params)
+        _counter[0] += 1
+        node = ControlNode(node_name=f"sage_control_{_counter[0]}",
+                           parameter_overrides=[Parameter(k, value=v) for k, v in defaults.items()])
+        created.append(node)
+        if activate:
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            spinner.add(node)
+            assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        return node
+
+    yield make
+    harness.joint_stream = harness.latent_stream = True
+    harness.joint_positions = dict(POSITIONS)
+    for node in created:
+        node.release()
+        try:
+            spinner.remove(node)
+        except Exception:
+            pass
+        node.destroy_node()
+    for rec in harness.recorders.values():
+        rec.clear()
+
+
+def _status(node):
+    return node._status.value
+
+
+def _wait_status(node, value, timeout_s=10.0):
+    wait_for(lambda: _status(node) == value, timeout_s, what=f"status {value} (now {_status(node)})")
+
+
+def _ticks_after(node, t_s):
+    times, statuses = node.tick_log()
+    keep = times > int(t_s * 1e9)
+    return times[keep], [s.value for s, k in zip(statuses, keep, strict=True) if k]
+
+
+def _diag(harness, node, part, since, predicate=None, timeout_s=10.0):
+    """Newest ``<node name>: <part>`` diagnostic received after ``since`` that satisfies ``predicate``."""
+    rec = harness.recorders["/diagnostics"]
+    key = f"{node.get_name()}: {part}"
+
+    def find():
+        for _, msg in reversed(rec.since(since)):
+            st = diag_statuses(msg).get(key)
+            if st is not None and (predicate is None or predicate(st)):
+                return st
+        return None
+
+    return wait_for(find, timeout_s, what=f"a matching '{key}' diagnostic")
+
+
+def _commands(harness, since):
+    return [(t, np.array(m.data)) for t, m in harness.recorders[ARRAY_TOPIC].since(since)]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_rate_limits_and_joint_order(graph, make_node):
+    harness, _ = graph
+    node = make_node(enable_control=True)
+    rec = harness.recorders[ARRAY_TOPIC]
+    wait_for(lambda: rec.count() > 50, 15.0, what="commands")
+    window = 4.0
+    t0 = time.monotonic()
+    wait_for(lambda: time.monotonic() > t0 + window, window + 5.0, interval_s=0.1, what="measurement window")
+    got = [c for t, c in _commands(harness, t0) if t <= t0 + window]
+    rate = len(got) / window
+    assert 180.0 <= rate <= 220.0, f"command rate {rate:.1f} Hz, expected 200 Hz +-10%"
+    lo = np.array([LIMITS[n][0] for n in COMMAND_ORDER])
+    hi = np.array([LIMITS[n][1] for n in COMMAND_ORDER])
+    every = np.array([c for _, c in _commands(harness, 0.0)])
+    assert every.shape[1] == 4
+    assert np.all(every >= lo) and np.all(every <= hi), "a command left the joint limits"
+    # Names arrive in PUBLISH_ORDER, the model uses CKPT_ORDER, commands go out in COMMAND_ORDER.
+    np.testing.assert_allclose(got[-1], EXPECTED, atol=1e-6)
+    assert _status(node) == "ok"
+
+
+def test_stale_latent_and_stale_joints_hold_within_two_ticks(graph, make_node):
+    harness, _ = graph
+    node = make_node(enable_control=True, latent_timeout_s=0.3, joint_state_timeout_s=0.1)
+    _wait_status(node, "ok")
+    for stream, kind, timeout, idx in (("latent_stream", "hold_stale_latent", 0.3, None),
+                                       ("joint_stream", "hold_stale_joints", 0.1, 3)):
+        setattr(harness, stream, False)
+        _wait_status(node, kind)
+        harness.joint_positions = dict(POSITIONS, joint1=0.2)  # would move joint1 if not holding
+        t_hold = time.monotonic()
+        last_arrival = node._latent[1] if idx is None else node._joints[idx]
+        stale_at = last_arrival + timeout
+        wait_for(lambda t=stale_at: len(_ticks_after(node, t)[1]) >= 5, 5.0, what="ticks after the input went stale")
+        times, statuses = _ticks_after(node, stale_at)
+        # The first tick after the input went stale holds (2 allowed), and no later tick commands.
+        assert len(statuses) >= 2 and kind in statuses[:2], f"hold not within 2 ticks: {statuses[:5]}"
+        assert "ok" not in statuses, "a command was computed from a stale input"
+        # Holds repeat the last command: never zeros, never the new measurement.
+        wait_for(lambda t=t_hold: len(_commands(harness, t)) >= 20, 10.0, what="held commands")
+        for _, c in _commands(harness, t_hold):
+            np.testing.assert_allclose(c, EXPECTED, atol=1e-6)
+        level, message, values = _diag(harness, node, "control loop", since=t_hold,
+                                       predicate=lambda st, k=kind: st[2]["state"] == k)
+        assert level == 1 and kind in message, (level, message)  # WARN
+        harness.joint_positions = dict(POSITIONS)
+        setattr(harness, stream, True)
+        _wait_status(node, "ok")
+        wait_for(lambda: np.allclose(_commands(harness, 0.0)[-1][1], EXPECTED, atol=1e-6), 5.0, what="settled commands")
+
+
+def test_estop_latches_within_one_tick_and_only_reset_releases(graph, make_node):
+    from std_msgs.msg import Bool, Empty
+    from std_srvs.srv import Trigger
+
+    harness, _ = graph
+    node = make_node(enable_control=True)
+    _wait_status(node, "ok")
+    harness.wait_for_subscribers(Bool, "/e_stop")
+    harness.wait_for_subscribers(Empty, "/e_stop/reset")
+
+    harness.publish(Bool, "/e_stop", Bool(data=True))
+    _wait_status(node, "estop", 5.0)
+    arrival = node._estop_arrival_s
+    harness.joint_positions = dict(POSITIONS, joint1=0.2)
+    for _ in range(3):  # the trigger going quiet (data=false) must not release it
+        harness.publish(Bool, "/e_stop", Bool(data=False))
+    t_quiet = time.monotonic()
+    wait_for(lambda: time.monotonic() > t_quiet + 0.5, 5.0, what="a quiet period")
+    _, statuses = _ticks_after(node, arrival)
+    assert statuses.count("ok") <= 1 and statuses[1:].count("ok") == 0, f"e-stop not latched: {statuses[:5]}"
+    assert set(statuses[1:]) == {"estop"}
+    for _, c in _commands(harness, t_quiet - 0.4):
+        np.testing.assert_allclose(c, EXPECTED, atol=1e-6)
+    level, message, values = _diag(harness, node, "control loop", since=t_quiet,
+                                   predicate=lambda st: st[2]["state"] == "estop")
+    assert level == 2 and values["e_stop_latched"] == "true"  # ERROR
+
+    # Topic reset releases it; it resumes toward the new measurement.
+    harness.publish(Empty, "/e_stop/reset", Empty())
+    _wait_status(node, "ok", 5.0)
+    wait_for(lambda: abs(_commands(harness, 0.0)[-1][1][1] - 0.2) < 1e-6, 5.0, what="resume after reset")
+
+    # Latch again; the service releases it too.
+    harness.publish(Bool, "/e_stop", Bool(data=True))
+    _wait_status(node, "estop", 5.0)
+    response = harness.call(Trigger, f"/{node.get_name()}/reset_e_stop")
+    assert response.success and "reset" in response.message
+    _wait_status(node, "ok", 5.0)
+
+
+def test_estop_empty_message_type(graph, make_node):
+    from std_msgs.msg import Empty
+
+    harness, _ = graph
+    node = make_node(enable_control=True, e_stop_msg_type="empty", e_stop_topic="/e_stop_empty")
+    _wait_status(node, "ok")
+    harness.wait_for_subscribers(Empty, "/e_stop_empty")
+    harness.publish(Empty, "/e_stop_empty", Empty())
+    _wait_status(node, "estop", 5.0)
+    node._reset_estop("test")
+    _wait_status(node, "ok", 5.0)
+
+
+def test_enable_control_false_publishes_nothing(graph, make_node):
+    harness, _ = graph
+    node = make_node(enable_control=False)
+    wait_for(lambda: node._ticks > 100 and _status(node) == "disabled", 10.0, what="disabled ticks")
+    t0 = time.monotonic()
+    wait_for(lambda: time.monotonic() > t0 + 1.0, 5.0, what="a quiet second")
+    assert _commands(harness, t0) == [], "commands published with enable_control=false"
+
+    results = harness.set_params(node.get_name(), {"enable_control": True})
+    assert results[0].successful, results[0].reason
+    wait_for(lambda: len(_commands(harness, t0)) > 20, 10.0, what="commands after enabling")
+    results = harness.set_params(node.get_name(), {"enable_control": False})
+    assert results[0].successful
+    t1 = time.monotonic() + 0.1  # in-flight messages
+    wait_for(lambda: time.monotonic() > t1 + 0.5, 5.0, what="a quiet period")
+    assert _commands(harness, t1) == [], "commands published after enable_control:=false"
+    assert harness.set_params(node.get_name(), {"enable_control": "yes"})[0].successful is False
+
+
+def test_bad_joint_states_and_latents_are_diagnosed(graph, make_node):
+    from sensor_msgs.msg import Image, JointState
+
+    from sage_hl_ros.ros.convert import latent_to_msg
+
+    harness, _ = graph
+    node = make_node(enable_control=True)
+    _wait_status(node, "ok")
+
+    def joint_msg(names, positions):
+        msg = JointState()
+        msg.header.stamp = harness.node.get_clock().now().to_msg()
+        msg.name, msg.position = names, positions
+        return msg
+
+    cases = [
+        (joint_msg(PUBLISH_ORDER, [0.1, float("nan"), 0.2, 0.3]), "non-finite"),
+        (joint_msg(PUBLISH_ORDER, [0.1, float("inf"), 0.2, 0.3]), "non-finite"),
+        (joint_msg(["joint1", "joint2", "joint3"], [0.1, 0.2, 0.3]), "missing"),
+    ]
+    for i, (msg, reason) in enumerate(cases, start=1):
+        harness.publish(JointState, "/joint_states", msg)
+        wait_for(lambda i=i: node._rejected["joint_states"] >= i, 5.0, what=f"rejection {i}")
+        assert reason in node._reject_reasons["joint_states"]
+    harness.publish(Image, "/sage/latent", latent_to_msg(np.zeros(128, np.float32), None))
+    wait_for(lambda: node._rejected["latent"] >= 1, 5.0, what="latent rejection")
+    assert "expected 256" in node._reject_reasons["latent"]
+
+    t0 = time.monotonic()
+    _, _, values = _diag(harness, node, "control loop", since=t0,
+                         predicate=lambda st: st[2]["rejected.joint_states"] == "3")
+    assert values["rejected.latent"] == "1" and "missing" in values["last_reject.joint_states"]
+    assert node._loop.running and node._loop.errors == 0
+    assert _status(node) == "ok"  # the good stream kept it commanding
+
+
+def test_three_output_interfaces(graph, make_node):
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    harness, _ = graph
+    traj = harness.record(JointTrajectory, "/forward_position_controller/joint_trajectory")
+    js = harness.record(JointState, "/joint_command")
+    make_node(enable_control=True, control_rate_hz=100.0)
+    make_node(enable_control=True, control_rate_hz=100.0, command_interface="joint_trajectory",
+              trajectory_time_from_start_s=0.05)
+    make_node(enable_control=True, control_rate_hz=100.0, command_interface="joint_state")
+    arr = harness.recorders[ARRAY_TOPIC]
+    for rec in (arr, traj, js):
+        wait_for(lambda rec=rec: rec.count() > 20, 15.0, what="commands on every interface")
+
+    np.testing.assert_allclose(np.array(arr.last().data), EXPECTED, atol=1e-6)
+    t = traj.last()
+    assert isinstance(t, JointTrajectory) and list(t.joint_names) == COMMAND_ORDER and len(t.points) == 1
+    np.testing.assert_allclose(np.array(t.points[0].positions), EXPECTED, atol=1e-6)
+    assert len(t.points[0].velocities) == 4
+    assert t.points[0].time_from_start.sec == 0 and t.points[0].time_from_start.nanosec == 50_000_000
+    j = js.last()
+    assert isinstance(j, JointState) and list(j.name) == COMMAND_ORDER
+    np.testing.assert_allclose(np.array(j.position), EXPECTED, atol=1e-6)
+    assert j.header.stamp.sec > 0
+
+
+def test_reload_swaps_model_and_rejects_bad_checkpoints(graph, make_node, files, tmp_path):
+    from std_srvs.srv import Trigger
+
+    from sage_hl_ros.core.checkpoint import load_checkpoint, save_checkpoint
+
+    harness, _ = graph
+    live = tmp_path / "live"
+    shutil.copytree(files / "zero", live)
+    node = make_node(enable_control=True, model_dir=str(live))
+    name = node.get_name()
+    wait_for(lambda: len(_commands(harness, 0.0)) > 20, 10.0, what="commands")
+    np.testing.assert_allclose(_commands(harness, 0.0)[-1][1], EXPECTED, atol=1e-6)
+
+    # New weights in the same directory + ~/reload_model: commands shift by the new delta.
+    save_checkpoint(load_checkpoint(files / "plus"), live)
+    t_call = time.monotonic()
+    n_ticks = node._ticks
+    response = harness.call(Trigger, f"/{name}/reload_model")
+    assert response.success, response.message
+    plus = EXPECTED + np.array([0.05, 0.05, 0.0, 0.05])  # joint4 stays clamped at 0.5
+    wait_for(lambda: np.allclose(_commands(harness, t_call)[-1][1], plus, atol=1e-6), 10.0,
+             what="commands from the reloaded model")
+    _assert_flowing(harness, node, t_call, n_ticks)
+
+    # A corrupt checkpoint via the parameter: accepted as a path, rejected on load; old model keeps running.
+    t_bad = time.monotonic()
+    n_ticks = node._ticks
+    result = harness.set_params(name, {"model_dir": str(files / "corrupt")})[0]
+    assert result.successful, result.reason
+    level, message, values = _diag(harness, node, "model", since=t_bad, predicate=lambda st: st[0] == 2)
+    assert "safetensors" in message and values["model_dir"] == str(live)
+    response = harness.call(Trigger, f"/{name}/reload_model")  # model_dir now points at the corrupt one
+    assert not response.success and "safetensors" in response.message
+    np.testing.assert_allclose(_commands(harness, t_bad)[-1][1], plus, atol=1e-6)
+    _assert_flowing(harness, node, t_bad, n_ticks)
+
+    # Another robot's checkpoint and a missing directory are refused too.
+    result = harness.set_params(name, {"model_dir": str(files / "other_robot")})[0]
+    assert result.successful
+    _diag(harness, node, "model", since=time.monotonic(), predicate=lambda st: "joint set" in st[1])
+    result = harness.set_params(name, {"model_dir": str(tmp_path / "nope")})[0]
+    assert not result.successful and "not a directory" in result.reason
+    assert node._policy.model_dir == str(live)
+
+
+def _assert_flowing(harness, node, t0, n_ticks):
+    """Since t0: every tick commanded (no hold) and no gap in the command stream over 100 ms."""
+    times, statuses = node.tick_log()
+    recent = statuses[-(node._ticks - n_ticks):]
+    assert recent and set(s.value for s in recent) == {"ok"}, set(s.value for s in recent)
+    received = [t for t, _ in _commands(harness, t0)]
+    assert len(received) > 10
+    assert max(np.diff(received)) < 0.1, f"command gap {max(np.diff(received)) * 1e3:.0f} ms during reload"
+
+
+def test_configure_failures_are_clear(graph, files):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from sage_hl_ros.ros.control_node import ControlNode
+
+    def configure(**params):
+        base = {"model_dir": str(files / "zero"), "joint_limits_file": str(files / "limits.yaml")}
+        base.update(params)
+        _counter[0] += 1
+        node = ControlNode(node_name=f"sage_control_cfg_{_counter[0]}",
+                           parameter_overrides=[Parameter(k, value=v) for k, v in base.items()])
+        try:
+            return node.trigger_configure(), node
+        finally:
+            node.release()
+
+    fail = TransitionCallbackReturn.FAILURE
+    for params in ({"model_dir": ""}, {"model_dir": str(files / "corrupt")},
+                   {"joint_names": ["joint1", "joint2", "joint3", "wrist"]},
+                   {"enable_control": True, "joint_limits_file": ""},
+                   {"joint_limits_file": str(files / "limits_missing.yaml")},
+                   {"command_interface": "velocity"}):
+        result, node = configure(**params)
+        assert result == fail, params
+        node.destroy_node()
+    # No limits + disabled = a dry run that refuses to be enabled.
+    result, node = configure(joint_limits_file="")
+    assert result == TransitionCallbackReturn.SUCCESS
+    from rclpy.parameter import Parameter as P
+
+    assert not node.set_parameters([P("enable_control", value=True)])[0].successful
+    node.trigger_cleanup()
+    node.destroy_node()
+
+
+def test_loop_ticks_on_sim_time(graph, make_node):
+    from builtin_interfaces.msg import Time
+    from rclpy.qos import QoSProfile
+    from rosgraph_msgs.msg import Clock
+
+    harness, _ = graph
+    node = make_node(enable_control=False, use_sim_time=True)
+    harness.wait_for_subscribers(Clock, "/clock")
+    pub = harness.publisher(Clock, "/clock", QoSProfile(depth=10))
+    sim_ns = 1000 * 10**9  # far from wall time: tick stamps must come from /clock
+
+    def run_clock(seconds):
+        nonlocal sim_ns
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            sim_ns += 5_000_000  # 1 tick of sim time per message
+            pub.publish(Clock(clock=Time(sec=sim_ns // 10**9, nanosec=sim_ns % 10**9)))
+            time.sleep(0.01)  # sim runs at half speed
+
+    run_clock(1.0)
+    wait_for(lambda: node._ticks > 20, 5.0, what="ticks on sim time")
+    times, _ = node.tick_log()
+    assert times.min() >= 1000 * 10**9 and times.max() <= sim_ns
+    paused = node._ticks
+    t0 = time.monotonic()
+    wait_for(lambda: time.monotonic() > t0 + 0.5, 2.0, what="a paused clock")
+    assert node._ticks - paused <= 1, "the loop ticked while /clock was paused"
+    run_clock(0.5)
+    assert node._ticks > paused + 10
