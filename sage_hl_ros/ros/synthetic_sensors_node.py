@@ -13,6 +13,9 @@ Published topics (QoS: ``qos.<name>.*``, preset "sensor": best-effort, keep-last
     /audio/frames            std_msgs/Float32MultiArray dim "samples", audio_frame_samples per frame,
                              at audio_sample_rate_hz / audio_frame_samples frames/s (16000/4096 = 3.9 Hz)
     /tactile/array           std_msgs/Float32MultiArray dim "taxels", tactile_taxels values, tactile_rate_hz
+    /synthetic/goal_joints   std_msgs/Float64MultiArray: the joint-space goal the expert would reach,
+                             published when the goal moves (reliable, transient-local), so demos
+                             can measure how close a learned controller gets
 Parameters
     camera_width_px / camera_height_px (int, 128 / 128)   e.g. 640 x 480 for load tests
     camera_rate_hz (30.0), depth_rate_hz (30.0), tactile_rate_hz (100.0)
@@ -33,7 +36,7 @@ import torch
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
-from std_msgs.msg import Float32MultiArray
+from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
 from ..core.config import ObservationConfig
 from ..core.synthetic import SyntheticReachTask
@@ -82,6 +85,8 @@ class SyntheticSensors(Node):
         self.published = {k: 0 for k in topics}
         self._pubs = {k: self.create_publisher(Image if k in ("camera", "depth") else Float32MultiArray, t,
                                                declare_qos(self, k, "sensor")) for k, t in topics.items()}
+        self._goal_pub = self.create_publisher(Float64MultiArray, "/synthetic/goal_joints",
+                                               declare_qos(self, "goal", "status"))
         self._maybe_new_goal()
         self.create_timer(1.0 / cam_hz, self._pub_camera)
         self.create_timer(1.0 / depth_hz, self._pub_depth)
@@ -105,6 +110,8 @@ class SyntheticSensors(Node):
         t = np.arange(self.sample_rate) / self.sample_rate
         self._tone = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
         self._tactile = (0.05 * self._rng.random(self.task.cfg.tactile_taxels)).astype(np.float32)
+        goal_joints = self.task.joint_goal(self.goal[None])[0].double().numpy()
+        self._goal_pub.publish(Float64MultiArray(data=goal_joints.tolist()))
 
     def _stamp(self):
         return self.get_clock().now().to_msg()

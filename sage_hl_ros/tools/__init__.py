@@ -1,0 +1,1 @@
+"""Command-line tools that orchestrate processes (bring-up, demo); no rclpy import here."""
