@@ -5,7 +5,8 @@ Runs the default model (config/model.yaml) in eval mode under torch.inference_mo
 threads pinned to 1 and to 2, at batch 1 and 16, on real synthetic observations. Prints per-stage
 p50/p99, then one summary line:
 
-    bench_core: h_path_b1_p50_ms=<x> b16_samples_per_s=<y> l_step_p99_ms=<z> train_samples_per_s=<t> params_m=<p> rss_mb=<r>
+    bench_core: h_path_b1_p50_ms=<x> b16_samples_per_s=<y> l_step_p99_ms=<z> train_samples_per_s=<t> \
+        params_m=<p> rss_mb=<r>       (one line)
 
 Summary figures are for 1 thread (each node pins torch to 1 thread by default so the H and L
 processes do not fight over cores), except training which uses every thread given.

@@ -239,3 +239,20 @@ def test_hf_visual_backbone_from_local_directory(tmp_path):
     assert ctx.slice("sensory.visual").abs().sum() > 0
     with pytest.raises(FileNotFoundError, match="not a directory"):
         build_model(small_config(visual_backbone=str(tmp_path / "absent")))
+
+
+@pytest.mark.parametrize("mode,chunk,features", [("delta", 1, ["position"]), ("absolute", 3, ["position", "velocity"])])
+def test_numpy_l_policy_matches_torch(mode, chunk, features):
+    from sage_hl_ros.core.fast_policy import NumpyLPolicy
+
+    cfg = small_config(action_mode=mode, action_chunk=chunk)
+    cfg.observation.proprio_features = features
+    model, task, batch = _fitted(cfg)
+    obs = batch.obs.index(slice(0, 4))
+    z, _, _ = model.encode(obs)
+    reference = model.act(z, obs.joint_position, obs.joint_velocity).numpy()
+    fast = NumpyLPolicy(model)
+    for i in range(4):
+        got = fast.act(z[i].numpy(), obs.joint_position[i].numpy(), obs.joint_velocity[i].numpy())
+        assert got.shape == (chunk, cfg.observation.num_joints)
+        np.testing.assert_allclose(got, reference[i], rtol=1e-4, atol=1e-5)

@@ -256,9 +256,12 @@ def test_enable_control_false_publishes_nothing(graph, make_node):
     wait_for(lambda: len(_commands(harness, t0)) > 20, 10.0, what="commands after enabling")
     results = harness.set_params(node.get_name(), {"enable_control": False})
     assert results[0].successful
-    t1 = time.monotonic() + 0.1  # in-flight messages
+    wait_for(lambda: _status(node) == "disabled", 5.0, what="disabled status")
+    published = node._published  # the node's own count: immune to DDS delivery delays under load
+    t1 = time.monotonic() + 0.5  # messages already in flight may still arrive in this margin
     wait_for(lambda: time.monotonic() > t1 + 0.5, 5.0, what="a quiet period")
-    assert _commands(harness, t1) == [], "commands published after enable_control:=false"
+    assert node._published == published, "the node published after enable_control:=false"
+    assert _commands(harness, t1) == [], "commands received after enable_control:=false"
     assert harness.set_params(node.get_name(), {"enable_control": "yes"})[0].successful is False
 
 

@@ -22,7 +22,9 @@ class LModule(nn.Module):
         layers: list[nn.Module] = []
         d = model_cfg.latent_dim + obs_cfg.proprio_dim
         for _ in range(model_cfg.l_layers):
-            layers += [nn.Linear(d, model_cfg.l_hidden_dim), nn.LayerNorm(model_cfg.l_hidden_dim), nn.GELU()]
+            # tanh-GELU: exactly reproducible in numpy by NumpyLPolicy (the control loop's fast path)
+            layers += [nn.Linear(d, model_cfg.l_hidden_dim), nn.LayerNorm(model_cfg.l_hidden_dim),
+                       nn.GELU(approximate="tanh")]
             d = model_cfg.l_hidden_dim
         layers.append(nn.Linear(d, self.chunk * self.num_joints))
         self.net = nn.Sequential(*layers)

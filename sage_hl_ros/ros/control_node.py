@@ -5,10 +5,11 @@ URDF if given) and the safety filter, creates topics/services and warms up; ``ac
 the control loop; ``deactivate`` stops it (nothing is published while inactive); ``cleanup``
 releases everything. ``autostart:=true`` configures and activates at start-up.
 
-Per tick: latest latent (converted to a tensor once, on arrival) and latest joint state ->
-``model.act`` -> first step of the chunk -> ActionSmoother -> SafetyFilter (limits, rate limits,
-stale-input hold, latching e-stop, enable gate) -> publish (nothing when the filter says so;
-holds repeat the last command, never zeros). Staleness uses arrival times on the node clock.
+Per tick: latest latent (converted once, on arrival) and latest joint state ->
+``NumpyLPolicy.act`` (numpy twin of ``model.act``) -> first step of the chunk -> ActionSmoother ->
+SafetyFilter (limits, rate limits, stale-input hold, latching e-stop, enable gate) -> publish
+(nothing when the filter says so; holds repeat the last command, never zeros). Staleness uses
+arrival times on the node clock.
 
 Subscribed topics (QoS overridable via ``qos.<name>.{reliability,depth,durability}``)
     /sage/latent       sensor_msgs/Image 32FC1 1xD (from sage_context)         qos.latent: reliable
@@ -77,6 +78,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -93,6 +95,7 @@ from std_msgs.msg import Bool, Empty
 from std_srvs.srv import Trigger
 
 from ..core.checkpoint import CheckpointError, load_checkpoint, model_hash
+from ..core.fast_policy import NumpyLPolicy
 from ..core.l_module import ActionSmoother
 from ..safety import EStopLatch, JointLimits, SafetyFilter, SafetyStatus
 from . import commands, convert
@@ -111,6 +114,7 @@ class Policy:
     """A loaded model plus everything the tick needs that depends on it (swapped as one object)."""
 
     model: object
+    fast: NumpyLPolicy  # the tick's L step: numpy, same numbers as model.act
     model_dir: str
     sha256: str
     model_names: tuple  # checkpoint joint order (model input/output order)
@@ -138,11 +142,12 @@ def load_policy(model_dir: str, command_names: list[str] | None) -> Policy:
         if tuple(command_names) != names:
             perm = np.array([names.index(n) for n in command_names], dtype=np.intp)
     latent_dim = int(model.cfg.model.latent_dim)
-    z = torch.zeros(1, latent_dim)
-    q = torch.zeros(1, len(names))
+    fast = NumpyLPolicy(model)
+    z = np.zeros(latent_dim, dtype=np.float32)
+    q = np.zeros(len(names))
     for _ in range(_WARMUP_CALLS):
-        model.act(z, q, q)
-    return Policy(model, os.path.abspath(model_dir), model_hash(model_dir), names, perm, latent_dim,
+        fast.act(z, q, q)
+    return Policy(model, fast, os.path.abspath(model_dir), model_hash(model_dir), names, perm, latent_dim,
                   (time.perf_counter() - t0) * 1e3)
 
 
@@ -248,6 +253,9 @@ class ControlNode(LifecycleNode):
         if not (math.isfinite(self._rate_hz) and 0 < self._rate_hz <= 5000):
             raise ValueError(f"control_rate_hz must be in (0, 5000], got {self._rate_hz}")
         self._period_s = 1.0 / self._rate_hz
+        # The control thread needs the GIL the moment it wakes; by default another thread may keep it
+        # for up to 5 ms (sys.getswitchinterval). Hand it over within a tenth of a period instead.
+        sys.setswitchinterval(min(sys.getswitchinterval(), max(5e-5, 0.1 * self._period_s)))
         for key in ("latent_timeout_s", "joint_state_timeout_s", "trajectory_time_from_start_s",
                     "diagnostics_period_s"):
             value = float(g(key))
@@ -373,8 +381,8 @@ class ControlNode(LifecycleNode):
 
     # ------------------------------------------------------------------ inputs (executor thread)
     def _reset_inputs(self) -> None:
-        self._latent = None  # (z tensor (1, D), arrival_s)
-        self._joints = None  # (pos tensor (1, J) model order, vel tensor, measured float64 command order, arrival_s)
+        self._latent = None  # (z float32 (D,), arrival_s)
+        self._joints = None  # (pos (J,) model order, vel, measured float64 command order, arrival_s)
         self._rejected = {"latent": 0, "joint_states": 0}
         self._reject_reasons: dict[str, str] = {"latent": "", "joint_states": ""}
         self._received = {"latent": 0, "joint_states": 0}
@@ -399,7 +407,7 @@ class ControlNode(LifecycleNode):
         except (convert.ConversionError, ValueError) as exc:
             self._reject("latent", str(exc))
             return
-        self._latent = (torch.from_numpy(np.array(z, dtype=np.float32))[None], now)
+        self._latent = (np.array(z, dtype=np.float32), now)
 
     def _on_joints(self, msg: JointState) -> None:
         now = self._now_s()
@@ -413,8 +421,7 @@ class ControlNode(LifecycleNode):
             self._reject("joint_states", str(exc))
             return
         measured = pos if policy.perm is None else pos[policy.perm]
-        self._joints = (torch.from_numpy(pos.astype(np.float32))[None],
-                        torch.from_numpy(vel.astype(np.float32))[None], measured, now)
+        self._joints = (pos, vel, measured, now)
 
     def _on_estop(self, msg) -> None:
         if isinstance(msg, Bool) and not msg.data:
@@ -471,8 +478,7 @@ class ControlNode(LifecycleNode):
         policy, latent, joints = self._policy, self._latent, self._joints
         target = None
         if latent is not None and joints is not None and policy is not None:
-            out = policy.model.act(latent[0], joints[0], joints[1])  # inference_mode inside
-            step = out[0, 0].numpy()
+            step = policy.fast.act(latent[0], joints[0], joints[1])[0]
             target = self._smoother(step if policy.perm is None else step[policy.perm])
         filt = self._filter
         if filt is None:
