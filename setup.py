@@ -14,6 +14,9 @@ CONSOLE_SCRIPTS = [
     "sage_synthetic_sensors = sage_hl_ros.ros.synthetic_sensors_node:main",
     "sage_loopback_robot = sage_hl_ros.ros.loopback_robot_node:main",
     "sage_hl_bringup = sage_hl_ros.tools.bringup:main",
+    "sage_recorder = sage_hl_ros.ros.recorder_node:main",
+    "sage_replay = sage_hl_ros.ros.replay_node:main",
+    "sage-hl-bag = sage_hl_ros.tools.bag_cli:entry_point",
 ]
 
 setup(
@@ -24,7 +27,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.urdf")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.urdf") + glob("config/*.xml")),
         (f"share/{PACKAGE}/models", glob("models/*.md")),
     ],
     install_requires=["setuptools"],

@@ -34,5 +34,13 @@ STAND_IN_NODES = (
              "simulated position-controlled arm: commands in, /joint_states out"),
 )
 
-ALL_NODES = RUNTIME_NODES + STAND_IN_NODES
 
+# Tools: the experience recorder and the bag replayer (not part of the robot launch files' defaults).
+TOOL_NODES = (
+    NodeSpec("sage_recorder", "sage_recorder", "sage_hl_ros.ros.recorder_node",
+             "records the runtime topics (raw CDR) into a rosbag2 bag; episode services"),
+    NodeSpec("sage_replay", "sage_replay", "sage_hl_ros.ros.replay_node",
+             "replays a bag with its original timing and publishes /clock for use_sim_time nodes"),
+)
+
+ALL_NODES = RUNTIME_NODES + STAND_IN_NODES + TOOL_NODES

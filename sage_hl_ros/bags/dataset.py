@@ -1,0 +1,1263 @@
+"""Recorded rosbag2 bags -> aligned training sequences, streamed episode by episode. No rclpy.
+
+What a sample is
+    Each episode (between ``/sage/episode`` markers; the whole bag when there are none) is laid on
+    a grid at ``rate_hz`` (the H rate) starting at its start marker. At every grid time ``t`` each
+    modality holds its latest sample with header stamp ``<= t`` (zero-order hold, ``align.hold``);
+    one older than ``max_age_s.<modality>`` is missing and masked, as at runtime. The action of a
+    step is K absolute joint targets: the teacher label (``/teacher/joint_command``) or executed
+    command held at ``t + <delay> + k * action_chunk_dt_s`` (k < K). A step is usable when it has
+    an action and the ``require``-d modalities; a sample is T consecutive usable steps (grid
+    starts at multiples of ``sequence_stride``), given to the model as a ``SequenceBatch`` (B = 1;
+    the next step of a sequence carries the next-step proprioception).
+
+Time
+    Header stamps for stamped types, bag receive time for unstamped ones (multiarrays, markers),
+    so both must be on one clock: record with the node clock (``use_sim_time`` in simulation). A
+    median header-vs-receive offset above ``max_clock_offset_s`` is an error, not silent garbage.
+    Executed commands are held ``command_delay_s`` after the grid time (default half an H period:
+    the command the robot issued in response to that observation, which is received a little
+    later); teacher labels ``teacher_delay_s`` after it (default 0: a teacher stamps its label
+    with the stamp of the observation it labels). Labels stamped after the episode end are not
+    used (the end may be followed by a reset motion); the last label is held instead.
+
+Streaming and memory
+    Per bag, one reader pass in receive order decodes the small streams (joint states, commands,
+    teacher, tactile, audio) and reads only the header stamps of images (12 bytes, no pixel
+    decode) for the episodes asked for; an episode is aligned when the pass has gone
+    ``latency_slack_s`` past its end. Images are then read for that episode's window by a second
+    reader and decoded only if some emitted step uses them, and released as soon as the last such
+    step is emitted. Resident memory is bounded, independent of bag size and episode length for
+    images, by:
+
+        small arrays of the episode(s) whose window is open (usually one; none of them images)
+        + decoded frames held per image stream <= 2 + ceil(skew_s * rate_hz)
+          (skew_s = the difference in receive latency between camera and depth; peak in
+          ``stats["peak_held_frames"]``)
+        + T prepared steps (one SequenceBatch)
+        + the two readers' current storage chunk (rosbags holds a 1 MiB MCAP chunk about three
+          times while splitting it; 3-5 MB measured by tracemalloc for 60 kB frames)
+
+    Without episode markers the whole bag is one episode, so the small arrays grow with the bag
+    (about 120 B per joint-state message for 7 joints); images still do not.
+
+Errors
+    A bag that cannot be opened (truncated, missing files) or a message that cannot be decoded
+    raises ``BagError`` naming the bag, the topic and the message (its index on the topic,
+    counted from the start of the bag, and its receive time). With ``skip_bad_messages`` bad
+    messages are skipped and counted per topic and reason (``skipped_counts()``); a skipped
+    message leaves the previous one held, like a rejected message at runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.config import MODALITIES, ConfigError, ObservationConfig, from_dict, load_yaml
+from ..core.observation import Observation, ObservationBatch, ObservationSchema
+from ..core.system import SequenceBatch
+from .align import NS, Held, audio_windows, grid_times, hold, seconds_to_ns
+from .decode import (
+    STAMPED_TYPES,
+    BagError,
+    DecodeError,
+    cdr_header_stamp_ns,
+    classify,
+    command_positions,
+    compressed_image_to_rgb,
+    depth_to_meters,
+    deserialize,
+    image_to_rgb,
+    joint_state_to_arrays,
+    multiarray_to_numpy,
+)
+
+__all__ = [
+    "BagDataset",
+    "BagError",
+    "DatasetConfig",
+    "EpisodeInfo",
+    "MaxAgeConfig",
+    "RunningStats",
+    "TopicsConfig",
+    "concat_sequences",
+    "expand_bag_paths",
+    "export_samples",
+    "iter_exported",
+    "load_dataset_config",
+    "load_shard",
+    "split_value",
+]
+
+INDEX_FILE = "index.json"
+FORMAT_VERSION = 1
+
+_IMAGE = "sensor_msgs/msg/Image"
+_COMPRESSED = "sensor_msgs/msg/CompressedImage"
+_F32 = "std_msgs/msg/Float32MultiArray"
+_F64 = "std_msgs/msg/Float64MultiArray"
+_JOINT_STATE = "sensor_msgs/msg/JointState"
+_TRAJECTORY = "trajectory_msgs/msg/JointTrajectory"
+_STRING = "std_msgs/msg/String"
+_LABEL_TYPES = frozenset({_F64, _JOINT_STATE, _TRAJECTORY})
+
+# Topic role -> accepted message types.
+ROLE_TYPES: dict[str, frozenset[str]] = {
+    "camera": frozenset({_IMAGE}),
+    "camera_compressed": frozenset({_COMPRESSED}),
+    "depth": frozenset({_IMAGE}),
+    "audio": frozenset({_F32}),
+    "tactile": frozenset({_F32}),
+    "joint_states": frozenset({_JOINT_STATE}),
+    "commands": _LABEL_TYPES,
+    "joint_command": _LABEL_TYPES,
+    "joint_trajectory": _LABEL_TYPES,
+    "teacher": _LABEL_TYPES,
+    "episode": frozenset({_STRING}),
+}
+_IMAGE_ROLES = ("camera", "camera_compressed", "depth")
+_COMMAND_ROLES = ("commands", "joint_command", "joint_trajectory")  # executed commands, in priority order
+_SMALL_ROLES = ("joint_states", "tactile", "audio", "teacher", *_COMMAND_ROLES)
+SOURCE_NONE, SOURCE_COMMAND, SOURCE_TEACHER = 0, 1, 2
+SPLITS = ("train", "val")
+
+
+# ============================================================================ config
+
+
+@dataclass
+class TopicsConfig:
+    """Topic of each stream; an empty string ignores that stream."""
+
+    camera: str = "/camera/image_raw"
+    camera_compressed: str = "/camera/image_raw/compressed"  # used where the raw camera is absent
+    depth: str = "/camera/depth/image_raw"
+    audio: str = "/audio/frames"
+    tactile: str = "/tactile/array"
+    joint_states: str = "/joint_states"
+    commands: str = "/forward_position_controller/commands"  # executed commands, first choice
+    joint_command: str = "/joint_command"  # Isaac Sim bridge (JointState), second choice
+    joint_trajectory: str = "/forward_position_controller/joint_trajectory"  # third choice
+    teacher: str = "/teacher/joint_command"
+    episode: str = "/sage/episode"
+
+    def validate(self, where: str) -> None:
+        seen: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            topic = getattr(self, f.name)
+            if topic and not topic.startswith("/"):
+                raise ConfigError(f"{where}.{f.name}: topic must start with '/', got {topic!r}")
+            if topic and topic in seen:
+                raise ConfigError(f"{where}.{f.name}: topic {topic!r} is already used by {seen[topic]}")
+            if topic:
+                seen[topic] = f.name
+
+
+@dataclass
+class MaxAgeConfig:
+    """Oldest sample (seconds before a grid time) still used; older ones are missing."""
+
+    visual: float = 0.5
+    depth: float = 0.5
+    audio: float = 0.5  # also the gap that restarts the audio window
+    tactile: float = 0.5
+    proprio: float = 0.5
+    action: float = 0.5
+
+    def validate(self, where: str) -> None:
+        for f in dataclasses.fields(self):
+            if not getattr(self, f.name) > 0:
+                raise ConfigError(f"{where}.{f.name}: must be > 0, got {getattr(self, f.name)}")
+
+    def get(self, modality: str) -> float:
+        return getattr(self, modality)
+
+
+@dataclass
+class DatasetConfig:
+    """How bags become samples (``config/dataset.yaml``, section ``dataset``)."""
+
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    rate_hz: float = 10.0  # grid rate = H rate
+    sequence_steps: int = 2  # T
+    sequence_stride: int = 1  # grid steps between sequence starts
+    action_chunk: int = 1  # K; must equal the model's action_chunk
+    action_chunk_dt_s: float = 0.0  # spacing of chunk targets; 0 = one grid period
+    command_delay_s: float = 0.05
+    teacher_delay_s: float = 0.0
+    max_age_s: MaxAgeConfig = field(default_factory=MaxAgeConfig)
+    require: list[str] = field(default_factory=lambda: ["proprio"])  # modalities a usable step must have
+    prefer_teacher: bool = True  # teacher labels where present, executed commands elsewhere
+    exclude_outcomes: list[str] = field(default_factory=list)  # e.g. [failure]
+    val_fraction: float = 0.1
+    seed: int = 0
+    skip_bad_messages: bool = False
+    latency_slack_s: float = 1.0  # how late (receive time) a message stamped inside an episode may arrive
+    max_clock_offset_s: float = 5.0
+    shard_steps: int = 256  # steps per exported .npz shard
+
+    def validate(self, where: str) -> None:
+        self.topics.validate(f"{where}.topics")
+        self.max_age_s.validate(f"{where}.max_age_s")
+        for key in ("rate_hz", "latency_slack_s", "max_clock_offset_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("sequence_steps", "sequence_stride", "action_chunk", "shard_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("action_chunk_dt_s", "command_delay_s", "teacher_delay_s"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"{where}.val_fraction: must be in [0, 1), got {self.val_fraction}")
+        bad = [m for m in self.require if m not in MODALITIES]
+        if bad:
+            raise ConfigError(f"{where}.require: choose from {list(MODALITIES)}, got {self.require}")
+        if self.shard_steps < self.sequence_steps:
+            raise ConfigError(f"{where}.shard_steps: must be >= sequence_steps ({self.sequence_steps}), "
+                              f"got {self.shard_steps}")
+
+    @property
+    def chunk_dt_s(self) -> float:
+        return self.action_chunk_dt_s or 1.0 / self.rate_hz
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> DatasetConfig:
+        return from_dict(cls, data, source)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> DatasetConfig:
+        return load_yaml(cls, path, "dataset")
+
+
+def load_dataset_config(path: str | Path | None = None) -> DatasetConfig:
+    """The ``dataset`` section of ``path`` (default: the package's ``config/dataset.yaml``)."""
+    if path is None:
+        from ..paths import config_file
+
+        path = config_file("dataset.yaml")
+        if not path.is_file():
+            return DatasetConfig()
+    return DatasetConfig.from_yaml(path)
+
+
+def _observation_config(config_path: str | Path | None) -> ObservationConfig:
+    """``observation`` section of ``config_path`` if it has one, else of the package's model.yaml."""
+    import yaml
+
+    from ..paths import config_file
+
+    for path in ([Path(config_path)] if config_path else []) + [config_file("model.yaml")]:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and "observation" in data:
+            return load_yaml(ObservationConfig, path, "observation")
+    return ObservationConfig()
+
+
+# ============================================================================ episodes
+
+
+@dataclass
+class EpisodeInfo:
+    """One episode of one bag. ``counts`` is filled once the episode has been aligned."""
+
+    bag: str
+    index: int
+    start_ns: int
+    end_ns: int
+    task: str = ""
+    outcome: str = ""  # success | failure | "" (not given) | interrupted | unfinished (bag ended)
+    split: str = ""  # train | val | excluded
+    steps: int = 0  # grid steps
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{Path(self.bag).name}#{self.index}"
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / NS
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["id"] = self.id
+        return out
+
+
+def split_value(bag: str | Path, index: int, seed: int) -> float:
+    """Deterministic number in [0, 1) for an episode: sha256 of seed, bag name and episode index.
+
+    The bag's directory *name* (not its full path) is hashed so the split survives moving the
+    dataset folder; rosbag2 names bags by date and time, so names are unique in practice.
+    """
+    key = f"{seed}:{Path(bag).name}:{index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
+
+
+def expand_bag_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Bags from paths: a bag directory (has metadata.yaml), a single .mcap/.db3 file, or a folder
+    whose sub-directories are bags (sorted by name). Order is kept; duplicates are dropped."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "metadata.yaml").is_file() or (p.is_file() and p.suffix in (".mcap", ".db3")):
+            found = [p]
+        elif p.is_dir():
+            found = sorted(d for d in p.iterdir() if (d / "metadata.yaml").is_file())
+            if not found:
+                raise BagError(p, "no rosbag2 bag here (a bag is a directory with metadata.yaml; "
+                                  "a recording killed before closing needs repairing first)")
+        elif not p.exists():
+            raise BagError(p, "no such file or directory")
+        else:
+            raise BagError(p, "not a rosbag2 bag (expected a directory with metadata.yaml, or .mcap/.db3)")
+        for f in found:
+            if f not in out:
+                out.append(f)
+    if not out:
+        raise BagError("<none>", "no bags given")
+    return out
+
+
+# ============================================================================ per-episode data
+
+
+class _Stream:
+    """Samples of one small stream inside one episode window (lists while reading)."""
+
+    __slots__ = ("stamps", "values", "extra", "msgtype")
+
+    def __init__(self):
+        self.stamps: list[int] = []
+        self.values: list[np.ndarray] = []
+        self.extra: list[np.ndarray] = []
+        self.msgtype = ""
+
+
+class _ImageStream:
+    __slots__ = ("stamps", "keys", "index")
+
+    def __init__(self):
+        self.stamps: list[int] = []  # effective stamp (header, or receive time if unstamped)
+        self.keys: list[tuple[int, int]] = []  # (receive ns, raw header stamp ns): identifies the message
+        self.index: list[int] = []  # message index on its topic from the start of the bag
+
+
+class _Buffers:
+    def __init__(self, ep: EpisodeInfo, win_start: int, win_stop: int):
+        self.ep = ep
+        self.win_start, self.win_stop = win_start, win_stop
+        self.small = {r: _Stream() for r in _SMALL_ROLES}
+        self.images = {r: _ImageStream() for r in _IMAGE_ROLES}
+        self.offsets: dict[str, list[int]] = {}  # topic -> receive - header stamp (clock check)
+        self.messages: Counter = Counter()
+
+
+@dataclass
+class _Plan:
+    """An aligned episode: what every grid step holds, which steps are used, which images to decode."""
+
+    ep: EpisodeInfo
+    grid: np.ndarray  # (G,) int64 ns
+    held: dict[str, Held]  # modality -> hold result
+    joint_position: np.ndarray  # (G, J) float64 (zeros where missing)
+    joint_velocity: np.ndarray
+    tactile: np.ndarray  # (G, taxels) float32
+    audio: np.ndarray  # flat float32 samples of the episode window
+    audio_range: tuple[np.ndarray, np.ndarray]  # per step [start, end)
+    image_role: dict[str, str]  # "visual"/"depth" -> topic role used
+    image_keys: dict[str, list]  # modality -> per step (receive ns, raw stamp) or None
+    image_index: dict[tuple, int]  # (role, receive ns, raw stamp) -> message index on the topic
+    image_stamp: dict[str, np.ndarray]  # modality -> per step stamp (ns) of the held image
+    action: np.ndarray  # (G, K, J) float32 absolute targets
+    source: np.ndarray  # (G,) int8: 0 none, 1 command, 2 teacher
+    usable: np.ndarray  # (G,) bool
+    starts: np.ndarray  # sequence start steps
+    used: np.ndarray  # sorted steps that belong to some sequence
+    win_start: int
+    win_stop: int
+
+
+# ============================================================================ statistics
+
+
+class RunningStats:
+    """Streaming per-feature count/mean/std/min/max (Chan et al. merge, float64)."""
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.mean = np.zeros(dim)
+        self.m2 = np.zeros(dim)
+        self.min = np.full(dim, np.inf)
+        self.max = np.full(dim, -np.inf)
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64).reshape(-1, self.mean.size)
+        m = x.shape[0]
+        if m == 0:
+            return
+        mean_b = x.mean(0)
+        m2_b = ((x - mean_b) ** 2).sum(0)
+        n = self.n + m
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (m / n)
+        self.m2 = self.m2 + m2_b + delta**2 * (self.n * m / n)
+        self.n = n
+        self.min = np.minimum(self.min, x.min(0))
+        self.max = np.maximum(self.max, x.max(0))
+
+    def to_json(self) -> dict[str, Any]:
+        if self.n == 0:
+            return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
+        return {"count": self.n, "mean": self.mean.tolist(), "std": np.sqrt(self.m2 / self.n).tolist(),
+                "min": self.min.tolist(), "max": self.max.tolist()}
+
+
+# ============================================================================ dataset
+
+
+class BagDataset:
+    """Training sequences from one or many rosbag2 bags (see the module docstring).
+
+    ``iter_sequences``/``batches`` stream; ``episodes()`` lists episodes (reads only the markers);
+    ``normalizer_stats``/``normalizer_arrays`` read only the small streams (no image decoding).
+    Bags are processed in the given order, episodes in time order.
+    """
+
+    def __init__(self, bag_paths: str | Path | Iterable[str | Path], obs_cfg: ObservationConfig,
+                 cfg: DatasetConfig | None = None):
+        self.bag_paths = expand_bag_paths(bag_paths)
+        self.obs_cfg = obs_cfg
+        self.cfg = cfg if cfg is not None else load_dataset_config()
+        self.schema = ObservationSchema(obs_cfg)
+        self._episodes: dict[str, list[EpisodeInfo]] | None = None
+        self._skipped: dict[tuple[str, str], Counter] = {}  # (bag, topic) -> reason counts
+        self._seen_bad: set[tuple[str, str, int, int]] = set()
+        self.stats: Counter = Counter()  # notes: unstamped, trailing_bytes, invalid_markers, peak_held_frames...
+        self._typestore = None
+
+    # ------------------------------------------------------------------ public API
+    def episodes(self) -> list[EpisodeInfo]:
+        """All episodes of all bags, with their split. Opens each bag once and reads only markers."""
+        if self._episodes is None:
+            found = {str(b): self._scan_episodes(b) for b in self.bag_paths}
+            self._assign_splits([e for eps in found.values() for e in eps])
+            self._episodes = found
+        return [e for eps in self._episodes.values() for e in eps]
+
+    def split_ids(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {"train": [], "val": [], "excluded": []}
+        for e in self.episodes():
+            out[e.split].append(e.id)
+        return out
+
+    def iter_sequences(self, split: str = "train") -> Iterator[SequenceBatch]:
+        """B = 1 sequences of the split ("train", "val" or "all"), episode by episode, in time order."""
+        for _ep, _start, seq in self._iter_samples(split):
+            yield seq
+
+    def batches(self, split: str = "train", batch_size: int = 32, drop_last: bool = False,
+                shuffle_buffer: int = 0, seed: int = 0) -> Iterator[SequenceBatch]:
+        """Concatenate ``batch_size`` sequences into one SequenceBatch (obs index ``b * T + t``).
+
+        ``shuffle_buffer`` > 0 draws each sequence at random from a buffer of that many (memory:
+        buffer x T prepared steps); 0 keeps stream order.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rng = np.random.default_rng(seed)
+        pending: list[SequenceBatch] = []
+        buffer: list[SequenceBatch] = []
+
+        def source() -> Iterator[SequenceBatch]:
+            for seq in self.iter_sequences(split):
+                if shuffle_buffer <= 0:
+                    yield seq
+                    continue
+                buffer.append(seq)
+                if len(buffer) >= shuffle_buffer:
+                    i = int(rng.integers(len(buffer)))
+                    buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                    yield buffer.pop()
+            while buffer:
+                i = int(rng.integers(len(buffer)))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                yield buffer.pop()
+
+        for seq in source():
+            pending.append(seq)
+            if len(pending) == batch_size:
+                yield concat_sequences(pending)
+                pending = []
+        if pending and not drop_last:
+            yield concat_sequences(pending)
+
+    def normalizer_stats(self, split: str = "train") -> dict[str, dict[str, Any]]:
+        """Streaming count/mean/std/min/max over the steps used by the split's sequences.
+
+        ``joint_position``/``joint_velocity`` (steps with proprioception), ``tactile`` (steps
+        with tactile), ``action`` (absolute targets, every chunk entry) and ``action_delta``
+        (target - position, for a model with ``action_mode: delta``). std is the population std,
+        as ``Normalizer.fit`` computes it.
+        """
+        acc = _StatsAccumulator(self.obs_cfg.num_joints, self.obs_cfg.tactile_taxels)
+        for plan in self._iter_plans_all(split):
+            acc.add(plan)
+        return acc.to_json()
+
+    def normalizer_arrays(self, split: str = "train") -> dict[str, np.ndarray]:
+        """The arrays ``SageHL.fit_normalizer`` takes, from the split's used steps (no images read):
+        ``joint_position`` (N, J), ``joint_velocity`` (N, J), ``tactile`` (M, taxels; only steps
+        where tactile was present), ``targets`` (N, K, J) absolute."""
+        parts: dict[str, list[np.ndarray]] = {"joint_position": [], "joint_velocity": [], "tactile": [],
+                                              "targets": []}
+        for plan in self._iter_plans_all(split):
+            rows = _stat_rows(plan)
+            parts["joint_position"].append(plan.joint_position[rows])
+            parts["joint_velocity"].append(plan.joint_velocity[rows])
+            parts["targets"].append(plan.action[rows])
+            parts["tactile"].append(plan.tactile[plan.used[plan.held["tactile"].valid[plan.used]]])
+        j, x, k = self.obs_cfg.num_joints, self.obs_cfg.tactile_taxels, self.cfg.action_chunk
+        empty = {"joint_position": (0, j), "joint_velocity": (0, j), "tactile": (0, x), "targets": (0, k, j)}
+        return {name: (np.concatenate(v).astype(np.float32) if v else np.zeros(empty[name], np.float32))
+                for name, v in parts.items()}
+
+    def fit_normalizer(self, model, split: str = "train") -> dict[str, int]:
+        """Fit ``model``'s normaliser from the split; tactile stays identity if none was recorded."""
+        arrays = self.normalizer_arrays(split)
+        if arrays["joint_position"].shape[0] == 0:
+            raise ValueError(f"no usable steps in split {split!r} to fit the normaliser on")
+        tactile = arrays["tactile"]
+        no_tactile = tactile.shape[0] == 0
+        if no_tactile:
+            tactile = np.zeros((1, self.obs_cfg.tactile_taxels), np.float32)
+        t = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        model.fit_normalizer(t["joint_position"], t["joint_velocity"], torch.from_numpy(tactile), t["targets"])
+        if no_tactile:
+            n = model.normalizer
+            n.tactile_mean.zero_()
+            n.tactile_std.fill_(1.0)
+            n.tactile_min.fill_(-math.inf)
+            n.tactile_max.fill_(math.inf)
+        return {k: int(v.shape[0]) for k, v in arrays.items()}
+
+    def skipped_counts(self) -> dict[str, dict[str, int]]:
+        """Bad messages skipped (``skip_bad_messages``): ``{"<bag> <topic>": {reason: count}}``."""
+        return {f"{bag} {topic}": dict(c) for (bag, topic), c in self._skipped.items()}
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(sum(c.values()) for c in self._skipped.values())
+
+    # ------------------------------------------------------------------ bag access
+    def _typestore_default(self):
+        if self._typestore is None:
+            from rosbags.typesys import Stores, get_typestore
+
+            # Bags written by Humble's sqlite3 plugin carry no message definitions.
+            self._typestore = get_typestore(Stores.ROS2_HUMBLE)
+        return self._typestore
+
+    def _open(self, bag: Path):
+        from rosbags.highlevel import AnyReader
+
+        try:
+            reader = AnyReader([Path(bag)], default_typestore=self._typestore_default())
+            reader.open()
+        except Exception as exc:  # AnyReaderError, ReaderError, OSError, sqlite errors...
+            hint = (" (if the recording was interrupted, repair the bag first: "
+                    "sage_hl_ros.bags.recording.repair_bag, or `mcap recover` for a single .mcap file)")
+            raise BagError(bag, f"cannot open bag: {exc or type(exc).__name__}{hint}") from None
+        return reader
+
+    def _connections(self, reader, bag: Path) -> dict[str, list]:
+        topics = self.cfg.topics
+        by_topic = {getattr(topics, r): r for r in ROLE_TYPES if getattr(topics, r)}
+        out: dict[str, list] = {r: [] for r in ROLE_TYPES}
+        for conn in reader.connections:
+            role = by_topic.get(conn.topic)
+            if role is None:
+                continue
+            if conn.msgtype not in ROLE_TYPES[role]:
+                raise BagError(bag, f"has type {conn.msgtype}, expected {' or '.join(sorted(ROLE_TYPES[role]))} "
+                                    f"(dataset.topics.{role})", topic=conn.topic)
+            out[role].append(conn)
+        return out
+
+    def _messages(self, reader, bag: Path, conns: list, start: int | None = None,
+                  stop: int | None = None) -> Iterator[tuple[Any, int, bytes]]:
+        """Reader messages; a storage error (bad chunk, truncated file) becomes a BagError naming
+        the last message read."""
+        if not conns:
+            return
+        it = reader.messages(connections=conns, start=start, stop=stop)
+        last = (None, None)
+        while True:
+            try:
+                conn, ts, raw = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:
+                topic, ts_last = last
+                where = f"after the message at t={ts_last} ns" if ts_last is not None else "at the first message"
+                raise BagError(bag, f"cannot read bag {where}: {exc or type(exc).__name__}",
+                               topic=topic) from None
+            last = (conn.topic, ts)
+            yield conn, ts, raw
+
+    def _bad(self, bag: Path, topic: str, index: int, ts: int, problem: str) -> None:
+        """A message failed to decode: raise, or count it once (windows of episodes may overlap)."""
+        reason = classify(problem)
+        if not self.cfg.skip_bad_messages:
+            raise BagError(bag, problem + " (set dataset.skip_bad_messages: true to skip such messages)",
+                           topic=topic, index=index, timestamp_ns=ts, reason=reason)
+        key = (str(bag), topic, index, ts)
+        if key not in self._seen_bad:
+            self._seen_bad.add(key)
+            self._skipped.setdefault((str(bag), topic), Counter())[reason] += 1
+
+    def _decode(self, reader, bag: Path, conn, index: int, ts: int, raw: bytes) -> Any:
+        """Deserialized message, or None if it was bad and is skipped."""
+        try:
+            msg, trailing = deserialize(reader.typestore, raw, conn.msgtype)
+        except DecodeError as exc:
+            self._bad(bag, conn.topic, index, ts, str(exc))
+            return None
+        if trailing:
+            self.stats["trailing_bytes"] += 1
+        return msg
+
+    # ------------------------------------------------------------------ episodes and split
+    def _scan_episodes(self, bag: Path) -> list[EpisodeInfo]:
+        from .recording import EpisodeTracker
+
+        reader = self._open(bag)
+        try:
+            conns = self._connections(reader, bag)
+            if not reader.message_count:
+                self.stats["empty_bags"] += 1
+                return []
+            bag_start, bag_end = int(reader.start_time), int(reader.end_time) - 1
+            tracker = EpisodeTracker()
+            for i, (conn, ts, raw) in enumerate(self._messages(reader, bag, conns["episode"])):
+                msg = self._decode(reader, bag, conn, i, ts, raw)
+                if msg is not None:
+                    tracker.feed(ts, msg.data)
+        finally:
+            reader.close()
+        self.stats["invalid_markers"] += tracker.invalid_markers
+        self.stats["unmatched_end_markers"] += tracker.unmatched_ends
+        if not tracker.episodes:
+            return [EpisodeInfo(str(bag), 0, bag_start, bag_end)]
+        out = []
+        for e in tracker.episodes:
+            end, outcome = (e.end_ns, e.outcome) if e.end_ns is not None else (bag_end, "unfinished")
+            out.append(EpisodeInfo(str(bag), e.index, e.start_ns, max(end, e.start_ns), e.task, outcome))
+        return out
+
+    def _assign_splits(self, eps: list[EpisodeInfo]) -> None:
+        grid_ns = seconds_to_ns(1.0 / self.cfg.rate_hz)
+        eligible = []
+        for e in eps:
+            e.steps = (e.end_ns - e.start_ns) // grid_ns + 1
+            if e.outcome and e.outcome in self.cfg.exclude_outcomes:
+                e.split = "excluded"
+                continue
+            e.split = "val" if split_value(e.bag, e.index, self.cfg.seed) < self.cfg.val_fraction else "train"
+            eligible.append(e)
+        # Small datasets: with a val fraction asked for, keep at least one val episode.
+        if self.cfg.val_fraction > 0 and len(eligible) >= 2 and not any(e.split == "val" for e in eligible):
+            min(eligible, key=lambda e: split_value(e.bag, e.index, self.cfg.seed)).split = "val"
+
+    # ------------------------------------------------------------------ pass 1: small streams
+    def _iter_plans(self, bag: Path, split: str) -> Iterator[_Plan]:
+        """Aligned plans of ``bag``'s episodes in ``split``, in one receive-ordered pass."""
+        self.episodes()
+        wanted = [e for e in self._episodes[str(bag)] if split == "all" and e.split != "excluded" or e.split == split]
+        if not wanted:
+            return
+        cfg = self.cfg
+        lookback = seconds_to_ns(max(getattr(cfg.max_age_s, f.name) for f in dataclasses.fields(MaxAgeConfig)))
+        slack = seconds_to_ns(cfg.latency_slack_s)
+        windows = sorted(((e.start_ns - lookback, e.end_ns + slack + 1, e) for e in wanted), key=lambda w: w[0])
+        reader = self._open(bag)
+        try:
+            conns = self._connections(reader, bag)
+            role_of = {c.id: r for r in (*_SMALL_ROLES, *_IMAGE_ROLES) for c in conns[r]}
+            read = [c for r in (*_SMALL_ROLES, *_IMAGE_ROLES) for c in conns[r]]
+            counters: Counter = Counter()  # topic -> messages read so far (index from bag start)
+            active: list[_Buffers] = []
+            nxt = 0
+            for conn, ts, raw in self._messages(reader, bag, read):
+                index = counters[conn.topic]
+                counters[conn.topic] += 1
+                while active and ts >= active[0].win_stop:
+                    yield self._plan(bag, active.pop(0))
+                while nxt < len(windows) and ts >= windows[nxt][0]:
+                    ws, we, ep = windows[nxt]
+                    active.append(_Buffers(ep, ws, we))
+                    active.sort(key=lambda b: b.win_stop)
+                    nxt += 1
+                inside = [b for b in active if b.win_start <= ts < b.win_stop]
+                if not inside:
+                    if nxt >= len(windows) and not active:
+                        break  # past the last window
+                    continue
+                self._take(reader, bag, role_of[conn.id], conn, index, ts, raw, inside)
+            while nxt < len(windows):  # windows starting after the last message
+                active.append(_Buffers(windows[nxt][2], windows[nxt][0], windows[nxt][1]))
+                nxt += 1
+            active.sort(key=lambda b: b.win_stop)
+            for buf in active:
+                yield self._plan(bag, buf)
+        finally:
+            reader.close()
+
+    def _take(self, reader, bag: Path, role: str, conn, index: int, ts: int, raw: bytes,
+              bufs: list[_Buffers]) -> None:
+        joints = self.obs_cfg.joint_names
+        if role in _IMAGE_ROLES:
+            try:
+                raw_stamp = cdr_header_stamp_ns(raw)
+            except DecodeError as exc:
+                self._bad(bag, conn.topic, index, ts, str(exc))
+                return
+            stamp = raw_stamp or ts
+            if not raw_stamp:
+                self.stats["unstamped"] += 1
+            for b in bufs:
+                s = b.images[role]
+                s.stamps.append(stamp)
+                s.keys.append((ts, raw_stamp))
+                s.index.append(index)
+                b.messages[role] += 1
+                if raw_stamp:
+                    b.offsets.setdefault(conn.topic, []).append(ts - raw_stamp)
+            return
+        msg = self._decode(reader, bag, conn, index, ts, raw)
+        if msg is None:
+            return
+        try:
+            if role == "joint_states":
+                out = joint_state_to_arrays(msg, joints)
+                value, extra = (None, None) if out is None else out
+            elif role == "tactile":
+                value = multiarray_to_numpy(msg, expected_size=self.obs_cfg.tactile_taxels).astype(np.float32)
+                extra = None
+            elif role == "audio":
+                value = multiarray_to_numpy(msg).astype(np.float32)
+                if value.size == 0:
+                    raise DecodeError("empty audio frame (expected samples)")
+                extra = None
+            else:
+                value, extra = command_positions(msg, conn.msgtype, joints), None
+        except DecodeError as exc:
+            self._bad(bag, conn.topic, index, ts, str(exc))
+            return
+        if value is None:  # a JointState of other joints (e.g. a gripper driver) on the same topic
+            self.stats["other_joints_messages"] += 1
+            return
+        stamp = ts
+        if conn.msgtype in STAMPED_TYPES:
+            header = int(msg.header.stamp.sec) * NS + int(msg.header.stamp.nanosec)
+            if header:
+                stamp = header
+            else:
+                self.stats["unstamped"] += 1
+        for b in bufs:
+            s = b.small[role]
+            s.stamps.append(stamp)
+            s.values.append(value)
+            if extra is not None:
+                s.extra.append(extra)
+            s.msgtype = conn.msgtype
+            b.messages[role] += 1
+            if stamp != ts:
+                b.offsets.setdefault(conn.topic, []).append(ts - stamp)
+
+    # ------------------------------------------------------------------ alignment
+    def _plan(self, bag: Path, buf: _Buffers) -> _Plan:
+        cfg, ocfg, ep = self.cfg, self.obs_cfg, buf.ep
+        for topic, offsets in buf.offsets.items():
+            med = float(np.median(offsets)) / NS
+            if abs(med) > cfg.max_clock_offset_s:
+                raise BagError(bag, f"header stamps are {med:.3f} s away from receive times (median, episode "
+                                    f"{ep.index}): stamps and bag timestamps are on different clocks "
+                                    "(record with the node clock, use_sim_time in simulation); "
+                                    f"dataset.max_clock_offset_s is {cfg.max_clock_offset_s}", topic=topic)
+        grid = grid_times(ep.start_ns, ep.end_ns, cfg.rate_hz)
+        n, j = grid.size, ocfg.num_joints
+        age = cfg.max_age_s
+        held: dict[str, Held] = {}
+
+        js = buf.small["joint_states"]
+        held["proprio"] = h = hold(np.array(js.stamps, np.int64), grid, age.proprio)
+        pos = h.take(np.array(js.values).reshape(-1, j))
+        vel = h.take(np.array(js.extra).reshape(-1, j))
+
+        tac = buf.small["tactile"]
+        held["tactile"] = h = hold(np.array(tac.stamps, np.int64), grid, age.tactile)
+        tactile = h.take(np.array(tac.values, np.float32).reshape(-1, ocfg.tactile_taxels)).astype(np.float32)
+
+        au = buf.small["audio"]
+        au_stamps = np.array(au.stamps, np.int64)
+        held["audio"] = h = hold(au_stamps, grid, age.audio)
+        sizes = np.array([v.size for v in au.values], np.int64)
+        flat = np.concatenate(au.values) if au.values else np.zeros(0, np.float32)
+        a_start, a_end = audio_windows(au_stamps, sizes, np.where(h.valid, h.index, -1),
+                                       ocfg.audio_window_samples, age.audio)
+
+        image_role: dict[str, str] = {}
+        image_keys: dict[str, list] = {}
+        image_index: dict[tuple, int] = {}
+        image_stamp: dict[str, np.ndarray] = {}
+        cam = "camera" if buf.images["camera"].stamps else "camera_compressed"
+        for modality, role in (("visual", cam), ("depth", "depth")):
+            s = buf.images[role]
+            stamps = np.array(s.stamps, np.int64)
+            held[modality] = h = hold(stamps, grid, age.get(modality))
+            image_role[modality] = role
+            image_keys[modality] = [s.keys[i] if ok else None for i, ok in zip(h.index, h.valid, strict=True)]
+            image_stamp[modality] = np.where(h.valid, stamps[np.maximum(h.index, 0)] if stamps.size else 0, 0)
+            for key, idx in zip(s.keys, s.index, strict=True):
+                image_index[(role, *key)] = idx
+
+        action, source = self._labels(buf, grid, ep)
+        usable = source != SOURCE_NONE
+        for m in cfg.require:
+            usable &= held[m].valid
+        t, stride = cfg.sequence_steps, cfg.sequence_stride
+        if n >= t:
+            ok = np.concatenate([[0], np.cumsum(usable)])
+            cand = np.arange(0, n - t + 1, stride)
+            starts = cand[(ok[cand + t] - ok[cand]) == t]
+        else:
+            starts = np.zeros(0, np.int64)
+        used = np.unique((starts[:, None] + np.arange(t)[None]).ravel()) if starts.size else np.zeros(0, np.int64)
+
+        counts = {f"messages.{r}": c for r, c in sorted(buf.messages.items())}
+        counts.update({"steps": int(n), "labelled_steps": int((source != SOURCE_NONE).sum()),
+                       "usable_steps": int(usable.sum()), "sequences": int(starts.size),
+                       "used_steps": int(used.size),
+                       "teacher_steps": int((source[used] == SOURCE_TEACHER).sum()),
+                       "command_steps": int((source[used] == SOURCE_COMMAND).sum())})
+        for m in MODALITIES:
+            counts[f"present.{m}"] = int(held[m].valid[used].sum())
+        ep.counts = counts
+        ep.steps = int(n)
+        return _Plan(ep, grid, held, pos, vel, tactile, flat, (a_start, a_end), image_role, image_keys,
+                     image_index, image_stamp, action, source, usable, starts, used, buf.win_start, buf.win_stop)
+
+    def _labels(self, buf: _Buffers, grid: np.ndarray, ep: EpisodeInfo) -> tuple[np.ndarray, np.ndarray]:
+        """(G, K, J) absolute targets and (G,) source, teacher preferred (or commands, if not)."""
+        cfg, j, k = self.cfg, self.obs_cfg.num_joints, self.cfg.action_chunk
+        offsets = np.array([seconds_to_ns(i * cfg.chunk_dt_s) for i in range(k)], np.int64)
+
+        def held_labels(stream: _Stream, delay_s: float) -> tuple[np.ndarray, np.ndarray]:
+            stamps = np.array(stream.stamps, np.int64)
+            values = np.array(stream.values, np.float64).reshape(-1, j)
+            keep = stamps <= ep.end_ns  # nothing after the episode's end (a reset may follow)
+            times = (grid[:, None] + seconds_to_ns(delay_s) + offsets[None, :]).ravel()
+            h = hold(stamps[keep], times, cfg.max_age_s.action)
+            vals = h.take(values[keep]).reshape(grid.size, k, j)
+            return vals, h.valid.reshape(grid.size, k).all(1)
+
+        teacher = held_labels(buf.small["teacher"], cfg.teacher_delay_s)
+        command_role = next((r for r in _COMMAND_ROLES if buf.small[r].stamps), _COMMAND_ROLES[0])
+        command = held_labels(buf.small[command_role], cfg.command_delay_s)
+        first, second = (teacher, command) if cfg.prefer_teacher else (command, teacher)
+        src_first, src_second = ((SOURCE_TEACHER, SOURCE_COMMAND) if cfg.prefer_teacher
+                                 else (SOURCE_COMMAND, SOURCE_TEACHER))
+        action = np.where(first[1][:, None, None], first[0], second[0]).astype(np.float32)
+        source = np.where(first[1], src_first, np.where(second[1], src_second, SOURCE_NONE)).astype(np.int8)
+        return action, source
+
+    def _iter_plans_all(self, split: str) -> Iterator[_Plan]:
+        _check_split(split)
+        for bag in self.bag_paths:
+            yield from self._iter_plans(bag, split)
+
+    # ------------------------------------------------------------------ pass 2: images -> samples
+    def _iter_samples(self, split: str) -> Iterator[tuple[EpisodeInfo, int, SequenceBatch]]:
+        _check_split(split)
+        for bag in self.bag_paths:
+            image_reader = None
+            try:
+                for plan in self._iter_plans(bag, split):
+                    if plan.starts.size == 0:
+                        continue
+                    if image_reader is None:
+                        image_reader = self._open(bag)
+                    yield from self._sequences(image_reader, bag, plan)
+            finally:
+                if image_reader is not None:
+                    image_reader.close()
+
+    def _sequences(self, reader, bag: Path, plan: _Plan) -> Iterator[tuple[EpisodeInfo, int, SequenceBatch]]:
+        t = self.cfg.sequence_steps
+        action = torch.from_numpy(plan.action)
+        ready: dict[int, ObservationBatch] = {}
+        starts = list(plan.starts)
+        si = 0
+        for g, batch in self._steps(reader, bag, plan):
+            ready[g] = batch
+            while si < len(starts) and all(s in ready for s in range(starts[si], starts[si] + t)):
+                s = int(starts[si])
+                obs = ObservationBatch.cat([ready[x] for x in range(s, s + t)])
+                yield plan.ep, s, SequenceBatch(obs=obs, action=action[s:s + t][None].clone(), steps=t)
+                si += 1
+                keep_from = int(starts[si]) if si < len(starts) else g + 1
+                for old in [x for x in ready if x < keep_from]:
+                    del ready[old]
+
+    def _steps(self, reader, bag: Path, plan: _Plan) -> Iterator[tuple[int, ObservationBatch]]:
+        """Prepared observations of the used steps, in order; images decoded once, when first needed."""
+        used = plan.used
+        modalities = [m for m in ("visual", "depth") if any(k is not None for k in
+                                                            (plan.image_keys[m][g] for g in used))]
+        last_use: dict[tuple, int] = {}  # (role, receive ns, raw stamp) -> last position in `used`
+        for p, g in enumerate(used):
+            for m in modalities:
+                key = plan.image_keys[m][g]
+                if key is not None:
+                    last_use[(plan.image_role[m], *key)] = p
+        held: dict[tuple, np.ndarray | None] = {}
+        released: set[tuple] = set()
+        p = 0
+
+        def step_keys(g: int) -> list[tuple]:
+            return [(plan.image_role[m], *plan.image_keys[m][g]) for m in modalities
+                    if plan.image_keys[m][g] is not None]
+
+        def emit(p: int) -> tuple[int, ObservationBatch]:
+            g = int(used[p])
+            images = {}
+            for m in modalities:
+                key = plan.image_keys[m][g]
+                images[m] = None if key is None else held.get((plan.image_role[m], *key))
+            batch = self._prepare(plan, g, images)
+            for key in step_keys(g):
+                if last_use.get(key) == p:
+                    held.pop(key, None)
+                    released.add(key)
+            return g, batch
+
+        if last_use:
+            conns = self._connections(reader, bag)
+            role_of = {c.id: plan.image_role[m] for m in modalities for c in conns[plan.image_role[m]]}
+            read = [c for m in modalities for c in conns[plan.image_role[m]]]
+            for conn, ts, raw in self._messages(reader, bag, read, plan.win_start, plan.win_stop):
+                role = role_of[conn.id]
+                try:
+                    raw_stamp = cdr_header_stamp_ns(raw)
+                except DecodeError:
+                    continue  # reported by the first pass
+                key = (role, ts, raw_stamp)
+                if key not in last_use or key in held or key in released:
+                    continue
+                held[key] = self._decode_image(reader, bag, conn, role, plan.image_index.get(key, -1), ts, raw)
+                self.stats["peak_held_frames"] = max(self.stats["peak_held_frames"], len(held))
+                while p < used.size and all(k in held for k in step_keys(int(used[p]))):
+                    yield emit(p)
+                    p += 1
+        while p < used.size:  # anything not found (or no images at all)
+            yield emit(p)
+            p += 1
+
+    def _decode_image(self, reader, bag: Path, conn, role: str, index: int, ts: int, raw: bytes):
+        msg = self._decode(reader, bag, conn, index, ts, raw)
+        if msg is None:
+            return None
+        try:
+            if role == "camera":
+                arr = image_to_rgb(msg)
+            elif role == "camera_compressed":
+                arr = compressed_image_to_rgb(msg)
+            else:
+                arr = depth_to_meters(msg)
+            # A view on the (read-only) message bytes; torch wants writable memory.
+            return arr if arr.flags.writeable else arr.copy()
+        except DecodeError as exc:
+            self._bad(bag, conn.topic, index, ts, str(exc))
+            return None
+
+    def _prepare(self, plan: _Plan, g: int, images: dict[str, np.ndarray | None]) -> ObservationBatch:
+        held = plan.held
+        obs = Observation()
+        stamps: dict[str, float] = {}
+        t_ns = int(plan.grid[g])
+        if images.get("visual") is not None:
+            obs.image = images["visual"]
+            stamps["visual"] = plan.image_stamp["visual"][g] / NS
+        if images.get("depth") is not None:
+            obs.depth = images["depth"]
+            stamps["depth"] = plan.image_stamp["depth"][g] / NS
+        start, end = plan.audio_range[0][g], plan.audio_range[1][g]
+        if held["audio"].valid[g] and end > start:
+            obs.audio = plan.audio[start:end]
+            stamps["audio"] = (t_ns - held["audio"].age_s[g] * NS) / NS
+        if held["tactile"].valid[g]:
+            obs.tactile = plan.tactile[g]
+            stamps["tactile"] = (t_ns - held["tactile"].age_s[g] * NS) / NS
+        if held["proprio"].valid[g]:
+            obs.joint_position = plan.joint_position[g]
+            obs.joint_velocity = plan.joint_velocity[g]
+            stamps["proprio"] = (t_ns - held["proprio"].age_s[g] * NS) / NS
+        obs.stamps_s = stamps
+        batch, problems = self.schema.prepare(obs)
+        for m, why in problems.items():
+            if why != "missing":
+                self.stats[f"masked_invalid.{m}"] += 1
+        return batch
+
+
+def _check_split(split: str) -> None:
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+
+
+def _stat_rows(plan: _Plan) -> np.ndarray:
+    """Used steps that have proprioception (rows for joint and action statistics)."""
+    return plan.used[plan.held["proprio"].valid[plan.used]]
+
+
+class _StatsAccumulator:
+    def __init__(self, joints: int, taxels: int):
+        self.stats = {"joint_position": RunningStats(joints), "joint_velocity": RunningStats(joints),
+                      "tactile": RunningStats(taxels), "action": RunningStats(joints),
+                      "action_delta": RunningStats(joints)}
+
+    def add(self, plan: _Plan) -> None:
+        rows = _stat_rows(plan)
+        s = self.stats
+        s["joint_position"].add(plan.joint_position[rows])
+        s["joint_velocity"].add(plan.joint_velocity[rows])
+        s["action"].add(plan.action[rows])
+        s["action_delta"].add(plan.action[rows] - plan.joint_position[rows][:, None, :])
+        s["tactile"].add(plan.tactile[plan.used[plan.held["tactile"].valid[plan.used]]])
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        return {k: v.to_json() for k, v in self.stats.items()}
+
+
+def concat_sequences(seqs: list[SequenceBatch]) -> SequenceBatch:
+    """B sequences of the same T -> one SequenceBatch (observations stay in ``b * T + t`` order)."""
+    steps = {s.steps for s in seqs}
+    if len(steps) != 1:
+        raise ValueError(f"cannot batch sequences of different lengths {sorted(steps)}")
+    return SequenceBatch(obs=ObservationBatch.cat([s.obs for s in seqs]),
+                         action=torch.cat([s.action for s in seqs]), steps=seqs[0].steps)
+
+
+# ============================================================================ export
+
+
+_ROW_FIELDS = ("image", "depth", "audio", "tactile", "joint_position", "joint_velocity", "mask")
+
+
+class _ShardWriter:
+    """Buffers up to ``shard_steps`` steps of one split and writes them as one compressed .npz.
+
+    Steps are stored once; ``sequence_start`` lists where each T-step sequence begins, so
+    overlapping sequences (stride < T) share steps. A sequence never crosses a shard boundary.
+    """
+
+    def __init__(self, out_dir: Path, split: str, obs_cfg: ObservationConfig, cfg: DatasetConfig):
+        self.out_dir, self.split, self.cfg = out_dir, split, cfg
+        c, cap = obs_cfg, cfg.shard_steps + cfg.sequence_steps
+        self.buf = {
+            "image": np.zeros((cap, 3, c.image_height_px, c.image_width_px), np.uint8),
+            "depth": np.zeros((cap, 1, c.depth_height_px, c.depth_width_px), np.float32),
+            "audio": np.zeros((cap, c.audio_window_samples), np.float32),
+            "tactile": np.zeros((cap, c.tactile_taxels), np.float32),
+            "joint_position": np.zeros((cap, c.num_joints), np.float32),
+            "joint_velocity": np.zeros((cap, c.num_joints), np.float32),
+            "mask": np.zeros((cap, len(MODALITIES)), bool),
+            "action": np.zeros((cap, cfg.action_chunk, c.num_joints), np.float32),
+            "action_source": np.zeros(cap, np.int8),
+            "episode": np.zeros(cap, np.int32),
+            "step": np.zeros(cap, np.int32),
+            "time_ns": np.zeros(cap, np.int64),
+        }
+        self.rows = 0
+        self.row_of: dict[tuple[int, int], int] = {}
+        self.starts: list[int] = []
+        self.shards: list[dict[str, Any]] = []
+
+    def add(self, ep_id: int, start: int, seq: SequenceBatch, plan: _Plan) -> None:
+        t = seq.steps
+        if self.rows + t > self.cfg.shard_steps and self.starts:
+            self.flush()
+        obs = seq.obs
+        for i in range(t):
+            g = start + i
+            if (ep_id, g) in self.row_of:
+                continue
+            r = self.rows
+            self.row_of[(ep_id, g)] = r
+            b = self.buf
+            b["image"][r] = (obs.image[i] * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+            for name in _ROW_FIELDS[1:]:
+                b[name][r] = getattr(obs, name)[i].numpy()
+            b["action"][r] = seq.action[0, i].numpy()
+            b["action_source"][r] = plan.source[g]
+            b["episode"][r], b["step"][r], b["time_ns"][r] = ep_id, g, plan.grid[g]
+            self.rows += 1
+        self.starts.append(self.row_of[(ep_id, start)])
+
+    def flush(self) -> None:
+        if not self.starts:
+            return
+        name = f"{self.split}-{len(self.shards):05d}.npz"
+        arrays = {k: v[:self.rows] for k, v in self.buf.items()}
+        arrays["sequence_start"] = np.array(self.starts, np.int64)
+        arrays["sequence_steps"] = np.array(self.cfg.sequence_steps, np.int64)
+        tmp = self.out_dir / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, self.out_dir / name)
+        self.shards.append({"file": name, "split": self.split, "steps": self.rows, "sequences": len(self.starts)})
+        self.rows, self.row_of, self.starts = 0, {}, []
+
+
+def export_samples(bag_paths: str | Path | Iterable[str | Path], out_dir: str | Path,
+                   config_path: str | Path | None = None, *, obs_cfg: ObservationConfig | None = None,
+                   dataset_cfg: DatasetConfig | None = None, overwrite: bool = False,
+                   progress: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Align bags and write the samples to ``out_dir`` as ``<split>-NNNNN.npz`` shards + ``index.json``.
+
+    ``config_path``: a YAML file with a ``dataset`` section (default ``config/dataset.yaml``) and
+    optionally an ``observation`` section (else the observation section of ``config/model.yaml``;
+    ``obs_cfg``/``dataset_cfg`` override both). Shards hold each step once: ``image`` uint8 (N, 3,
+    H, W) (the model's float image x 255, rounded), ``depth`` (N, 1, H, W) normalised as the model
+    sees it, ``audio``, ``tactile``, ``joint_position``, ``joint_velocity``, ``mask`` (N, 5),
+    ``action`` (N, K, J) absolute targets, ``action_source`` (0 none, 1 command, 2 teacher),
+    ``episode`` (index into the index's episode list), ``step``, ``time_ns``, and
+    ``sequence_start`` (M,) with scalar ``sequence_steps``. ``load_shard`` turns one back into a
+    ``SequenceBatch``. The index (written last, so a partial export has none) holds the counts,
+    episodes, split, normaliser statistics of the train split and skipped-message counts.
+    Returns the index as a dict.
+    """
+    t0 = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    cfg = dataset_cfg if dataset_cfg is not None else load_dataset_config(config_path)
+    ocfg = obs_cfg if obs_cfg is not None else _observation_config(config_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    old = list(out.glob("*.npz")) + list(out.glob(INDEX_FILE))
+    if old:
+        if not overwrite:
+            raise FileExistsError(f"{out}: already holds an export ({len(old)} files); pass overwrite=True")
+        for f in old:
+            f.unlink()
+    ds = BagDataset(bag_paths, ocfg, cfg)
+    episodes = ds.episodes()
+    ep_ids = {(e.bag, e.index): i for i, e in enumerate(episodes)}
+    say(f"export: {len(ds.bag_paths)} bag(s), {len(episodes)} episode(s) "
+        f"({sum(e.split == 'train' for e in episodes)} train, {sum(e.split == 'val' for e in episodes)} val) -> {out}")
+    writers = {s: _ShardWriter(out, s, ocfg, cfg) for s in SPLITS}
+    acc = _StatsAccumulator(ocfg.num_joints, ocfg.tactile_taxels)
+    done = 0
+    for bag in ds.bag_paths:
+        image_reader = None
+        try:
+            for plan in ds._iter_plans(bag, "all"):
+                ep = plan.ep
+                if ep.split == "train":
+                    acc.add(plan)
+                if plan.starts.size:
+                    if image_reader is None:
+                        image_reader = ds._open(bag)
+                    for _ep, start, seq in ds._sequences(image_reader, bag, plan):
+                        writers[ep.split].add(ep_ids[(ep.bag, ep.index)], start, seq, plan)
+                done += 1
+                if not plan.starts.size:
+                    seen = ", ".join(f"{k[9:]}={v}" for k, v in ep.counts.items() if k.startswith("messages."))
+                    say(f"  {ep.id}: no samples ({ep.counts.get('labelled_steps', 0)} steps with an action "
+                        f"label, {ep.counts.get('usable_steps', 0)} also with {'+'.join(cfg.require) or '-'}; "
+                        f"messages: {seen or 'none'})")
+                say(f"  [{done}/{len(episodes)}] {ep.id} {ep.split}: {ep.counts.get('steps', 0)} steps, "
+                    f"{ep.counts.get('sequences', 0)} sequences, task {ep.task!r} {ep.outcome or '-'} "
+                    f"({time.perf_counter() - t0:.1f} s)")
+        finally:
+            if image_reader is not None:
+                image_reader.close()
+    for w in writers.values():
+        w.flush()
+    shards = [s for w in writers.values() for s in w.shards]
+    index = {
+        "format": "sage_hl_ros.bag_samples",
+        "version": FORMAT_VERSION,
+        "bags": [str(b) for b in ds.bag_paths],
+        "observation": dataclasses.asdict(ocfg),
+        "dataset": dataclasses.asdict(cfg),
+        "sequence_steps": cfg.sequence_steps,
+        "action_chunk": cfg.action_chunk,
+        "shards": shards,
+        "episodes": [e.to_json() for e in episodes],
+        "split": ds.split_ids(),
+        "counts": {s: {"sequences": sum(x["sequences"] for x in shards if x["split"] == s),
+                       "steps": sum(x["steps"] for x in shards if x["split"] == s),
+                       "episodes": sum(e.split == s for e in episodes)} for s in SPLITS},
+        "stats": {"train": acc.to_json()},
+        "skipped": ds.skipped_counts(),
+        "notes": dict(ds.stats),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    tmp = out / (INDEX_FILE + ".tmp")
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, out / INDEX_FILE)
+    c = index["counts"]
+    say(f"export: wrote {len(shards)} shard(s): train {c['train']['sequences']} sequences, "
+        f"val {c['val']['sequences']} sequences, {ds.skipped_total} bad message(s) skipped "
+        f"({index['seconds']:.1f} s)")
+    return index
+
+
+def load_shard(path: str | Path) -> SequenceBatch:
+    """One exported shard as a SequenceBatch of all its sequences (images back to float [0, 1])."""
+    with np.load(path) as z:
+        starts = z["sequence_start"]
+        t = int(z["sequence_steps"])
+        rows = (starts[:, None] + np.arange(t)[None]).reshape(-1)  # b * T + t
+        obs = ObservationBatch(
+            image=torch.from_numpy(z["image"][rows]).float() / 255.0,
+            depth=torch.from_numpy(z["depth"][rows]),
+            audio=torch.from_numpy(z["audio"][rows]),
+            tactile=torch.from_numpy(z["tactile"][rows]),
+            joint_position=torch.from_numpy(z["joint_position"][rows]),
+            joint_velocity=torch.from_numpy(z["joint_velocity"][rows]),
+            mask=torch.from_numpy(z["mask"][rows]),
+        )
+        action = torch.from_numpy(z["action"][rows]).reshape(starts.size, t, *z["action"].shape[1:])
+    return SequenceBatch(obs=obs, action=action, steps=t)
+
+
+def iter_exported(out_dir: str | Path, split: str = "train") -> Iterator[SequenceBatch]:
+    """Shard by shard (one SequenceBatch each) of an export's split."""
+    out = Path(out_dir)
+    try:
+        index = json.loads((out / INDEX_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{out}: not a complete export ({INDEX_FILE}: {exc})") from None
+    for shard in index["shards"]:
+        if shard["split"] == split:
+            yield load_shard(out / shard["file"])

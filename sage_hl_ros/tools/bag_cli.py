@@ -1,0 +1,176 @@
+"""sage-hl-bag: record, inspect, replay, repair and convert the runtime's bags.
+
+    sage-hl-bag record bags/run1                      # the runtime topics -> bags/run1 (MCAP)
+    sage-hl-bag record bags/run2 --storage sqlite3 --max-bag-duration-s 60 --topics /joint_states /e_stop
+    sage-hl-bag info bags/run1 [--json]
+    sage-hl-bag replay bags/run1 --rate 2 --loop      # publishes /clock: run nodes with use_sim_time
+    sage-hl-bag repair bags/run1                      # after a crash/SIGKILL: rebuild index + metadata.yaml
+    sage-hl-bag convert bags/run1 bags/run2 --out data/ [--config config/dataset.yaml]
+
+``record`` and ``replay`` run the ``sage_recorder`` / ``sage_replay`` nodes in this process
+(anything after ``--ros-args`` is passed through, e.g. ``--ros-args -p fsync:=false``);
+``info``, ``repair`` and ``convert`` are pure Python and need no ROS graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..bags.recording import BagError
+
+
+def _yaml_list(values) -> str:
+    """A string list as a ROS parameter literal; [''] stands for an empty list."""
+    items = list(values) or [""]
+    return "[" + ",".join("'" + str(v).replace("'", "''") + "'" for v in items) + "]"
+
+
+def _ros_argv(prog: str, params: dict, extra: list[str]) -> list[str]:
+    argv = [prog, "--ros-args"]
+    for name, value in params.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (list, tuple)):
+            value = _yaml_list(value)
+        argv += ["-p", f"{name}:={value}"]
+    if extra:
+        argv += extra[1:] if extra[0] == "--ros-args" else extra
+    return argv
+
+
+def cmd_record(args, extra) -> int:
+    from ..ros import recorder_node
+
+    params = {"output_dir": args.output_dir, "storage": args.storage,
+              "humble_compatible": not args.no_humble_compatible,
+              "max_bag_size_mb": float(args.max_bag_size_mb), "max_bag_duration_s": float(args.max_bag_duration_s),
+              "flush_period_s": float(args.flush_period_s), "exit_on_error": True, "autostart": True}
+    if args.all:
+        params["topics"] = []
+    elif args.topics:
+        params["topics"] = args.topics
+    if args.topic_type:
+        params["topic_types"] = args.topic_type
+    if args.qos_override:
+        params["qos_overrides"] = args.qos_override
+    if args.use_sim_time:
+        params["use_sim_time"] = True
+    return recorder_node.run(_ros_argv("sage-hl-bag", params, extra))
+
+
+def cmd_replay(args, extra) -> int:
+    from ..ros import replay_node
+
+    params = {"bag": args.bag, "rate": float(args.rate), "loop": args.loop,
+              "start_offset_s": float(args.start_offset_s), "publish_clock": not args.no_clock,
+              "clock_rate_hz": float(args.clock_rate_hz), "start_paused": args.start_paused}
+    if args.topics:
+        params["topics"] = args.topics
+    return replay_node.run(_ros_argv("sage-hl-bag", params, extra))
+
+
+def cmd_info(args, extra) -> int:
+    from ..bags.info import bag_info, format_info, info_json
+
+    info = bag_info(args.bag)
+    print(info_json(info) if args.json else format_info(info))
+    return 0
+
+
+def cmd_repair(args, extra) -> int:
+    from ..bags.recording import repair_bag
+
+    report = repair_bag(args.bag, keep_original=args.keep_original, version=args.version)
+    print(report.summary())
+    return 0
+
+
+def cmd_convert(args, extra) -> int:
+    try:
+        from ..bags.dataset import export_samples
+    except ImportError as exc:
+        print(f"error: bag conversion is not available ({exc})", file=sys.stderr)
+        return 2
+    result = export_samples(args.bags, args.out, args.config)
+    if isinstance(result, dict) and "counts" in result:  # the export's index: print its summary
+        print(json.dumps({"out": str(args.out), "counts": result["counts"], "seconds": result.get("seconds")}))
+    elif result is not None:
+        print(result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sage-hl-bag", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("record", help="record topics into a new bag (sage_recorder node)")
+    p.add_argument("output_dir", help="bag directory (must not exist or be empty)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.add_argument("--topics", nargs="+", metavar="TOPIC", help="topics to record (default: the runtime's topics)")
+    p.add_argument("-a", "--all", action="store_true", help="record every topic in the graph")
+    p.add_argument("--topic-type", nargs="+", metavar="TOPIC:TYPE",
+                   help="types of topics not yet advertised, e.g. /e_stop:std_msgs/msg/Empty")
+    p.add_argument("--qos-override", nargs="+", metavar="TOPIC:RELIABILITY[:DEPTH[:DURABILITY]]")
+    p.add_argument("--max-bag-size-mb", type=float, default=0.0, help="split at this size (0: never)")
+    p.add_argument("--max-bag-duration-s", type=float, default=0.0, help="split after this long (0: never)")
+    p.add_argument("--flush-period-s", type=float, default=1.0)
+    p.add_argument("--no-humble-compatible", action="store_true",
+                   help="metadata.yaml version 9 (not readable by ROS 2 Humble) instead of 8")
+    p.add_argument("--use-sim-time", action="store_true", help="stamp messages with /clock time")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("info", help="summary of a bag: topics, counts, duration, episodes")
+    p.add_argument("bag")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("replay", help="publish a bag with its original timing and /clock (sage_replay node)")
+    p.add_argument("bag")
+    p.add_argument("--rate", type=float, default=1.0)
+    p.add_argument("--loop", action="store_true")
+    p.add_argument("--start-offset-s", type=float, default=0.0)
+    p.add_argument("--topics", nargs="+", metavar="TOPIC")
+    p.add_argument("--no-clock", action="store_true", help="do not publish /clock")
+    p.add_argument("--clock-rate-hz", type=float, default=100.0)
+    p.add_argument("--start-paused", action="store_true", help="wait for the ~/resume service before playing")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("repair", help="rebuild metadata.yaml and unclosed MCAP files after a crash")
+    p.add_argument("bag")
+    p.add_argument("--keep-original", action="store_true", help="keep rewritten files as <file>.damaged")
+    p.add_argument("--version", type=int, choices=(8, 9), default=None,
+                   help="metadata.yaml version (default: that of the recording; 8 is readable by Humble)")
+    p.set_defaults(func=cmd_repair)
+
+    p = sub.add_parser("convert", help="bags -> aligned training samples (sage_hl_ros.bags.dataset)")
+    p.add_argument("bags", nargs="+", help="bag directories")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", default=None,
+                   help="YAML with a `dataset` section (and optionally `observation`); default config/dataset.yaml")
+    p.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--ros-args" in argv:
+        i = argv.index("--ros-args")
+        argv, extra = argv[:i], argv[i:]
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, extra) or 0)
+    except (BagError, ValueError, OSError) as exc:  # bad bags, configs, paths: a message, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def entry_point() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry_point()
