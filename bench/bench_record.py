@@ -300,10 +300,11 @@ def main() -> int:
                 n_seq += 1
                 n_steps += int(seq.obs.joint_position.shape[0]) if hasattr(seq, "obs") else 0
             dt = time.perf_counter() - t_s
-            samples_per_s = f"{n_seq / dt:.1f}"
-            print(f"bag -> samples: {n_seq} sequences ({n_steps} steps, "
+            # samples = observation steps, the unit of bench_core's train_samples_per_s
+            samples_per_s = f"{n_steps / dt:.1f}"
+            print(f"bag -> samples: {n_seq} sequences ({n_steps} observation steps, "
                   f"{obs_cfg.image_width_px}x{obs_cfg.image_height_px} px) in {dt:.2f} s = {samples_per_s} samples/s "
-                  f"(1 thread)")
+                  f"(1 thread; compare bench_core train_samples_per_s)")
         except ImportError as exc:
             print(f"bag -> samples: n/a ({exc})")
     if not args.out:
