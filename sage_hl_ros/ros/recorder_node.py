@@ -43,7 +43,7 @@ Throughput (bench/bench_record.py, 2 cores shared with other work)
     fell behind at 500 Hz beside the camera streams). With Fast DDS the *publishers'* shared-memory
     segment must hold camera frames: the default 512 KB is smaller than one 640x480 frame and
     lost 10-30% of messages for any subscriber (this recorder or a plain counter); the 64 MB
-    profile in bench/bench_record.py (``FASTDDS_DEFAULT_PROFILES_FILE``) fixes it.
+    profile ``config/fastdds_large_data.xml`` (``FASTDDS_DEFAULT_PROFILES_FILE``) fixes it.
 Episodes
     ``~/start_episode``, ``~/end_episode``, ``~/end_episode_success``, ``~/end_episode_failure``
     (std_srvs/Trigger) publish ``start[:<episode_task>]`` / ``end[:success|:failure]`` on
