@@ -36,13 +36,23 @@ from sage_hl_ros.training.fit import fit  # noqa: E402
 STAGES = ("prepare", "encoders", "context", "h_module", "compressor", "l_module")
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timed(fn, iters: int, warmup: int) -> np.ndarray:
     for _ in range(warmup):
         fn()
+    sync()
     out = np.empty(iters)
     for i in range(iters):
         t0 = time.perf_counter()
         fn()
+        sync()  # GPU work is asynchronous: time it to completion
         out[i] = time.perf_counter() - t0
     return out * 1e3  # ms
 
@@ -55,8 +65,9 @@ def bench_stages(model, task, batch: int, iters: int, warmup: int) -> dict[str, 
     j = model.cfg.observation.num_joints
     goal = task.sample_goal(batch)
     pos = task.joint_goal(goal)
-    obs = task.render(goal, pos)
+    obs = task.render(goal, pos).to(DEVICE)
     raw = task.observation(goal[0], pos[0])
+    pos = pos.to(DEVICE)
     state = model.initial_state(batch)
     results: dict[str, np.ndarray] = {}
     with torch.inference_mode():
@@ -70,7 +81,7 @@ def bench_stages(model, task, batch: int, iters: int, warmup: int) -> dict[str, 
         results["h_module"] = timed(lambda: model.h_module(ctx), iters, warmup)
         results["compressor"] = timed(lambda: model.compressor(refined), iters, warmup)
         z = model.compressor(refined).z
-        vel = torch.zeros(batch, j)
+        vel = torch.zeros(batch, j, device=DEVICE)
         results["l_module"] = timed(lambda: model.act(z, pos, vel), iters * 5, warmup)
         results["h_path"] = timed(lambda: model.encode(obs, state), iters, warmup)
     return results
@@ -81,7 +92,8 @@ def bench_training(cfg: SageConfig, steps: int) -> float:
     task = SyntheticReachTask(cfg.observation)
     data = task.sequences(8, 2)
     model.fit_normalizer(data.obs.joint_position, data.obs.joint_velocity, data.obs.tactile, data.action.flatten(0, 1))
-    batches = [task.sequences(8, 2) for _ in range(4)]  # 16 observations a step, generated up front
+    model.to(DEVICE)
+    batches = [task.sequences(8, 2).to(DEVICE) for _ in range(4)]  # 16 observations a step, made up front
     fit(model, lambda s: batches[s % 4], steps=2, lr=1e-4)  # warm-up
     return fit(model, lambda s: batches[s % 4], steps=steps, lr=1e-4).samples_per_s
 
@@ -90,7 +102,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(Path(__file__).resolve().parent.parent / "config" / "model.yaml"))
     parser.add_argument("--quick", action="store_true", help="few iterations: checks the script, not the numbers")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (GPU timings include synchronisation)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     iters, warmup, train_steps = (5, 1, 2) if args.quick else (200, 20, 20)
 
     cfg = SageConfig.from_yaml(args.config)
@@ -99,7 +114,9 @@ def main() -> int:
     task = SyntheticReachTask(cfg.observation)
     data = task.sequences(16, 2)
     model.fit_normalizer(data.obs.joint_position, data.obs.joint_velocity, data.obs.tactile, data.action.flatten(0, 1))
+    model.to(DEVICE)
 
+    print(f"device: {DEVICE}" + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else ""))
     print(f"config: {args.config} (compressor={cfg.model.compressor}, image {cfg.observation.image_width_px}x"
           f"{cfg.observation.image_height_px}, {cfg.observation.num_joints} joints)")
     print("parameters (M):")
@@ -129,6 +146,8 @@ def main() -> int:
     print(f"training (threads=2, 8 sequences x 2 steps a batch): {train_sps:.1f} samples/s")
 
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if DEVICE.type == "cuda":
+        print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated(DEVICE) / 2**20:.0f} MB")
     one = summary[1]
     h_b1 = np.percentile(one[1]["h_path"], 50)
     b16 = 16 / np.percentile(one[16]["h_path"], 50) * 1e3
