@@ -130,6 +130,7 @@ def measure(hz: float, seconds: float, workdir: Path, model_dir: Path, limits: P
             recv.clear()
         ticks0 = float(diag.get("ticks", 0))
         missed0 = float(diag.get("missed_ticks", 0))
+        window = (time.time_ns(), time.time_ns() + int(seconds * 1e9))
         time.sleep(seconds)
         cpu = {name: p.cpu_percent(None) for name, p in procs.items()}
         time.sleep(1.2)  # one more diagnostics message covering the window
@@ -150,7 +151,8 @@ def measure(hz: float, seconds: float, workdir: Path, model_dir: Path, limits: P
         tick_to_arrival.append((arrival - stamp) / 1e6)
     period_ms = 1000.0 / hz
     return {
-        "hz": hz, "commands": len(cmds), "cmd_rate_hz": len(cmds) / seconds,
+        "hz": hz, "commands": len(cmds),
+        "cmd_rate_hz": sum(window[0] <= a < window[1] for _, a in cmds) / seconds,
         "period_p50_ms": float(diag.get("period_p50_ms", "nan")),
         "period_p99_ms": float(diag.get("period_p99_ms", "nan")),
         "period_max_ms": float(diag.get("period_max_ms", "nan")),
