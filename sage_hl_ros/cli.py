@@ -16,10 +16,12 @@ from .paths import share_dir
 
 
 def _init_model(args: argparse.Namespace) -> int:
-    from .core.config import ConfigError
-    from .tools.models import make_synthetic_checkpoint, pin_threads
+    import torch
 
-    pin_threads(args.threads)
+    from .core.config import ConfigError
+    from .tools.models import make_synthetic_checkpoint
+
+    torch.set_num_threads(args.threads)
     try:
         make_synthetic_checkpoint(args.config, args.out, steps=args.synthetic_steps, image_px=args.image_px)
     except ConfigError as exc:

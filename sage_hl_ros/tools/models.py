@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from ..core.checkpoint import save_checkpoint
 from ..core.config import SageConfig
 from ..core.synthetic import SyntheticReachTask
@@ -52,7 +50,3 @@ def make_synthetic_checkpoint(config: str | Path, out: str | Path, steps: int = 
     save_checkpoint(model, out, extra=info)
     log(f"wrote checkpoint {out} ({o.num_joints} joints, compressor {cfg.model.compressor})")
     return info
-
-
-def pin_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
