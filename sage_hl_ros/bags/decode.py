@@ -1,7 +1,7 @@
 """rosbags message objects -> numpy, for reading recorded bags without rclpy.
 
-Same conventions as the runtime's ``sage_hl_ros.ros.convert`` (which needs rclpy message types and
-so is not imported here): images in rgb8/bgr8/rgba8/bgra8/mono8 (+ row padding ``step`` and
+Same conventions and the same image/multi-array code as the runtime (``sage_hl_ros.msg_arrays``,
+duck-typed over both message flavours): images in rgb8/bgr8/rgba8/bgra8/mono8 (+ row padding ``step`` and
 ``is_bigendian``), depth ``16UC1``/``mono16`` in millimetres (0 = invalid -> NaN) or ``32FC1`` in
 metres, audio and tactile as ``std_msgs/Float32MultiArray`` (validated against ``layout``), joint
 states matched by ``name[]`` (a message missing a configured joint is rejected, never shifted).
@@ -19,12 +19,21 @@ wraps them into ``BagError``, whose text names the bag, the topic and the messag
 
 from __future__ import annotations
 
-import io
-import math
 import struct
 from collections.abc import Sequence
 
 import numpy as np
+
+from ..msg_arrays import (
+    IMAGE_ENCODINGS,
+    ConversionError,
+    checked_multiarray,
+    compressed_image_to_rgb,
+    depth_to_meters,
+    image_to_numpy,
+    image_to_rgb,
+)
+from .errors import BagError  # re-exported: readers catch it from here
 
 __all__ = [
     "BagError",
@@ -45,11 +54,7 @@ __all__ = [
 ]
 
 
-from .errors import BagError  # noqa: E402  (re-exported: readers catch it from here)
-
-
-class DecodeError(ValueError):
-    """A message could not be turned into numpy; the text says what was wrong."""
+DecodeError = ConversionError  # a message that cannot become numpy; the same class the runtime raises
 
 
 # Reason categories used in skip counters (first keyword match in the problem text).
@@ -82,21 +87,6 @@ STAMPED_TYPES = frozenset({
     "sensor_msgs/msg/JointState",
     "trajectory_msgs/msg/JointTrajectory",
 })
-
-# encoding -> (element dtype, channels). Little-endian; is_bigendian flips multi-byte dtypes.
-IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "rgb8": (np.dtype(np.uint8), 3),
-    "bgr8": (np.dtype(np.uint8), 3),
-    "rgba8": (np.dtype(np.uint8), 4),
-    "bgra8": (np.dtype(np.uint8), 4),
-    "mono8": (np.dtype(np.uint8), 1),
-    "mono16": (np.dtype("<u2"), 1),
-    "16UC1": (np.dtype("<u2"), 1),
-    "32FC1": (np.dtype("<f4"), 1),
-}
-_RGB_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
-_DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
-
 
 # --------------------------------------------------------------------------- raw CDR / time
 
@@ -149,127 +139,9 @@ def stamp_ns(msg) -> int:
 # --------------------------------------------------------------------------- images
 
 
-def _as_u8(data) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        return data.view(np.uint8) if data.dtype.itemsize == 1 else data.astype(np.uint8)
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return np.frombuffer(data, dtype=np.uint8)
-    return np.asarray(data, dtype=np.uint8)
-
-
-def image_to_numpy(msg) -> np.ndarray:
-    """View of ``msg.data`` as (H, W, C), or (H, W) for one channel; honours ``step`` and endianness."""
-    enc = msg.encoding
-    if enc not in IMAGE_ENCODINGS:
-        raise DecodeError(
-            f"unsupported image encoding {enc!r} ({msg.width}x{msg.height}); "
-            f"supported: {', '.join(IMAGE_ENCODINGS)}"
-        )
-    dtype, channels = IMAGE_ENCODINGS[enc]
-    if msg.is_bigendian and dtype.itemsize > 1:
-        dtype = dtype.newbyteorder(">")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    bpp = dtype.itemsize * channels
-    if height == 0 or width == 0:
-        raise DecodeError(f"empty {enc} image: width={width} height={height}")
-    if step < width * bpp:
-        raise DecodeError(f"{enc} image step {step} < width {width} * {bpp} bytes/pixel = {width * bpp}")
-    buf = _as_u8(msg.data)
-    if buf.size < step * height:
-        raise DecodeError(
-            f"{enc} image data truncated: {buf.size} bytes < step {step} * height {height} = {step * height}"
-        )
-    if channels == 1:
-        shape, strides = (height, width), (step, dtype.itemsize)
-    else:
-        shape, strides = (height, width, channels), (step, bpp, dtype.itemsize)
-    return np.ndarray(shape=shape, dtype=dtype, buffer=buf, offset=0, strides=strides)
-
-
-def image_to_rgb(msg) -> np.ndarray:
-    """(H, W, 3) uint8 RGB: a view for rgb8/rgba8, a C-contiguous copy for bgr8/bgra8/mono8."""
-    if msg.encoding not in _RGB_ENCODINGS:
-        raise DecodeError(
-            f"image_to_rgb: unsupported encoding {msg.encoding!r} ({msg.width}x{msg.height}); "
-            f"supported: {', '.join(_RGB_ENCODINGS)}"
-        )
-    arr = image_to_numpy(msg)
-    enc = msg.encoding
-    if enc == "rgb8":
-        return arr
-    if enc == "rgba8":
-        return arr[..., :3]
-    if enc == "bgr8":
-        return np.ascontiguousarray(arr[..., ::-1])
-    if enc == "bgra8":
-        return np.ascontiguousarray(arr[..., 2::-1])
-    return np.repeat(arr[..., None], 3, axis=2)  # mono8
-
-
-def depth_to_meters(msg) -> np.ndarray:
-    """(H, W) float32 metres; 16UC1/mono16 millimetres with 0 = invalid -> NaN (REP 118)."""
-    if msg.encoding not in _DEPTH_ENCODINGS:
-        raise DecodeError(
-            f"depth_to_meters: unsupported encoding {msg.encoding!r} ({msg.width}x{msg.height}); "
-            f"supported: {', '.join(_DEPTH_ENCODINGS)}"
-        )
-    arr = image_to_numpy(msg)
-    if msg.encoding == "32FC1":
-        return arr.astype(np.float32, copy=False)
-    out = arr.astype(np.float32)
-    out *= np.float32(0.001)
-    out[arr == 0] = np.nan
-    return out
-
-
-def compressed_image_to_rgb(msg) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a JPEG/PNG ``CompressedImage`` (Pillow, imported lazily)."""
-    try:
-        from PIL import Image as PILImage
-    except ImportError as exc:
-        raise DecodeError("compressed images need Pillow, which is not installed (pip install Pillow)") from exc
-    fmt = msg.format or ""
-    if "compresseddepth" in fmt.lower():
-        raise DecodeError(f"compressedDepth images are not supported (format {fmt!r})")
-    data = _as_u8(msg.data).tobytes()
-    if not data:
-        raise DecodeError(f"empty compressed image (format {fmt!r})")
-    try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB")
-    except Exception as exc:  # Pillow raises OSError, ValueError, DecompressionBombError...
-        raise DecodeError(f"cannot decode compressed image (format {fmt!r}, {len(data)} bytes): {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-# --------------------------------------------------------------------------- arrays and joints
-
-
 def multiarray_to_numpy(msg, expected_size: int | None = None) -> np.ndarray:
     """1-D view of ``data[data_offset:]`` of a Float32/Float64MultiArray, checked against its layout."""
-    data = np.asarray(msg.data)
-    if data.dtype.kind != "f":
-        raise DecodeError(f"multiarray data has dtype {data.dtype}, expected float")
-    offset = int(msg.layout.data_offset)
-    if offset > data.size:
-        raise DecodeError(f"multiarray data_offset {offset} > data length {data.size}")
-    data = data[offset:]
-    dims = msg.layout.dim
-    if dims:
-        prod = math.prod(int(d.size) for d in dims)
-        if prod != data.size:
-            shape = " x ".join(f"{d.label or '?'}={d.size}" for d in dims)
-            raise DecodeError(
-                f"multiarray layout {shape} holds {prod} values but data has {data.size}"
-                + (f" after data_offset {offset}" if offset else "")
-            )
-    if expected_size is not None and data.size != expected_size:
-        raise DecodeError(f"multiarray has {data.size} values, expected {expected_size}")
-    if not np.isfinite(data).all():
-        raise DecodeError(
-            f"multiarray has non-finite values at indices {np.flatnonzero(~np.isfinite(data))[:8].tolist()}"
-        )
-    return data
+    return checked_multiarray(np.asarray(msg.data), msg.layout, expected_size)
 
 
 def _name_index(names: Sequence[str], joint_names: Sequence[str], what: str) -> np.ndarray | None:

@@ -22,15 +22,24 @@ typecode is the one fast path on both. Readers return views on the message buffe
 
 from __future__ import annotations
 
-import io
 import math
 from array import array as _pyarray
 from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import CompressedImage, Image, JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension
+
+from ..msg_arrays import (
+    IMAGE_ENCODINGS,
+    ConversionError,
+    checked_multiarray,
+    compressed_image_to_rgb,
+    depth_to_meters,
+    image_to_numpy,
+    image_to_rgb,
+)
 
 __all__ = [
     "ConversionError",
@@ -50,34 +59,7 @@ __all__ = [
 ]
 
 
-class ConversionError(ValueError):
-    """A message could not be converted; the text says what was wrong (encoding, sizes, joints)."""
-
-
-# encoding -> (element dtype, channels). Dtypes are little-endian; is_bigendian flips them.
-IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "rgb8": (np.dtype(np.uint8), 3),
-    "bgr8": (np.dtype(np.uint8), 3),
-    "rgba8": (np.dtype(np.uint8), 4),
-    "bgra8": (np.dtype(np.uint8), 4),
-    "mono8": (np.dtype(np.uint8), 1),
-    "mono16": (np.dtype("<u2"), 1),
-    "16UC1": (np.dtype("<u2"), 1),
-    "32FC1": (np.dtype("<f4"), 1),
-}
-
-_RGB_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
-_DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _as_u8(data) -> np.ndarray:
-    """uint8 view on a message byte sequence (array.array/bytes); copies only a plain list."""
-    if isinstance(data, (bytes, bytearray, memoryview, _pyarray)):
-        return np.frombuffer(data, dtype=np.uint8)
-    return np.asarray(data, dtype=np.uint8)  # very old rclpy: list of ints
 
 
 def _u8_array(arr: np.ndarray) -> _pyarray:
@@ -110,109 +92,6 @@ def _to_stamp(stamp) -> Time:
 
 
 # --------------------------------------------------------------------------- images
-
-
-def image_to_numpy(msg: Image) -> np.ndarray:
-    """Zero-copy view of ``msg.data`` as (H, W, C), or (H, W) for one channel.
-
-    Honours ``step`` (row padding) and ``is_bigendian``: a big-endian 16/32-bit image comes back
-    as a non-native-endian view rather than a copy; arithmetic on it converts correctly.
-    """
-    enc = msg.encoding
-    if enc not in IMAGE_ENCODINGS:
-        raise ConversionError(
-            f"unsupported image encoding {enc!r} ({msg.width}x{msg.height}); "
-            f"supported: {', '.join(IMAGE_ENCODINGS)}"
-        )
-    dtype, channels = IMAGE_ENCODINGS[enc]
-    if msg.is_bigendian and dtype.itemsize > 1:
-        dtype = dtype.newbyteorder(">")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    bpp = dtype.itemsize * channels
-    if height == 0 or width == 0:
-        raise ConversionError(f"empty {enc} image: width={width} height={height}")
-    if step < width * bpp:
-        raise ConversionError(f"{enc} image step {step} < width {width} * {bpp} bytes/pixel = {width * bpp}")
-    buf = _as_u8(msg.data)
-    if buf.size < step * height:
-        raise ConversionError(
-            f"{enc} image data truncated: {buf.size} bytes < step {step} * height {height} = {step * height}"
-        )
-    if channels == 1:
-        shape, strides = (height, width), (step, dtype.itemsize)
-    else:
-        shape, strides = (height, width, channels), (step, bpp, dtype.itemsize)
-    return np.ndarray(shape=shape, dtype=dtype, buffer=buf, offset=0, strides=strides)
-
-
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB. rgb8/rgba8 are views; bgr8/bgra8/mono8 need a copy (reorder/expand).
-
-    The copy is C-contiguous, so ``torch.from_numpy`` accepts it (negative strides it would not).
-    """
-    if msg.encoding not in _RGB_ENCODINGS:
-        raise ConversionError(
-            f"image_to_rgb: unsupported encoding {msg.encoding!r} ({msg.width}x{msg.height}); "
-            f"supported: {', '.join(_RGB_ENCODINGS)}"
-        )
-    arr = image_to_numpy(msg)
-    enc = msg.encoding
-    if enc == "rgb8":
-        return arr
-    if enc == "rgba8":
-        return arr[..., :3]
-    if enc == "bgr8":
-        return np.ascontiguousarray(arr[..., ::-1])
-    if enc == "bgra8":
-        return np.ascontiguousarray(arr[..., 2::-1])
-    return np.repeat(arr[..., None], 3, axis=2)  # mono8
-
-
-def depth_to_meters(msg: Image) -> np.ndarray:
-    """(H, W) float32 metres. 16UC1/mono16 are millimetres with 0 = invalid -> NaN (REP 118).
-
-    32FC1 is already metres and comes back as a view when little-endian.
-    """
-    if msg.encoding not in _DEPTH_ENCODINGS:
-        raise ConversionError(
-            f"depth_to_meters: unsupported encoding {msg.encoding!r} ({msg.width}x{msg.height}); "
-            f"supported: {', '.join(_DEPTH_ENCODINGS)}"
-        )
-    arr = image_to_numpy(msg)
-    if msg.encoding == "32FC1":
-        return arr.astype(np.float32, copy=False)
-    out = arr.astype(np.float32)
-    out *= np.float32(0.001)
-    out[arr == 0] = np.nan
-    return out
-
-
-def compressed_image_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a JPEG or PNG ``CompressedImage`` (Pillow, imported lazily).
-
-    image_transport encodes colour images so the file itself is RGB-correct, so ``format``
-    only matters to reject compressedDepth (it prepends a private header).
-    """
-    try:
-        from PIL import Image as PILImage
-    except ImportError as exc:
-        raise ConversionError(
-            "compressed images need Pillow, which is not installed (pip install Pillow)"
-        ) from exc
-    fmt = msg.format or ""
-    if "compresseddepth" in fmt.lower():
-        raise ConversionError(f"compressedDepth images are not supported (format {fmt!r})")
-    data = bytes(msg.data)
-    if not data:
-        raise ConversionError(f"empty compressed image (format {fmt!r})")
-    try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB")
-    except Exception as exc:  # Pillow raises OSError, ValueError, DecompressionBombError...
-        raise ConversionError(
-            f"cannot decode compressed image (format {fmt!r}, {len(data)} bytes): {exc}"
-        ) from exc
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 def numpy_to_image(array: np.ndarray, encoding: str, stamp=None, frame_id: str = "") -> Image:
@@ -319,27 +198,7 @@ def multiarray_to_numpy(
     Strides in ``layout.dim`` are not checked: publishers commonly leave them 0.
     """
     dtype = np.float32 if isinstance(msg, Float32MultiArray) else np.float64
-    data = _as_float(msg.data, dtype)
-    offset = int(msg.layout.data_offset)
-    if offset > data.size:
-        raise ConversionError(f"multiarray data_offset {offset} > data length {data.size}")
-    data = data[offset:]
-    dims = msg.layout.dim
-    if dims:
-        prod = math.prod(int(d.size) for d in dims)
-        if prod != data.size:
-            shape = " x ".join(f"{d.label or '?'}={d.size}" for d in dims)
-            raise ConversionError(
-                f"multiarray layout {shape} holds {prod} values but data has {data.size}"
-                + (f" after data_offset {offset}" if offset else "")
-            )
-    if expected_size is not None and data.size != expected_size:
-        raise ConversionError(f"multiarray has {data.size} values, expected {expected_size}")
-    if not np.isfinite(data).all():
-        raise ConversionError(
-            f"multiarray has non-finite values at indices {np.flatnonzero(~np.isfinite(data))[:8].tolist()}"
-        )
-    return data
+    return checked_multiarray(_as_float(msg.data, dtype), msg.layout, expected_size)
 
 
 def numpy_to_float32_multiarray(array: np.ndarray, label: str) -> Float32MultiArray:
