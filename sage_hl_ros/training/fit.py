@@ -27,14 +27,15 @@ class FitResult:
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
 
-def make_optimizer(model: SageHL, lr: float, weight_decay: float = 1e-4) -> torch.optim.Optimizer:
+def make_optimizer(model: SageHL, lr: float, weight_decay: float = 1e-4, **adamw: object) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norms; ``adamw`` passes options (e.g. ``fused=True``)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, **adamw)
 
 
 def fit(model: SageHL, next_batch: Callable[[int], SequenceBatch], steps: int, lr: float = 1e-3,
@@ -43,7 +44,10 @@ def fit(model: SageHL, next_batch: Callable[[int], SequenceBatch], steps: int, l
     """Run ``steps`` optimiser steps on batches from ``next_batch(step)``; returns loss history."""
     model.train()
     opt = optimizer or make_optimizer(model, lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    if steps >= 20:  # warm-up then anneal; OneCycleLR needs a few steps in each phase
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    else:  # a handful of steps (smoke runs): constant rate
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     result = FitResult(steps=0, seconds=0.0, samples=0)
     start = time.perf_counter()
     for step in range(steps):
