@@ -121,7 +121,8 @@ def _summarize(m, t0: float, info: dict) -> dict:
     values = {
         "control loop rate (node), Hz": m.diag_value(ctl, "rate_hz"),
         "control tick period p50 / p99, ms": (m.diag_value(ctl, "period_p50_ms"), m.diag_value(ctl, "period_p99_ms")),
-        "L step compute p50 / p99, us": (m.diag_value(ctl, "compute_p50_us"), m.diag_value(ctl, "compute_p99_us")),
+        "control tick compute p50 / p99, us": (m.diag_value(ctl, "compute_p50_us"),
+                                               m.diag_value(ctl, "compute_p99_us")),
         "H inference p50 / p99, ms": (m.diag_value("sage_context", "inference_p50_ms"),
                                       m.diag_value("sage_context", "inference_p99_ms")),
     }
@@ -144,7 +145,7 @@ def _summarize(m, t0: float, info: dict) -> dict:
     line = {"cmd_hz": f"{cmd_hz:.1f}", "latent_hz": f"{lat_hz:.1f}",
             "period_p99_ms": f"{values['control tick period p50 / p99, ms'][1]:.2f}",
             "h_infer_p50_ms": f"{values['H inference p50 / p99, ms'][0]:.2f}",
-            "l_compute_p99_us": f"{values['L step compute p50 / p99, us'][1]:.0f}",
+            "tick_compute_p99_us": f"{values['control tick compute p50 / p99, us'][1]:.0f}",
             "goal_dist_start_rad": f"{reach[:, 0].mean():.3f}" if len(reach) else "nan",
             "goal_dist_end_rad": f"{reach[:, 1].mean():.3f}" if len(reach) else "nan"}
     return {"rows": rows, "line": line}
