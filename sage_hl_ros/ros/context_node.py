@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -62,7 +62,7 @@ from ..core.checkpoint import CheckpointError, load_checkpoint, model_hash
 from ..core.observation import Observation
 from . import convert
 from .diagnostics import RateMeter, RollingStats, diagnostic_array, status
-from .node_main import BackgroundLoader, Throttle, check_checkpoint_dir, run_node
+from .node_main import BackgroundLoader, DeclaredParams, Throttle, check_checkpoint_dir, run_node
 from .qos import declare_qos
 from .sensor_cache import AudioWindow, SensorCache
 
@@ -93,7 +93,7 @@ def load_model(model_dir: str) -> LoadedModel:
                        int(cfg.model.latent_dim), (time.perf_counter() - t0) * 1e3)
 
 
-class ContextNode(LifecycleNode):
+class ContextNode(DeclaredParams, LifecycleNode):
     def __init__(self, node_name: str = "sage_context", **kwargs):
         super().__init__(node_name, **kwargs)
         p = self._param
@@ -144,15 +144,6 @@ class ContextNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ parameters
-    def _param(self, name, default, description):
-        kw = {}
-        if isinstance(default, list):
-            kw["dynamic_typing"] = True
-        return self.declare_parameter(name, default, ParameterDescriptor(description=description, **kw))
-
-    def _get(self, name):
-        return self.get_parameter(name).value
-
     def _on_set_parameters(self, params) -> SetParametersResult:
         for param in params:
             if param.name == "model_dir" and self._loaded is not None:

@@ -87,7 +87,7 @@ import rclpy
 import torch
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
@@ -100,7 +100,7 @@ from ..core.l_module import ActionSmoother
 from ..safety import EStopLatch, JointLimits, SafetyFilter, SafetyStatus
 from . import commands, convert
 from .diagnostics import RollingStats, diagnostic_array, status
-from .node_main import BackgroundLoader, ClockLoop, Throttle, check_checkpoint_dir, run_node
+from .node_main import BackgroundLoader, ClockLoop, DeclaredParams, Throttle, check_checkpoint_dir, run_node
 from .qos import declare_qos
 
 STATUS_CODES = {s: i for i, s in enumerate(SafetyStatus)}  # tick log: status -> small int
@@ -151,7 +151,7 @@ def load_policy(model_dir: str, command_names: list[str] | None) -> Policy:
                   (time.perf_counter() - t0) * 1e3)
 
 
-class ControlNode(LifecycleNode):
+class ControlNode(DeclaredParams, LifecycleNode):
     def __init__(self, node_name: str = "sage_control", **kwargs):
         super().__init__(node_name, **kwargs)
         p = self._param
@@ -201,13 +201,6 @@ class ControlNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ parameters
-    def _param(self, name, default, description):
-        kw = {"dynamic_typing": True} if isinstance(default, list) else {}
-        return self.declare_parameter(name, default, ParameterDescriptor(description=description, **kw))
-
-    def _get(self, name):
-        return self.get_parameter(name).value
-
     def _on_set_parameters(self, params) -> SetParametersResult:
         for param in params:
             if param.name == "enable_control":

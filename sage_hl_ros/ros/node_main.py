@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import ClockChange, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
@@ -65,6 +66,18 @@ class Throttle:
             return False
         self._last[key] = now
         return True
+
+
+class DeclaredParams:
+    """Mixin for nodes: declare each parameter with its description (shown by ``ros2 param describe``)
+    and read it back. List defaults are dynamically typed so ``[]`` can be overridden by any list."""
+
+    def _param(self, name, default, description):
+        kw = {"dynamic_typing": True} if isinstance(default, list) else {}
+        return self.declare_parameter(name, default, ParameterDescriptor(description=description, **kw))
+
+    def _get(self, name):
+        return self.get_parameter(name).value
 
 
 class ClockLoop:

@@ -95,7 +95,6 @@ import traceback
 from dataclasses import dataclass
 
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -110,6 +109,7 @@ from ..bags.recording import (
     make_qos,
 )
 from .diagnostics import RateMeter, diagnostic_array, status
+from .node_main import DeclaredParams
 
 DEFAULT_TOPICS = list(DEFAULT_TOPIC_TYPES)
 SENSOR_TYPES = {"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/PointCloud2",
@@ -338,7 +338,7 @@ class _Sub:
     msg_class: object = None
 
 
-class RecorderNode(LifecycleNode):
+class RecorderNode(DeclaredParams, LifecycleNode):
     def __init__(self, node_name: str = "sage_recorder", **kwargs):
         super().__init__(node_name, **kwargs)
         p = self._param
@@ -386,15 +386,6 @@ class RecorderNode(LifecycleNode):
         self._diag_timer = self.create_timer(period if period > 0 else 1.0, self._publish_diagnostics)
 
     # ------------------------------------------------------------------ parameters
-    def _param(self, name, default, description):
-        kw = {}
-        if isinstance(default, list):
-            kw["dynamic_typing"] = True
-        return self.declare_parameter(name, default, ParameterDescriptor(description=description, **kw))
-
-    def _get(self, name):
-        return self.get_parameter(name).value
-
     def _fail(self, text: str) -> None:
         self._error = text
         self._state_text = "error"
