@@ -326,3 +326,18 @@ class Harness:
 
     def destroy(self):
         self.node.destroy_node()
+
+
+def wait_diagnostic(harness, key: str, since: float, predicate=None, timeout_s: float = 10.0):
+    """Newest ``key`` status (``"<node>: <part>"``) on /diagnostics received after ``since`` that
+    satisfies ``predicate``; returns (level, message, values)."""
+    rec = harness.recorders["/diagnostics"]
+
+    def find():
+        for _, msg in reversed(rec.since(since)):
+            st = diag_statuses(msg).get(key)
+            if st is not None and (predicate is None or predicate(st)):
+                return st
+        return None
+
+    return wait_for(find, timeout_s, interval_s=0.05, what=f"a matching '{key}' diagnostic")

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from ros_harness import Harness, Spinner, diag_statuses, make_checkpoint, ros_env, wait_for
+from ros_harness import Harness, Spinner, make_checkpoint, ros_env, wait_diagnostic, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -136,17 +136,7 @@ def make_node(graph, files):
 
 
 def _diag(harness, node, part, since, predicate=None, timeout_s=10.0):
-    rec = harness.recorders["/diagnostics"]
-    key = f"{node.get_name()}: {part}"
-
-    def find():
-        for _, msg in reversed(rec.since(since)):
-            st = diag_statuses(msg).get(key)
-            if st is not None and (predicate is None or predicate(st)):
-                return st
-        return None
-
-    return wait_for(find, timeout_s, what=f"a matching '{key}' diagnostic")
+    return wait_diagnostic(harness, f"{node.get_name()}: {part}", since, predicate, timeout_s)
 
 
 def _latents(harness, since=0.0):

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from ros_harness import Harness, Spinner, diag_statuses, make_checkpoint, ros_env, wait_for, write_limits
+from ros_harness import Harness, Spinner, make_checkpoint, ros_env, wait_diagnostic, wait_for, write_limits
 
 pytestmark = pytest.mark.ros
 
@@ -119,17 +119,7 @@ def _ticks_after(node, t_s):
 
 def _diag(harness, node, part, since, predicate=None, timeout_s=10.0):
     """Newest ``<node name>: <part>`` diagnostic received after ``since`` that satisfies ``predicate``."""
-    rec = harness.recorders["/diagnostics"]
-    key = f"{node.get_name()}: {part}"
-
-    def find():
-        for _, msg in reversed(rec.since(since)):
-            st = diag_statuses(msg).get(key)
-            if st is not None and (predicate is None or predicate(st)):
-                return st
-        return None
-
-    return wait_for(find, timeout_s, what=f"a matching '{key}' diagnostic")
+    return wait_diagnostic(harness, f"{node.get_name()}: {part}", since, predicate, timeout_s)
 
 
 def _commands(harness, since):

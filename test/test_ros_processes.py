@@ -15,7 +15,6 @@ import pytest
 from ros_harness import (
     Harness,
     Spinner,
-    diag_statuses,
     make_checkpoint,
     read_log,
     ros_args,
@@ -23,6 +22,7 @@ from ros_harness import (
     script,
     start_process,
     stop_process,
+    wait_diagnostic,
     wait_for,
     write_limits,
 )
@@ -91,16 +91,7 @@ def _alive(procs):
 
 
 def _diag(harness, part, since, predicate=None, timeout_s=20.0):
-    rec = harness.recorders["/diagnostics"]
-
-    def find():
-        for _, msg in reversed(rec.since(since)):
-            st = diag_statuses(msg).get(part)
-            if st is not None and (predicate is None or predicate(st)):
-                return st
-        return None
-
-    return wait_for(find, timeout_s, what=f"a matching '{part}' diagnostic")
+    return wait_diagnostic(harness, part, since, predicate, timeout_s)
 
 
 def test_commands_flow_end_to_end(stack):

@@ -16,7 +16,6 @@ import pytest
 from ros_harness import (
     Harness,
     Spinner,
-    diag_statuses,
     make_checkpoint,
     read_log,
     ros_args,
@@ -24,6 +23,7 @@ from ros_harness import (
     script,
     start_process,
     stop_process,
+    wait_diagnostic,
     wait_for,
     write_limits,
 )
@@ -40,16 +40,7 @@ RATE_HZ = 100.0
 
 
 def _diag(harness, part, since, predicate, timeout_s):
-    rec = harness.recorders["/diagnostics"]
-
-    def find():
-        for _, msg in reversed(rec.since(since)):
-            st = diag_statuses(msg).get(part)
-            if st is not None and predicate(st):
-                return st
-        return None
-
-    return wait_for(find, timeout_s, interval_s=0.1, what=f"a matching '{part}' diagnostic")
+    return wait_diagnostic(harness, part, since, predicate, timeout_s)
 
 
 def test_control_node_reloads_the_trained_checkpoint(tmp_path):
