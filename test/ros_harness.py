@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +158,13 @@ def read_log(proc) -> str:
 
 
 class Spinner:
-    """Spin nodes on a SingleThreadedExecutor in a background thread."""
+    """Spin nodes on a SingleThreadedExecutor in a background thread.
+
+    Nodes come and go while it spins (one per test). ``remove`` waits until the executor has
+    finished a wait cycle without the node, so destroying the node afterwards cannot pull a
+    handle out from under the spinning thread; an error in one cycle is kept and spinning goes
+    on, so one bad teardown never silently stops every later test's traffic.
+    """
 
     def __init__(self, *nodes):
         from rclpy.executors import SingleThreadedExecutor
@@ -165,25 +172,52 @@ class Spinner:
         self.executor = SingleThreadedExecutor()
         for node in nodes:
             self.executor.add_node(node)
+        self.errors: list[BaseException] = []
+        self._cycles = 0
+        self._cycle_done = threading.Condition()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception:  # executor shut down under us at teardown
-            pass
+        from rclpy.executors import ExternalShutdownException
+
+        while not self._stop.is_set():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except ExternalShutdownException:
+                return
+            except Exception as exc:  # keep spinning: the other nodes' traffic must go on
+                if self._stop.is_set():
+                    return
+                self.errors.append(exc)
+            with self._cycle_done:
+                self._cycles += 1
+                self._cycle_done.notify_all()
 
     def add(self, node):
         self.executor.add_node(node)
         self.executor.wake()
 
-    def remove(self, node):
+    def remove(self, node, timeout_s: float = 5.0):
         self.executor.remove_node(node)
+        with self._cycle_done:
+            target = self._cycles + 2  # the cycle in flight may still hold the node; the next cannot
+            deadline = time.monotonic() + timeout_s
+            while self._cycles < target and self._thread.is_alive():
+                self.executor.wake()
+                self._cycle_done.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+                if time.monotonic() > deadline:
+                    raise AssertionError("executor did not finish a cycle without the removed node")
 
     def shutdown(self):
-        self.executor.shutdown(timeout_sec=2.0)
+        self._stop.set()
+        self.executor.wake()
         self._thread.join(5.0)
+        self.executor.shutdown(timeout_sec=2.0)
+        if self.errors:
+            warnings.warn(f"executor raised {len(self.errors)} time(s) while spinning: {self.errors[:3]!r}",
+                          stacklevel=2)
 
 
 class Recorder:

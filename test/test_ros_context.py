@@ -126,10 +126,7 @@ def make_node(graph, files):
     yield make
     sensors.all(True)
     for node in created:
-        try:
-            spinner.remove(node)
-        except Exception:
-            pass
+        spinner.remove(node)
         node.destroy_node()
     for rec in harness.recorders.values():
         rec.clear()

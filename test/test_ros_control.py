@@ -94,10 +94,7 @@ def make_node(graph, files):
     harness.joint_positions = dict(POSITIONS)
     for node in created:
         node.release()
-        try:
-            spinner.remove(node)
-        except Exception:
-            pass
+        spinner.remove(node)
         node.destroy_node()
     for rec in harness.recorders.values():
         rec.clear()
