@@ -1,0 +1,307 @@
+"""A 7-DoF arm reaching for a randomised target on a table, in MuJoCo: the CPU stand-in for Isaac Sim.
+
+Pure (no rclpy): the bridge node (``sage_hl_ros.ros.sim_bridge_node``) turns it into Isaac-style
+topics, the scripted expert (``sim.expert``) and the tests use it directly. The arm has the joint
+names and limits of ``config/joint_limits.yaml`` (a Franka-like chain), position servos (PD on each
+joint, gravity compensated) take joint-position targets, and one fixed camera sees the arm, the
+table and the red target sphere, so the target's position is in the image and nowhere else the
+policy looks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sage_hl_ros.core.config import ConfigError, _positive, load_yaml
+
+JOINT_NAMES = [f"joint{i}" for i in range(1, 8)]
+# Limits match config/joint_limits.yaml (rad).
+JOINT_RANGES_RAD = [(-2.8, 2.8), (-1.7, 1.7), (-2.8, 2.8), (-3.0, 0.0), (-2.8, 2.8), (-0.1, 3.7), (-2.8, 2.8)]
+HOME_RAD = [0.0, 0.35, 0.0, -2.1, 0.0, 2.45, 0.0]  # tip above the middle of the target area
+TAXEL_SITES = ("tip_front", "tip_back", "tip_left", "tip_right")
+
+
+@dataclass
+class SimConfig:
+    """World, episode and sensor settings; lengths in metres, times in seconds."""
+
+    physics_dt_s: float = 0.002
+    servo_kp: float = 120.0  # N m / rad, every joint
+    servo_kv: float = 12.0  # N m s / rad
+    episode_duration_s: float = 3.0
+    success_tolerance_m: float = 0.05  # fingertip centre to target centre at the episode's end
+    target_x_range_m: list[float] = field(default_factory=lambda: [0.35, 0.6])
+    target_y_range_m: list[float] = field(default_factory=lambda: [-0.25, 0.25])
+    target_radius_m: float = 0.03
+    home_noise_rad: float = 0.05  # uniform noise on the home pose at each reset
+    image_width_px: int = 64
+    image_height_px: int = 64
+    camera_fovy_deg: float = 45.0
+    audio_sample_rate_hz: int = 16000
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        _positive(self, where, "physics_dt_s", "servo_kp", "servo_kv", "episode_duration_s",
+                  "success_tolerance_m", "target_radius_m", "camera_fovy_deg", "audio_sample_rate_hz")
+        for key in ("target_x_range_m", "target_y_range_m"):
+            lo_hi = getattr(self, key)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                raise ConfigError(f"{where}.{key}: expected [min, max], got {lo_hi}")
+        if self.home_noise_rad < 0:
+            raise ConfigError(f"{where}.home_noise_rad: must be >= 0, got {self.home_noise_rad}")
+        for key in ("image_width_px", "image_height_px"):
+            if getattr(self, key) < 16:
+                raise ConfigError(f"{where}.{key}: must be >= 16, got {getattr(self, key)}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, section: str = "sim") -> SimConfig:
+        return load_yaml(cls, path, section)
+
+
+def arm_mjcf(config: SimConfig) -> str:
+    """The world as MJCF text: table, arm (joint1..joint7), fingertip taxels, target, camera."""
+    joints = []
+    axes = ["0 0 1", "0 1 0", "0 0 1", "0 -1 0", "0 0 1", "0 1 0", "0 0 1"]
+    for name, axis, (lo, hi) in zip(JOINT_NAMES, axes, JOINT_RANGES_RAD):
+        joints.append(f'<joint name="{name}" axis="{axis}" range="{lo} {hi}" damping="0.5" armature="0.05"/>')
+    actuators = "\n".join(
+        f'<position name="{n}" joint="{n}" kp="{config.servo_kp}" kv="{config.servo_kv}" '
+        f'ctrlrange="{lo} {hi}" forcerange="-80 80"/>'
+        for n, (lo, hi) in zip(JOINT_NAMES, JOINT_RANGES_RAD)
+    )
+    touch = "\n".join(f'<touch name="{s}" site="{s}"/>' for s in TAXEL_SITES)
+    r = config.target_radius_m
+    return f"""
+<mujoco model="sage_reach">
+  <compiler angle="radian" autolimits="true"/>
+  <option timestep="{config.physics_dt_s}" integrator="implicitfast"/>
+  <visual><quality shadowsize="0"/><global offwidth="640" offheight="480"/></visual>
+  <default>
+    <!-- arm geoms: contype 0, conaffinity 1 -> they touch the table, never each other -->
+    <geom contype="0" conaffinity="1" friction="0.8 0.02 0.001"/>
+  </default>
+  <worldbody>
+    <light pos="0.4 0 2.0" dir="0 0 -1" castshadow="false" diffuse="0.8 0.8 0.8"/>
+    <light pos="1.5 0 1.5" dir="-1 0 -1" castshadow="false" diffuse="0.3 0.3 0.3"/>
+    <geom name="floor" type="plane" pos="0 0 -0.75" size="3 3 0.1" rgba="0.35 0.35 0.38 1" contype="1"/>
+    <geom name="table" type="box" pos="0.4 0 -0.02" size="0.55 0.6 0.02" rgba="0.75 0.72 0.66 1"
+          contype="1" conaffinity="1"/>
+    <body name="link0" pos="0 0 0">
+      <geom type="cylinder" size="0.07 0.05" pos="0 0 0.05" rgba="0.9 0.9 0.9 1" contype="0" conaffinity="0"/>
+      <body name="link1" pos="0 0 0.1">
+        {joints[0]}
+        <geom type="capsule" fromto="0 0 0 0 0 0.233" size="0.055" rgba="0.92 0.92 0.92 1" mass="2.5"
+              contype="0" conaffinity="0"/>
+        <body name="link2" pos="0 0 0.233" gravcomp="1">
+          {joints[1]}
+          <geom type="sphere" size="0.06" rgba="0.25 0.25 0.28 1" mass="1.0" contype="0" conaffinity="0"/>
+          <body name="link3" pos="0 0 0" gravcomp="1">
+            {joints[2]}
+            <geom type="capsule" fromto="0 0 0 0 0 0.316" size="0.05" rgba="0.92 0.92 0.92 1" mass="2.0"/>
+            <body name="link4" pos="0 0 0.316" gravcomp="1">
+              {joints[3]}
+              <geom type="sphere" size="0.055" rgba="0.25 0.25 0.28 1" mass="0.8" contype="0" conaffinity="0"/>
+              <body name="link5" pos="0 0 0" gravcomp="1">
+                {joints[4]}
+                <geom type="capsule" fromto="0 0 0 0 0 0.384" size="0.045" rgba="0.92 0.92 0.92 1" mass="1.5"/>
+                <body name="link6" pos="0 0 0.384" gravcomp="1">
+                  {joints[5]}
+                  <geom type="sphere" size="0.045" rgba="0.25 0.25 0.28 1" mass="0.5" contype="0" conaffinity="0"/>
+                  <body name="link7" pos="0 0 0" gravcomp="1">
+                    {joints[6]}
+                    <geom type="capsule" fromto="0 0 0 0 0 0.09" size="0.035" rgba="0.2 0.45 0.85 1" mass="0.4"/>
+                    <body name="tip" pos="0 0 0.11" gravcomp="1">
+                      <geom name="tip" type="sphere" size="0.02" rgba="0.1 0.75 0.3 1" mass="0.05"/>
+                      <site name="tip_center" pos="0 0 0" size="0.005"/>
+                      <site name="tip_front" pos="0.012 0 0.008" size="0.014"/>
+                      <site name="tip_back" pos="-0.012 0 0.008" size="0.014"/>
+                      <site name="tip_left" pos="0 0.012 0.008" size="0.014"/>
+                      <site name="tip_right" pos="0 -0.012 0.008" size="0.014"/>
+                    </body>
+                  </body>
+                </body>
+              </body>
+            </body>
+          </body>
+        </body>
+      </body>
+    </body>
+    <body name="target" mocap="true" pos="0.45 0 {r}">
+      <geom name="target" type="sphere" size="{r}" rgba="0.9 0.1 0.1 1" contype="0" conaffinity="0"/>
+    </body>
+    <camera name="front" pos="1.25 0 0.75" xyaxes="0 1 0 -0.55 0 0.835" fovy="{config.camera_fovy_deg}"/>
+  </worldbody>
+  <actuator>
+{actuators}
+  </actuator>
+  <sensor>
+{touch}
+  </sensor>
+</mujoco>
+"""
+
+
+def _ensure_gl_backend() -> None:
+    # Offscreen rendering without a display: EGL (Mesa llvmpipe on a CPU-only machine) unless the
+    # user chose a backend. Must be set before mujoco creates its first context.
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+class ReachWorld:
+    """The simulated arm, target and sensors; advance with ``step``, read with the accessors."""
+
+    def __init__(self, config: SimConfig | None = None):
+        _ensure_gl_backend()
+        import mujoco
+
+        self._mj = mujoco
+        self.config = config or SimConfig()
+        self.model = mujoco.MjModel.from_xml_string(arm_mjcf(self.config))
+        self.data = mujoco.MjData(self.model)
+        self.rng = np.random.default_rng(self.config.seed)
+        self._qpos_idx = np.array([self.model.joint(n).qposadr[0] for n in JOINT_NAMES])
+        self._qvel_idx = np.array([self.model.joint(n).dofadr[0] for n in JOINT_NAMES])
+        self._tip_site = self.model.site("tip_center").id
+        self._target_mocap = self.model.body("target").mocapid[0]
+        self._touch_adr = np.array([self.model.sensor(s).adr[0] for s in TAXEL_SITES])
+        self._renderer = None
+        self._depth_renderer = None
+        self.episode_start_s = 0.0
+        self.episode_index = -1
+        self._audio_phase = 0.0
+        self._last_touch = np.zeros(len(TAXEL_SITES))
+        self.reset()
+
+    # ------------------------------------------------------------------ episode
+    def reset(self, target_xy: tuple[float, float] | None = None) -> np.ndarray:
+        """Home pose (with noise) and a new target; returns the target position (m, world frame)."""
+        cfg = self.config
+        q = np.array(HOME_RAD) + self.rng.uniform(-cfg.home_noise_rad, cfg.home_noise_rad, 7)
+        lo = np.array([r[0] for r in JOINT_RANGES_RAD])
+        hi = np.array([r[1] for r in JOINT_RANGES_RAD])
+        q = np.clip(q, lo, hi)
+        self.data.qpos[self._qpos_idx] = q
+        self.data.qvel[:] = 0.0
+        self.data.ctrl[:] = q
+        if target_xy is None:
+            target_xy = (self.rng.uniform(*cfg.target_x_range_m), self.rng.uniform(*cfg.target_y_range_m))
+        self.data.mocap_pos[self._target_mocap] = [target_xy[0], target_xy[1], cfg.target_radius_m]
+        self._mj.mj_forward(self.model, self.data)
+        self.episode_start_s = float(self.data.time)
+        self.episode_index += 1
+        return self.target_position()
+
+    @property
+    def time_s(self) -> float:
+        return float(self.data.time)
+
+    def episode_elapsed_s(self) -> float:
+        return self.time_s - self.episode_start_s
+
+    def episode_over(self) -> bool:
+        return self.episode_elapsed_s() >= self.config.episode_duration_s - 1e-9
+
+    def distance_m(self) -> float:
+        return float(np.linalg.norm(self.tip_position() - self.target_position()))
+
+    def success(self) -> bool:
+        return self.distance_m() <= self.config.success_tolerance_m
+
+    # ------------------------------------------------------------------ physics
+    def set_command(self, positions_rad: np.ndarray) -> None:
+        """Joint-position targets for the servos (clamped to the joint ranges)."""
+        q = np.asarray(positions_rad, dtype=np.float64)
+        if q.shape != (7,) or not np.all(np.isfinite(q)):
+            raise ValueError(f"command must be 7 finite joint positions, got shape {q.shape}")
+        lo, hi = self.model.actuator_ctrlrange[:, 0], self.model.actuator_ctrlrange[:, 1]
+        self.data.ctrl[:] = np.clip(q, lo, hi)
+
+    def step(self, duration_s: float) -> None:
+        n = max(1, int(round(duration_s / self.config.physics_dt_s)))
+        self._mj.mj_step(self.model, self.data, nstep=n)
+
+    # ------------------------------------------------------------------ state
+    def joint_positions(self) -> np.ndarray:
+        return self.data.qpos[self._qpos_idx].copy()
+
+    def joint_velocities(self) -> np.ndarray:
+        return self.data.qvel[self._qvel_idx].copy()
+
+    def joint_efforts(self) -> np.ndarray:
+        return self.data.actuator_force.copy()
+
+    def tip_position(self) -> np.ndarray:
+        return self.data.site_xpos[self._tip_site].copy()
+
+    def target_position(self) -> np.ndarray:
+        return self.data.mocap_pos[self._target_mocap].copy()
+
+    def command(self) -> np.ndarray:
+        return self.data.ctrl.copy()
+
+    # ------------------------------------------------------------------ sensors
+    def tactile(self) -> np.ndarray:
+        """Normal contact force on each fingertip taxel (N), order ``TAXEL_SITES``."""
+        return self.data.sensordata[self._touch_adr].astype(np.float32)
+
+    def audio(self, n_samples: int) -> np.ndarray:
+        """``n_samples`` of a synthesized microphone: motor whine rising with joint speed, a click
+        when a taxel's force jumps (contact onset), and a little noise. Float32 in [-1, 1]."""
+        rate = self.config.audio_sample_rate_hz
+        t = np.arange(n_samples) / rate
+        speed = float(np.abs(self.joint_velocities()).sum())
+        hum_amp = min(0.3, 0.05 * speed)
+        freq = 180.0 + 60.0 * speed
+        phase = self._audio_phase + 2 * np.pi * freq * t
+        self._audio_phase = float((phase[-1] + 2 * np.pi * freq / rate) % (2 * np.pi))
+        signal = hum_amp * np.sin(phase)
+        touch = self.tactile().astype(np.float64)
+        onset = float(np.clip((touch - self._last_touch).max(initial=0.0), 0.0, None))
+        self._last_touch = touch
+        if onset > 0.05:
+            signal += min(0.8, 0.1 * onset) * np.exp(-t * 60.0) * np.sin(2 * np.pi * 2400.0 * t)
+        signal += self.rng.normal(0.0, 0.003, n_samples)
+        return np.clip(signal, -1.0, 1.0).astype(np.float32)
+
+    def _renderers(self):
+        if self._renderer is None:
+            cfg = self.config
+            self._renderer = self._mj.Renderer(self.model, cfg.image_height_px, cfg.image_width_px)
+            self._depth_renderer = self._mj.Renderer(self.model, cfg.image_height_px, cfg.image_width_px)
+            self._depth_renderer.enable_depth_rendering()
+        return self._renderer, self._depth_renderer
+
+    def render_rgb(self) -> np.ndarray:
+        """(H, W, 3) uint8 from the fixed front camera."""
+        rgb, _ = self._renderers()
+        rgb.update_scene(self.data, "front")
+        return rgb.render()
+
+    def render_depth(self) -> np.ndarray:
+        """(H, W) float32 metres along the optical axis (Isaac's depth helper convention)."""
+        _, depth = self._renderers()
+        depth.update_scene(self.data, "front")
+        return depth.render().astype(np.float32)
+
+    def camera_intrinsics(self) -> tuple[float, float, float, float]:
+        """(fx, fy, cx, cy) in pixels of the pinhole camera that ``render_rgb`` uses."""
+        cfg = self.config
+        fy = 0.5 * cfg.image_height_px / np.tan(np.deg2rad(cfg.camera_fovy_deg) / 2)
+        return fy, fy, (cfg.image_width_px - 1) / 2, (cfg.image_height_px - 1) / 2
+
+    def close(self) -> None:
+        for r in (self._renderer, self._depth_renderer):
+            if r is not None:
+                r.close()
+        self._renderer = self._depth_renderer = None
+
+    # ------------------------------------------------------------------ kinematics (for the expert)
+    def tip_jacobian(self) -> np.ndarray:
+        """(3, 7) positional Jacobian of the fingertip with respect to joint1..joint7."""
+        jacp = np.zeros((3, self.model.nv))
+        self._mj.mj_jacSite(self.model, self.data, jacp, None, self._tip_site)
+        return jacp[:, self._qvel_idx]
