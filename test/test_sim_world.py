@@ -1,0 +1,176 @@
+"""The MuJoCo reaching world and the scripted expert, without ROS: determinism, sensors, config errors,
+and that the expert actually reaches (the sim bridge tests rely on it)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from sage_hl_ros.core.config import ConfigError, from_dict, load_yaml
+from sage_hl_ros.paths import config_file
+from sage_hl_ros.sim.expert import ExpertConfig, ReachExpert
+from sage_hl_ros.sim.world import JOINT_RANGES_RAD, ReachWorld, SimConfig
+
+
+@pytest.fixture
+def world():
+    w = ReachWorld(SimConfig(seed=7, image_width_px=48, image_height_px=32))
+    yield w
+    w.close()
+
+
+def test_config_file_matches_the_defaults():
+    path = config_file("sim.yaml")
+    assert SimConfig.from_yaml(path) == SimConfig()
+    assert load_yaml(ExpertConfig, path, "expert") == ExpertConfig()
+
+
+def test_reset_is_deterministic_per_seed():
+    def run(seed):
+        w = ReachWorld(SimConfig(seed=seed))
+        out = []
+        for _ in range(5):
+            target = w.reset()
+            out.append(np.concatenate([target, w.joint_positions()]))
+        return np.array(out)
+
+    a, b, c = run(3), run(3), run(4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_targets_stay_inside_the_configured_ranges():
+    cfg = SimConfig(seed=1, target_x_range_m=[0.4, 0.5], target_y_range_m=[-0.1, 0.05])
+    w = ReachWorld(cfg)
+    targets = np.array([w.reset() for _ in range(200)])
+    assert targets[:, 0].min() >= 0.4 and targets[:, 0].max() <= 0.5
+    assert targets[:, 1].min() >= -0.1 and targets[:, 1].max() <= 0.05
+    np.testing.assert_allclose(targets[:, 2], cfg.target_radius_m)
+    assert np.ptp(targets[:, 0]) > 0.05 and np.ptp(targets[:, 1]) > 0.1  # actually random
+    lo = np.array([r[0] for r in JOINT_RANGES_RAD])
+    hi = np.array([r[1] for r in JOINT_RANGES_RAD])
+    q = w.joint_positions()
+    assert np.all(q >= lo) and np.all(q <= hi)
+
+
+def test_render_shapes_dtypes_and_intrinsics(world):
+    rgb, depth = world.render_rgb(), world.render_depth()
+    assert rgb.shape == (32, 48, 3) and rgb.dtype == np.uint8
+    assert depth.shape == (32, 48) and depth.dtype == np.float32
+    assert rgb.std() > 5  # not a blank frame
+    fx, fy, cx, cy = world.camera_intrinsics()
+    assert fx == pytest.approx(fy) and fx > 0
+    assert (cx, cy) == pytest.approx((23.5, 15.5))
+
+
+def test_depth_is_metric_and_finite(world):
+    depth = world.render_depth()
+    assert np.isfinite(depth).all() and depth.min() > 0.05
+    assert 0.5 < float(np.median(depth)) < 3.0  # the table, about a metre from the camera
+    # The target's centre projected with the published intrinsics: depth there is its distance
+    # along the optical axis, less at most the sphere's radius (we see its near surface).
+    m, d = world.model, world.data
+    cam = m.camera("front").id
+    rel = world.target_position() - d.cam_xpos[cam]
+    xc, yc, zc = d.cam_xmat[cam].reshape(3, 3).T @ rel  # camera frame: looks along -z, y up
+    fx, fy, cx, cy = world.camera_intrinsics()
+    u, v = cx + fx * xc / -zc, cy - fy * yc / -zc
+    measured = float(depth[int(round(v)), int(round(u))])
+    radius = world.config.target_radius_m
+    assert -zc - radius - 0.01 <= measured <= -zc + 0.01, (measured, -zc)
+
+
+def test_tactile_feels_the_table():
+    # A fixed press point: the taxel sites are small, so whether a press registers depends on the
+    # fingertip's orientation at contact (a checkerboard over the table, see the report).
+    world = ReachWorld(SimConfig(seed=7, home_noise_rad=0.0))
+    world.reset(target_xy=(0.55, 0.0))
+    world.step(0.3)
+    assert world.tactile().dtype == np.float32 and world.tactile().shape == (4,)
+    assert float(world.tactile().sum()) == 0.0  # hovering at home: no contact
+    expert = ReachExpert(sim_config=world.config)
+    below = np.array([0.55, 0.0, -0.03])  # 3 cm under the table surface: the servos press the tip into it
+    for _ in range(200):
+        world.set_command(expert.command(world.joint_positions(), below))
+        world.step(0.01)
+    force = world.tactile()
+    assert np.isfinite(force).all() and force.sum() > 0.5, force
+    assert world.tip_position()[2] < 0.03  # resting on the table (tip radius 2 cm)
+
+
+def test_audio_frames(world):
+    frame = world.audio(800)
+    assert frame.shape == (800,) and frame.dtype == np.float32
+    assert np.isfinite(frame).all() and np.abs(frame).max() <= 1.0
+    world.set_command(world.joint_positions() + 0.5)
+    world.step(0.05)
+    moving = world.audio(800)  # motor whine grows with joint speed
+    assert np.abs(moving).max() <= 1.0 and moving.std() > 2 * frame.std()
+
+
+def test_bad_commands_raise(world):
+    with pytest.raises(ValueError, match="7 finite"):
+        world.set_command(np.zeros(6))
+    with pytest.raises(ValueError, match="7 finite"):
+        world.set_command(np.array([0.0] * 6 + [np.nan]))
+    before = world.command()
+    world.set_command(np.full(7, 100.0))  # out of range: clamped, not refused
+    assert np.all(world.command() <= np.array([r[1] for r in JOINT_RANGES_RAD]))
+    assert not np.array_equal(before, world.command())
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("servo_kp", -1.0, "servo_kp: must be > 0"),
+    ("target_x_range_m", [0.6, 0.3], "target_x_range_m: expected [min, max]"),
+    ("target_y_range_m", [0.1], "target_y_range_m: expected [min, max]"),
+    ("image_width_px", 8, "image_width_px: must be >= 16"),
+    ("home_noise_rad", -0.1, "home_noise_rad: must be >= 0"),
+    ("episode_duration_s", "long", "episode_duration_s: expected a number"),
+    ("episode_length", 3.0, "unknown key 'episode_length'"),
+])
+def test_config_errors_name_the_key(key, value, fragment):
+    with pytest.raises(ConfigError, match="^cfg.yaml: ") as info:
+        from_dict(SimConfig, {key: value}, "cfg.yaml")
+    assert fragment in str(info.value)
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sim:\n  physics_dt_s: 0.0\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: physics_dt_s: must be > 0"):
+        SimConfig.from_yaml(bad)
+    (tmp_path / "none.yaml").write_text("world: {}\n")
+    with pytest.raises(ConfigError, match="missing top-level section 'sim'"):
+        SimConfig.from_yaml(tmp_path / "none.yaml")
+    with pytest.raises(ConfigError, match="expert: gain: must be > 0|gain: must be > 0"):
+        from_dict(ExpertConfig, {"gain": 0.0}, "expert")
+
+
+def test_expert_reaches_random_targets():
+    cfg = SimConfig(seed=11)
+    world, expert = ReachWorld(cfg), ReachExpert(sim_config=cfg)
+    final = []
+    for _ in range(50):
+        target = world.reset()
+        steps = int(round(cfg.episode_duration_s / 0.01))
+        for _ in range(steps):
+            world.set_command(expert.command(world.joint_positions(), target))
+            world.step(0.01)
+        assert world.episode_elapsed_s() == pytest.approx(cfg.episode_duration_s)
+        final.append((world.distance_m(), world.success()))
+    distances = np.array([d for d, _ in final])
+    successes = np.array([s for _, s in final])
+    assert successes.mean() >= 0.9, f"{successes.mean():.0%} of 50 episodes succeeded"
+    assert distances.mean() < cfg.success_tolerance_m, distances.mean()
+    assert np.array_equal(successes, distances <= cfg.success_tolerance_m)
+
+
+def test_expert_is_a_state_feedback_law():
+    expert = ReachExpert()
+    q = np.array([0.1, 0.4, -0.1, -2.0, 0.05, 2.4, 0.1])
+    target = np.array([0.5, 0.1, 0.03])
+    a, b = expert.command(q, target), expert.command(q, target)
+    np.testing.assert_array_equal(a, b)  # no hidden state
+    step = np.abs(a - q)
+    assert step.max() <= ExpertConfig().max_step_rad + 1e-12 and step.max() > 0
+    assert dataclasses.asdict(expert.config) == dataclasses.asdict(ExpertConfig())
