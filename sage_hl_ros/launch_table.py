@@ -34,6 +34,16 @@ STAND_IN_NODES = (
              "simulated position-controlled arm: commands in, /joint_states out"),
 )
 
+# The MuJoCo stand-in for Isaac Sim (launch/mujoco_sim.launch.py). Kept out of STAND_IN_NODES: the
+# bridge publishes /joint_states itself, so it cannot run next to the loopback robot, and the demo
+# and `sage_hl_bringup --stand-ins` start every STAND_IN_NODES entry.
+SIM_NODES = (
+    NodeSpec("sim_bridge", "sage_sim_bridge", "sage_hl_ros.ros.sim_bridge_node",
+             "MuJoCo reaching world with Isaac Sim's bridge topics: /clock, /joint_states, /rgb, /depth, "
+             "/camera_info in, /joint_command out; episodes, results and the privileged /sim/target"),
+    NodeSpec("sim_expert", "sage_sim_expert", "sage_hl_ros.ros.sim_expert_node",
+             "scripted reaching expert: teacher labels on /teacher/joint_command, optionally drives /joint_command"),
+)
 
 # Tools: the experience recorder and the bag replayer (not part of the robot launch files' defaults).
 TOOL_NODES = (
@@ -43,4 +53,4 @@ TOOL_NODES = (
              "replays a bag with its original timing and publishes /clock for use_sim_time nodes"),
 )
 
-ALL_NODES = RUNTIME_NODES + STAND_IN_NODES + TOOL_NODES
+ALL_NODES = RUNTIME_NODES + STAND_IN_NODES + SIM_NODES + TOOL_NODES
