@@ -1,0 +1,66 @@
+"""SAGE H<->L against the MuJoCo stand-in for Isaac Sim: the sim bridge, the scripted expert, and the
+runtime nodes exactly as launch/isaac_sim.launch.py starts them (included, not copied).
+
+    ros2 launch sage_hl_ros mujoco_sim.launch.py model_dir:=/path/to/checkpoint
+    ros2 launch sage_hl_ros mujoco_sim.launch.py sage:=false drive:=true noise_rad:=0.05   # expert demos
+
+The bridge publishes Isaac's topics (/clock, /joint_states, /rgb, /depth, /camera_info) plus
+/tactile/array and /audio/frames, and follows /joint_command. The expert always publishes teacher
+labels on /teacher/joint_command; with drive:=true it also commands the arm, so then run it with
+sage:=false (two nodes must not both command /joint_command).
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.conditions import IfCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+from sage_hl_ros.launch_table import PACKAGE, SIM_NODES
+
+ARGUMENTS = {
+    "sim_params_file": (PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "mujoco_sim.yaml"]),
+                        "ROS parameter file of sim_bridge and sim_expert"),
+    "sim_config_file": (PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "sim.yaml"]),
+                        "world and expert config (sim: and expert: sections)"),
+    "model_dir": ("", "checkpoint directory for the SAGE nodes"),
+    "sage": ("true", "start the SAGE runtime nodes (isaac_sim.launch.py); false for expert-only runs"),
+    "drive": ("false", "the expert commands the arm (true) or only publishes teacher labels (false)"),
+    "noise_rad": ("0.0", "exploration noise on the expert's executed command [rad]"),
+    "real_time_factor": ("1.0", "sim speed: 1 real time, 0 as fast as possible"),
+    "episodes": ("0", "episodes per batch, 0 = forever"),
+    "autostart": ("true", "start episodes at once; false: paused until /sim_bridge/start"),
+}
+
+# Per-node launch-argument overrides, layered over sim_params_file.
+OVERRIDES = {
+    "sim_bridge": {
+        "sim_config_file": LaunchConfiguration("sim_config_file"),
+        "real_time_factor": ParameterValue(LaunchConfiguration("real_time_factor"), value_type=float),
+        "episodes": ParameterValue(LaunchConfiguration("episodes"), value_type=int),
+        "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
+    },
+    "sim_expert": {
+        "sim_config_file": LaunchConfiguration("sim_config_file"),
+        "drive": ParameterValue(LaunchConfiguration("drive"), value_type=bool),
+        "noise_rad": ParameterValue(LaunchConfiguration("noise_rad"), value_type=float),
+        "use_sim_time": True,
+    },
+}
+
+
+def generate_launch_description():
+    declared = [DeclareLaunchArgument(name, default_value=default, description=doc)
+                for name, (default, doc) in ARGUMENTS.items()]
+    sim = [Node(package=PACKAGE, executable=spec.executable, name=spec.name, output="screen",
+                parameters=[LaunchConfiguration("sim_params_file"), OVERRIDES[spec.name]])
+           for spec in SIM_NODES]
+    sage = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(PathJoinSubstitution([FindPackageShare(PACKAGE), "launch",
+                                                            "isaac_sim.launch.py"])),
+        launch_arguments={"model_dir": LaunchConfiguration("model_dir")}.items(),
+        condition=IfCondition(LaunchConfiguration("sage")))
+    return LaunchDescription(declared + sim + [sage])
