@@ -14,6 +14,7 @@ episodes as fast as possible with the expert driving.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -34,6 +35,10 @@ from ros_harness import (
 )
 
 pytestmark = pytest.mark.ros
+
+# ReachExpert (used below to recompute labels) imports mujoco, which picks its GL backend at import
+# time; without this, a later ReachWorld in this pytest process could not render (no DISPLAY for glfw).
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 JOINTS = [f"joint{i}" for i in range(1, 8)]
 TICK_HZ, CAMERA_HZ, AUDIO_HZ, TACTILE_HZ = 100.0, 20.0, 20.0, 50.0
