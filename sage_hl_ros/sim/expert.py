@@ -1,15 +1,15 @@
-"""Scripted reaching expert: damped-least-squares IK on the fingertip position.
+"""Scripted reaching expert: Jacobian (damped-least-squares) IK to a goal pose, then a joint-space servo.
 
-It is a state feedback law (joint positions + target -> next joint-position target), so it can
-label any state, including states the learned policy visits: the same function drives the arm
-while demonstrations are recorded and publishes teacher labels while the learned policy drives.
-A null-space pull toward the home pose keeps the redundant 7th degree of freedom, and with it the
-joint configuration for a given target, the same from one demonstration to the next.
+For each target the expert solves IK once, from the home pose, with a null-space pull toward home:
+the goal joint configuration is then a smooth function of the target alone, the same in every
+demonstration, which is what a policy that sees the target only in its camera can learn. Each
+command moves a fixed fraction of the remaining joint-space error (step norm bounded): a state
+feedback law, so it labels any state, including states the learned policy visits (teacher labels).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,23 +19,23 @@ from sage_hl_ros.sim.world import HOME_RAD, JOINT_RANGES_RAD, SimConfig, arm_mjc
 
 @dataclass
 class ExpertConfig:
-    """Gains of the reaching law; ``max_step_rad`` bounds each joint's step per command."""
+    """IK and servo gains. ``gain_per_s`` x ``step_horizon_s`` is the fraction of the remaining joint
+    error each command asks for; ``max_step_rad`` bounds the step's largest joint."""
 
-    gain: float = 2.5  # 1/s: fingertip velocity per metre of error, as a joint-target step over step_horizon_s
+    gain_per_s: float = 3.0
     step_horizon_s: float = 0.1  # a target is where the joints should be this far ahead
-    damping: float = 0.05  # DLS damping (m)
-    null_gain: float = 0.5  # pull toward the home pose in the Jacobian's null space
     max_step_rad: float = 0.12
-    aim_offset_m: list[float] = None  # fingertip aim point relative to the target centre
-
-    def __post_init__(self):
-        if self.aim_offset_m is None:
-            self.aim_offset_m = [0.0, 0.0, 0.0]
+    ik_iterations: int = 200
+    ik_damping_m: float = 0.02
+    ik_null_gain: float = 0.2  # pull toward the home pose in the Jacobian's null space
+    ik_tolerance_m: float = 1e-4
+    aim_offset_m: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # aim point - target centre
 
     def validate(self, where: str) -> None:
-        _positive(self, where, "gain", "step_horizon_s", "damping", "max_step_rad")
-        if self.null_gain < 0:
-            raise ConfigError(f"{where}.null_gain: must be >= 0, got {self.null_gain}")
+        _positive(self, where, "gain_per_s", "step_horizon_s", "max_step_rad", "ik_iterations", "ik_damping_m",
+                  "ik_tolerance_m")
+        if self.ik_null_gain < 0:
+            raise ConfigError(f"{where}.ik_null_gain: must be >= 0, got {self.ik_null_gain}")
         if len(self.aim_offset_m) != 3:
             raise ConfigError(f"{where}.aim_offset_m: expected [x, y, z], got {self.aim_offset_m}")
 
@@ -56,26 +56,45 @@ class ReachExpert:
         self._lo = np.array([r[0] for r in JOINT_RANGES_RAD])
         self._hi = np.array([r[1] for r in JOINT_RANGES_RAD])
         self._home = np.array(HOME_RAD)
+        self._goal_cache: tuple[tuple[float, ...], np.ndarray] | None = None
 
     def tip_position(self, q: np.ndarray) -> np.ndarray:
         self.data.qpos[self._qpos_idx] = q
         self._mj.mj_kinematics(self.model, self.data)
         return self.data.site_xpos[self._tip].copy()
 
-    def command(self, q: np.ndarray, target_m: np.ndarray) -> np.ndarray:
-        cfg = self.config
-        q = np.asarray(q, dtype=np.float64)
-        tip = self.tip_position(q)
+    def _jacobian(self) -> np.ndarray:
         self._mj.mj_comPos(self.model, self.data)
         jacp = np.zeros((3, self.model.nv))
         self._mj.mj_jacSite(self.model, self.data, jacp, None, self._tip)
-        jac = jacp[:, self._qvel_idx]
-        err = np.asarray(target_m, dtype=np.float64) + np.asarray(cfg.aim_offset_m) - tip
-        velocity = cfg.gain * err  # desired fingertip velocity (m/s)
-        jjt = jac @ jac.T + cfg.damping**2 * np.eye(3)
-        dq = jac.T @ np.linalg.solve(jjt, velocity)
-        pinv = jac.T @ np.linalg.inv(jac @ jac.T + 1e-6 * np.eye(3))
-        null = np.eye(7) - pinv @ jac
-        dq = dq + null @ (cfg.null_gain * (self._home - q))
-        step = np.clip(dq * cfg.step_horizon_s, -cfg.max_step_rad, cfg.max_step_rad)
+        return jacp[:, self._qvel_idx]
+
+    def goal_configuration(self, target_m: np.ndarray) -> np.ndarray:
+        """Joint configuration that puts the fingertip on the target (IK from home; cached per target)."""
+        cfg = self.config
+        aim = np.asarray(target_m, dtype=np.float64) + np.asarray(cfg.aim_offset_m)
+        key = tuple(np.round(aim, 9))
+        if self._goal_cache is not None and self._goal_cache[0] == key:
+            return self._goal_cache[1]
+        q = self._home.copy()
+        eye = np.eye(3)
+        for _ in range(cfg.ik_iterations):
+            err = aim - self.tip_position(q)
+            jac = self._jacobian()
+            if np.linalg.norm(err) < cfg.ik_tolerance_m:
+                break
+            dq = jac.T @ np.linalg.solve(jac @ jac.T + cfg.ik_damping_m**2 * eye, err)
+            pinv = jac.T @ np.linalg.inv(jac @ jac.T + 1e-6 * eye)
+            dq += (np.eye(7) - pinv @ jac) @ (cfg.ik_null_gain * (self._home - q))
+            q = np.clip(q + dq, self._lo, self._hi)
+        self._goal_cache = (key, q)
+        return q
+
+    def command(self, q: np.ndarray, target_m: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        q = np.asarray(q, dtype=np.float64)
+        step = (self.goal_configuration(target_m) - q) * min(1.0, cfg.gain_per_s * cfg.step_horizon_s)
+        largest = np.abs(step).max()
+        if largest > cfg.max_step_rad:
+            step *= cfg.max_step_rad / largest  # keep the direction: a straight line in joint space
         return np.clip(q + step, self._lo, self._hi)

@@ -36,11 +36,11 @@ class SimConfig:
     success_tolerance_m: float = 0.05  # fingertip centre to target centre at the episode's end
     target_x_range_m: list[float] = field(default_factory=lambda: [0.35, 0.6])
     target_y_range_m: list[float] = field(default_factory=lambda: [-0.25, 0.25])
-    target_radius_m: float = 0.03
+    target_radius_m: float = 0.04
     home_noise_rad: float = 0.05  # uniform noise on the home pose at each reset
     image_width_px: int = 64
     image_height_px: int = 64
-    camera_fovy_deg: float = 45.0
+    camera_fovy_deg: float = 38.0
     audio_sample_rate_hz: int = 16000
     seed: int = 0
 
@@ -66,12 +66,12 @@ def arm_mjcf(config: SimConfig) -> str:
     """The world as MJCF text: table, arm (joint1..joint7), fingertip taxels, target, camera."""
     joints = []
     axes = ["0 0 1", "0 1 0", "0 0 1", "0 -1 0", "0 0 1", "0 1 0", "0 0 1"]
-    for name, axis, (lo, hi) in zip(JOINT_NAMES, axes, JOINT_RANGES_RAD):
+    for name, axis, (lo, hi) in zip(JOINT_NAMES, axes, JOINT_RANGES_RAD, strict=True):
         joints.append(f'<joint name="{name}" axis="{axis}" range="{lo} {hi}" damping="0.5" armature="0.05"/>')
     actuators = "\n".join(
         f'<position name="{n}" joint="{n}" kp="{config.servo_kp}" kv="{config.servo_kv}" '
         f'ctrlrange="{lo} {hi}" forcerange="-80 80"/>'
-        for n, (lo, hi) in zip(JOINT_NAMES, JOINT_RANGES_RAD)
+        for n, (lo, hi) in zip(JOINT_NAMES, JOINT_RANGES_RAD, strict=True)
     )
     touch = "\n".join(f'<touch name="{s}" site="{s}"/>' for s in TAXEL_SITES)
     r = config.target_radius_m
@@ -133,7 +133,7 @@ def arm_mjcf(config: SimConfig) -> str:
     <body name="target" mocap="true" pos="0.45 0 {r}">
       <geom name="target" type="sphere" size="{r}" rgba="0.9 0.1 0.1 1" contype="0" conaffinity="0"/>
     </body>
-    <camera name="front" pos="1.25 0 0.75" xyaxes="0 1 0 -0.55 0 0.835" fovy="{config.camera_fovy_deg}"/>
+    <camera name="front" pos="0.95 0 0.85" xyaxes="0 1 0 -0.862 0 0.507" fovy="{config.camera_fovy_deg}"/>
   </worldbody>
   <actuator>
 {actuators}
@@ -162,7 +162,10 @@ class ReachWorld:
         self.config = config or SimConfig()
         self.model = mujoco.MjModel.from_xml_string(arm_mjcf(self.config))
         self.data = mujoco.MjData(self.model)
+        # Episodes (home noise, targets) draw from their own stream, so the targets of a seed do not
+        # depend on how much audio was synthesized: an in-process baseline sees the bridge's targets.
         self.rng = np.random.default_rng(self.config.seed)
+        self._noise_rng = np.random.default_rng([self.config.seed, 1])
         self._qpos_idx = np.array([self.model.joint(n).qposadr[0] for n in JOINT_NAMES])
         self._qvel_idx = np.array([self.model.joint(n).dofadr[0] for n in JOINT_NAMES])
         self._tip_site = self.model.site("tip_center").id
@@ -264,7 +267,7 @@ class ReachWorld:
         self._last_touch = touch
         if onset > 0.05:
             signal += min(0.8, 0.1 * onset) * np.exp(-t * 60.0) * np.sin(2 * np.pi * 2400.0 * t)
-        signal += self.rng.normal(0.0, 0.003, n_samples)
+        signal += self._noise_rng.normal(0.0, 0.003, n_samples)
         return np.clip(signal, -1.0, 1.0).astype(np.float32)
 
     def _renderers(self):
