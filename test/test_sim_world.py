@@ -142,8 +142,8 @@ def test_config_file_errors_name_the_file(tmp_path):
     (tmp_path / "none.yaml").write_text("world: {}\n")
     with pytest.raises(ConfigError, match="missing top-level section 'sim'"):
         SimConfig.from_yaml(tmp_path / "none.yaml")
-    with pytest.raises(ConfigError, match="expert: gain: must be > 0|gain: must be > 0"):
-        from_dict(ExpertConfig, {"gain": 0.0}, "expert")
+    with pytest.raises(ConfigError, match="^expert: gain_per_s: must be > 0"):
+        from_dict(ExpertConfig, {"gain_per_s": 0.0}, "expert")
 
 
 def test_expert_reaches_random_targets():
