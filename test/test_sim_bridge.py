@@ -119,7 +119,8 @@ def test_invalid_config_exits_with_a_clear_error(harness, tmp_path):
         "param": (["sage_sim_bridge", {"sim.servo_kp": -1.0}], ["sim.servo_kp", "servo_kp: must be > 0"]),
         "file": (["sage_sim_bridge", {"sim_config_file": str(bad)}], [str(bad), "image_width_px: must be >= 16"]),
         "rate": (["sage_sim_bridge", {"camera_rate_hz": 30.0}], ["camera_rate_hz", "joint_state_rate_hz"]),
-        "expert": (["sage_sim_expert", {"expert.gain": 0.0}], ["expert.gain", "gain: must be > 0"]),
+        "expert": (["sage_sim_expert", {"expert.gain_per_s": 0.0}], ["expert.gain_per_s",
+                                                                      "gain_per_s: must be > 0"]),
     }
     procs = {name: start_process([script(exe)] + ros_args(params), tmp_path / f"{name}.log")
              for name, ((exe, params), _) in runs.items()}
@@ -488,6 +489,11 @@ class TestEpisodes:
         distances = [r["final_distance_m"] for r in results]
         assert successes >= 0.9 * EPISODES, f"{successes}/{EPISODES} succeeded; final distances {distances}"
         assert all(0.35 <= r["target_m"][0] <= 0.6 and -0.25 <= r["target_m"][1] <= 0.25 for r in results)
+        # The targets of a seed are the ones an in-process ReachWorld draws (baselines compare on them).
+        from sage_hl_ros.sim.world import ReachWorld, SimConfig
+
+        world = ReachWorld(SimConfig(seed=SEED))
+        np.testing.assert_allclose([r["target_m"] for r in results], [world.reset() for _ in results], atol=2e-6)
         wait_for(lambda: rec["episode"].count() >= 2 * EPISODES, 5.0, what="episode markers")
         markers = [m.data for _, m in rec["episode"].snapshot()]
         assert markers[0::2] == ["start:reach"] * EPISODES

@@ -250,9 +250,6 @@ class SimBridge(DeclaredParams, Node):
         self._log = self.get_logger()
         self._throttle = Throttle(5.0)
         self.world = ReachWorld(cfg)
-        # Targets have their own RNG, so the target sequence of a seed does not depend on how many
-        # audio frames (noise) or home-pose draws happened in between.
-        self._target_rng = np.random.default_rng(self.seed)
         self._index = {n: i for i, n in enumerate(JOINT_NAMES)}
         # Shared with the physics thread (under _lock).
         self._lock = threading.Lock()
@@ -476,9 +473,7 @@ class SimBridge(DeclaredParams, Node):
 
     def _begin_episode_locked(self) -> None:
         """Reset the world (new target) at the current sim time; called with ``_lock`` held."""
-        cfg = self.config
-        target = self.world.reset(target_xy=(self._target_rng.uniform(*cfg.target_x_range_m),
-                                             self._target_rng.uniform(*cfg.target_y_range_m)))
+        target = self.world.reset()  # the world's episode RNG: the targets an in-process ReachWorld draws
         self._command = self.world.command()  # hold the new home pose until a command arrives
         self._command_new = False
         self._end_requested = False

@@ -23,7 +23,7 @@ skipped too.
 
 Parameters
     sim_config_file (str, "")        YAML with ``sim:`` and optional ``expert:`` sections; "" = config/sim.yaml
-    expert.<key>                     every ExpertConfig key (gain, step_horizon_s, damping, null_gain,
+    expert.<key>                     every ExpertConfig key (sage_hl_ros.sim.expert, e.g. gain_per_s,
                                      max_step_rad, aim_offset_m); default: the file's value
     drive (bool, false, runtime)     also publish the command on joint_command_topic
     noise_rad (float, 0.0, runtime)  exploration noise amplitude on the executed command [rad]
