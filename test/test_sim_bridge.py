@@ -115,15 +115,19 @@ def harness():
 def test_invalid_config_exits_with_a_clear_error(harness, tmp_path):
     bad = tmp_path / "bad_sim.yaml"
     bad.write_text("sim:\n  image_width_px: 8\n")
+    from sage_hl_ros.paths import config_file
+
+    bridge, expert = script("sage_sim_bridge"), script("sage_sim_expert")
     runs = {
-        "param": (["sage_sim_bridge", {"sim.servo_kp": -1.0}], ["sim.servo_kp", "servo_kp: must be > 0"]),
-        "file": (["sage_sim_bridge", {"sim_config_file": str(bad)}], [str(bad), "image_width_px: must be >= 16"]),
-        "rate": (["sage_sim_bridge", {"camera_rate_hz": 30.0}], ["camera_rate_hz", "joint_state_rate_hz"]),
-        "expert": (["sage_sim_expert", {"expert.gain_per_s": 0.0}], ["expert.gain_per_s",
-                                                                      "gain_per_s: must be > 0"]),
+        "param": ([bridge] + ros_args({"sim.servo_kp": -1.0}), ["sim.servo_kp", "servo_kp: must be > 0"]),
+        "file": ([bridge] + ros_args({"sim_config_file": str(bad)}), [str(bad), "image_width_px: must be >= 16"]),
+        "rate": ([bridge] + ros_args({"camera_rate_hz": 30.0}), ["camera_rate_hz", "joint_state_rate_hz"]),
+        "expert": ([expert] + ros_args({"expert.gain_per_s": 0.0}), ["expert.gain_per_s", "gain_per_s: must be > 0"]),
+        # The world config is not a ROS parameter file; rcl refuses it before the node exists.
+        "params_file": ([bridge, "--ros-args", "--params-file", str(config_file("sim.yaml"))],
+                        ["not a ROS parameter file", "mujoco_sim.yaml"]),
     }
-    procs = {name: start_process([script(exe)] + ros_args(params), tmp_path / f"{name}.log")
-             for name, ((exe, params), _) in runs.items()}
+    procs = {name: start_process(cmd, tmp_path / f"{name}.log") for name, (cmd, _) in runs.items()}
     try:
         wait_for(lambda: all(p.poll() is not None for p in procs.values()), 60.0, interval_s=0.1,
                  what="the misconfigured nodes to exit")

@@ -558,15 +558,20 @@ class SimBridge(DeclaredParams, Node):
         return super().destroy_node()
 
 
-def main(args=None) -> None:
-    """Entry point: exit code 2 with one error line for a bad configuration, no traceback."""
+class _StartupError(Exception):
+    pass
+
+
+def run_sim_node(cls, name: str, args=None) -> int:
+    """``run_node`` for the sim nodes: a bad configuration (or arguments rcl cannot parse) logs one
+    error line and returns 2, no traceback; a physics thread that died returns 1."""
     made = []
 
     def factory():
         try:
-            node = SimBridge()
+            node = cls()
         except (ValueError, RuntimeError, ParameterException) as exc:  # ConfigError is a ValueError
-            rclpy.logging.get_logger("sim_bridge").error(str(exc))
+            rclpy.logging.get_logger(name).error(str(exc))
             raise _StartupError from None
         made.append(node)
         return node
@@ -574,14 +579,21 @@ def main(args=None) -> None:
     try:
         code = run_node(factory, args)
     except _StartupError:
-        code = 2
-    if made and made[0].fatal:
-        code = 1
-    raise SystemExit(code)
+        return 2
+    except Exception as exc:  # rclpy.init refused the arguments, e.g. a --params-file rcl cannot parse
+        if "failed to initialize rcl" not in str(exc):
+            raise
+        rclpy.logging.get_logger(name).error(
+            f"{exc}\n(config/sim.yaml is the world config, not a ROS parameter file: pass it as "
+            "sim_config_file, and ROS parameter files such as config/mujoco_sim.yaml as --params-file)")
+        return 2
+    if made and getattr(made[0], "fatal", ""):
+        return 1
+    return code
 
 
-class _StartupError(Exception):
-    pass
+def main(args=None) -> None:
+    raise SystemExit(run_sim_node(SimBridge, "sim_bridge", args))
 
 
 if __name__ == "__main__":

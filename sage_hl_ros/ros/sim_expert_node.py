@@ -42,12 +42,10 @@ from array import array
 
 import numpy as np
 import rclpy
-import rclpy.logging
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
@@ -56,9 +54,9 @@ from ..sim.expert import ExpertConfig, ReachExpert
 from ..sim.world import JOINT_NAMES, JOINT_RANGES_RAD, SimConfig
 from . import convert
 from .diagnostics import diagnostic_array, status
-from .node_main import DeclaredParams, Throttle, run_node
+from .node_main import DeclaredParams, Throttle
 from .qos import declare_qos
-from .sim_bridge_node import config_with_overrides, declare_config_params, resolve_config_file
+from .sim_bridge_node import config_with_overrides, declare_config_params, resolve_config_file, run_sim_node
 
 
 def _stamp_ns(stamp) -> int:
@@ -208,25 +206,8 @@ class SimExpert(DeclaredParams, Node):
                 self._log.error(f"diagnostics failed: {exc}")
 
 
-class _StartupError(Exception):
-    pass
-
-
 def main(args=None) -> None:
-    """Entry point: exit code 2 with one error line for a bad configuration, no traceback."""
-
-    def factory():
-        try:
-            return SimExpert()
-        except (ValueError, OSError, ParameterException) as exc:  # ConfigError is a ValueError
-            rclpy.logging.get_logger("sim_expert").error(str(exc))
-            raise _StartupError from None
-
-    try:
-        code = run_node(factory, args)
-    except _StartupError:
-        code = 2
-    raise SystemExit(code)
+    raise SystemExit(run_sim_node(SimExpert, "sim_expert", args))
 
 
 if __name__ == "__main__":
