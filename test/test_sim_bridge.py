@@ -432,6 +432,7 @@ def batch(harness, tmp_path_factory):
     from std_msgs.msg import String
 
     tmp = tmp_path_factory.mktemp("batch")
+    started = time.monotonic()  # diagnostics from the previous class's nodes are older
     procs: dict = {}
     _start(procs, tmp, "bridge", "sage_sim_bridge", {
         "seed": SEED, "autostart": False, "real_time_factor": 3.0, "episodes": EPISODES,
@@ -444,7 +445,7 @@ def batch(harness, tmp_path_factory):
     subs.add("episode", String, "/sage/episode", _qos(depth=100, latched=True))
     subs.add("result", String, "/sim/episode_result", _qos(depth=1000, latched=True))
     try:
-        yield {"procs": procs, "rec": subs.rec}
+        yield {"procs": procs, "rec": subs.rec, "started": started}
     finally:
         subs.destroy()
         for proc in procs.values():
@@ -455,7 +456,8 @@ class TestEpisodes:
     def test_paused_until_start(self, harness, batch):
         rec, procs = batch["rec"], batch["procs"]
         # The expert hears the paused bridge (no target yet) and the bridge hears the expert.
-        wait_diagnostic(harness, "sim_expert: labels", 0.0, lambda st: int(st[2]["no_target"]) > 0, timeout_s=60.0)
+        wait_diagnostic(harness, "sim_expert: labels", batch["started"], lambda st: int(st[2]["no_target"]) > 0,
+                        timeout_s=60.0)
         wait_for(lambda: "sim_expert" in [i.node_name for i in
                                            harness.node.get_publishers_info_by_topic("/joint_command")],
                  20.0, what="the expert's /joint_command publisher")
