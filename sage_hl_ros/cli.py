@@ -1,7 +1,8 @@
 """``sage-hl``: command-line entry points (model set-up and the demo main job).
 
     sage-hl init-model --out models/synthetic [--config config/model.yaml] [--synthetic-steps 300]
-    sage-hl demo [--duration-s 20] [--quick]
+    sage-hl demo [--workdir runs/sim_demo] [--quick] [--demos N] [--eval-episodes M] [--set wake.steps=800]
+    sage-hl runtime-demo [--duration-s 20] [--quick]
 
 Node executables have their own entry points (``ros2 run sage_hl_ros <node>``); see README.
 """
@@ -30,10 +31,26 @@ def _init_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _runtime_demo(args: argparse.Namespace) -> int:
     from .tools.demo import run_demo
 
     return run_demo(duration_s=args.duration_s, quick=args.quick, workdir=Path(args.workdir))
+
+
+# --quick: a few episodes and a short training, for tests and a first look (about 3 minutes).
+QUICK = {"demos": 16, "eval_episodes": 5, "dagger_rounds": 0}
+QUICK_TRAIN = ["wake.steps=250", "sleep.steps=20", "dream.steps=20", "eval.probes=false"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .tools.sim_demo import run_sim_demo
+
+    overrides = dict(QUICK) if args.quick else {}
+    for key in ("demos", "eval_episodes", "dagger_rounds"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    train = (QUICK_TRAIN if args.quick else []) + list(args.set)
+    return run_sim_demo(Path(args.workdir), config=args.config, overrides=overrides, sleep_overrides=train)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +67,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.set_defaults(func=_init_model)
 
-    p = sub.add_parser("demo", help="main job: bring the H and L nodes up on synthetic sensors and a simulated arm, "
-                                    "print rates and latencies")
+    p = sub.add_parser("demo", help="main job: MuJoCo arm (Isaac Sim topics) -> expert demos -> sleep training -> "
+                                    "DAgger -> SAGE nodes evaluated on held-out targets")
+    p.add_argument("--workdir", default="runs/sim_demo", help="bags, checkpoints, logs and report (must be new)")
+    p.add_argument("--config", default=None, help="demo config YAML (default: the package's config/sim_demo.yaml)")
+    p.add_argument("--quick", action="store_true", help="few episodes, short training (tests; about 3 minutes)")
+    p.add_argument("--demos", type=int, default=None, help="expert demonstrations to record")
+    p.add_argument("--eval-episodes", type=int, default=None, help="held-out evaluation episodes")
+    p.add_argument("--dagger-rounds", type=int, default=None, help="DAgger rounds")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="sleep-training override for every round, e.g. wake.steps=800 (repeatable)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("runtime-demo", help="the H and L nodes on synthetic sensors and a loopback arm: rates and "
+                                            "latencies only (no MuJoCo, no training from bags)")
     p.add_argument("--duration-s", type=float, default=20.0, help="how long to run the nodes")
     p.add_argument("--quick", action="store_true", help="short run with a smaller model (for tests)")
     p.add_argument("--workdir", default="runs/demo", help="where the checkpoint, logs and report go")
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_runtime_demo)
 
     args = parser.parse_args(argv)
     return args.func(args)

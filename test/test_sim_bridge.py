@@ -422,7 +422,7 @@ class TestStreaming:
 # As fast as possible, the sim outruns the expert process's reaction time and reaching degrades
 # with the machine's load, so that batch only checks that sim time outruns wall time.
 
-EPISODES, EPISODE_S = 10, 2.0
+EPISODES, EPISODE_S, HOMING_S = 10, 2.0, 0.5
 
 
 @pytest.fixture(scope="class")
@@ -436,7 +436,7 @@ def batch(harness, tmp_path_factory):
     procs: dict = {}
     _start(procs, tmp, "bridge", "sage_sim_bridge", {
         "seed": SEED, "autostart": False, "real_time_factor": 3.0, "episodes": EPISODES,
-        "sim.episode_duration_s": EPISODE_S, "camera_rate_hz": 10.0, "paused_publish_hz": 5.0,
+        "sim.episode_duration_s": EPISODE_S, "sim.homing_duration_s": HOMING_S, "camera_rate_hz": 10.0, "paused_publish_hz": 5.0,
         "diagnostics_period_s": 0.5})
     _start(procs, tmp, "expert", "sage_sim_expert", {"drive": True, "diagnostics_period_s": 0.5})
     subs = Subscriptions(harness.node)
@@ -490,7 +490,14 @@ class TestEpisodes:
         assert [r["episode"] for r in results] == list(range(EPISODES))
         assert all(r["seed"] == SEED and not r["ended_early"] for r in results)
         ends = [r["sim_time_s"] for r in results]
-        assert np.diff(ends) == pytest.approx(EPISODE_S)
+        # Between episodes the servos carry the arm home (no teleport): episodes are episode + homing
+        # apart, and no joint ever jumps from one joint state to the next.
+        assert np.diff(ends) == pytest.approx(EPISODE_S + HOMING_S)
+        from sage_hl_ros.ros.convert import joint_state_to_arrays
+
+        positions = np.array([joint_state_to_arrays(m, JOINTS)[0] for _, m in rec["js"].snapshot()])
+        # A teleport home moves joints by 0.5-1.5 rad in one tick; homing peaks near 0.05 rad per tick.
+        assert np.abs(np.diff(positions, axis=0)).max() < 0.25, "a joint jumped: the arm was teleported"
         successes = sum(r["success"] for r in results)
         distances = [r["final_distance_m"] for r in results]
         assert successes >= 0.9 * EPISODES, f"{successes}/{EPISODES} succeeded; final distances {distances}"
@@ -523,8 +530,8 @@ class TestEpisodes:
         messages = [json.loads(m.data) for _, m in rec["result"].snapshot()][n:]
         assert [r["episode"] for r in messages[:-1]] == list(range(EPISODES, 2 * EPISODES))
         assert messages[-1]["done"] is True and messages[-1]["episodes"] == EPISODES
-        sim = messages[-2]["sim_time_s"] - messages[0]["sim_time_s"] + EPISODE_S
-        assert sim == pytest.approx(EPISODES * EPISODE_S)
+        sim = messages[-2]["sim_time_s"] - messages[0]["sim_time_s"] + EPISODE_S + HOMING_S
+        assert sim == pytest.approx(EPISODES * (EPISODE_S + HOMING_S))
         # Wide margin: measured about 9x on the idle 2-core machine.
         assert sim > 1.5 * wall, f"{sim:g} s of sim time took {wall:.1f} s of wall time"
         batch["end_sim_s"] = messages[-2]["sim_time_s"]

@@ -258,6 +258,7 @@ class SimBridge(DeclaredParams, Node):
         self._state = WAITING
         self._start_requested = autostart
         self._end_requested = False
+        self._homing = None  # (start sim ns, from q, to q, next target) between episodes
         # Physics-thread state (read by diagnostics without the lock: single values).
         self._sim_ns = 0
         self._ticks = 0
@@ -397,14 +398,15 @@ class SimBridge(DeclaredParams, Node):
                 self._pacing_reset = True
                 continue
             t0 = time.perf_counter()
-            if command is not None:
+            homing = self._homing_step()
+            if command is not None and not homing:
                 self.world.set_command(command)
             self.world.step(self.tick_s)
             self._sim_ns += self._tick_ns
             self._ticks += 1
             self._publish_state()
             self._publish_sensors()
-            if self.world.episode_over() or self._end_requested:
+            if not homing and (self.world.episode_over() or self._end_requested):
                 self._end_episode()
             self._tick_ms.add((time.perf_counter() - t0) * 1e3)
             # Pacing: sleep to absolute wall deadlines derived from sim time.
@@ -472,9 +474,19 @@ class SimBridge(DeclaredParams, Node):
         return msg
 
     def _begin_episode_locked(self) -> None:
-        """Reset the world (new target) at the current sim time; called with ``_lock`` held."""
-        target = self.world.reset()  # the world's episode RNG: the targets an in-process ReachWorld draws
-        self._command = self.world.command()  # hold the new home pose until a command arrives
+        """Draw the next start pose and target (the world's episode RNG: the targets an in-process
+        ReachWorld of the same seed draws); home the arm on the servos, or teleport it when
+        ``homing_duration_s`` is 0. Called with ``_lock`` held."""
+        q_start, target = self.world.draw_episode()
+        if self.world.config.homing_duration_s > 0:
+            self._homing = (self._sim_ns, self.world.joint_positions(), q_start, target)
+            return
+        self.world.teleport(q_start)
+        self._start_episode_locked(target)
+
+    def _start_episode_locked(self, target) -> None:
+        target = self.world.start_episode(target)
+        self._command = self.world.command()  # hold the start pose until a command arrives
         self._command_new = False
         self._end_requested = False
         self._episode += 1
@@ -484,6 +496,22 @@ class SimBridge(DeclaredParams, Node):
         msg.point.x, msg.point.y, msg.point.z = (float(v) for v in target)
         self._target_pub.publish(msg)
         self._episode_pub.publish(String(data=f"start:{self.task}" if self.task else "start"))
+
+    def _homing_step(self) -> bool:
+        """Drive the homing move for this tick; True while homing (commands are ignored meanwhile)."""
+        with self._lock:
+            homing = self._homing
+            if homing is None:
+                return False
+            t0_ns, q_from, q_to, target = homing
+            servo = self.world.homing_command(q_from, q_to, (self._sim_ns - t0_ns) * 1e-9)
+            if servo is None:
+                self._homing = None
+                self._start_episode_locked(target)
+                return False
+            self._command_new = False
+        self.world.set_command(servo)
+        return True
 
     def _end_episode(self) -> None:
         w = self.world

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sage_hl_ros.core.config import ConfigError, _positive
-from sage_hl_ros.sim.world import HOME_RAD, JOINT_RANGES_RAD, SimConfig, arm_mjcf
+from sage_hl_ros.sim.world import HOME_RAD, JOINT_RANGES_RAD, SimConfig, arm_mjcf, ensure_gl_backend
 
 
 @dataclass
@@ -44,6 +44,7 @@ class ReachExpert:
     """``command(q, target)`` -> joint-position target (rad), for the arm of ``sim.world``."""
 
     def __init__(self, config: ExpertConfig | None = None, sim_config: SimConfig | None = None):
+        ensure_gl_backend()  # mujoco fixes its GL backend at import: a later ReachWorld must render
         import mujoco
 
         self._mj = mujoco

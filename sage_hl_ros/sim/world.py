@@ -38,6 +38,10 @@ class SimConfig:
     target_y_range_m: list[float] = field(default_factory=lambda: [-0.25, 0.25])
     target_radius_m: float = 0.04
     home_noise_rad: float = 0.05  # uniform noise on the home pose at each reset
+    # Between episodes the servos carry the arm home on a minimum-jerk path (then settle for a fifth
+    # of this time) instead of teleporting it: a controller's command stream stays continuous, as on
+    # a real arm. 0 = teleport.
+    homing_duration_s: float = 1.0
     image_width_px: int = 64
     image_height_px: int = 64
     camera_fovy_deg: float = 38.0
@@ -51,8 +55,9 @@ class SimConfig:
             lo_hi = getattr(self, key)
             if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
                 raise ConfigError(f"{where}.{key}: expected [min, max], got {lo_hi}")
-        if self.home_noise_rad < 0:
-            raise ConfigError(f"{where}.home_noise_rad: must be >= 0, got {self.home_noise_rad}")
+        for key in ("home_noise_rad", "homing_duration_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
         for key in ("image_width_px", "image_height_px"):
             if getattr(self, key) < 16:
                 raise ConfigError(f"{where}.{key}: must be >= 16, got {getattr(self, key)}")
@@ -145,7 +150,7 @@ def arm_mjcf(config: SimConfig) -> str:
 """
 
 
-def _ensure_gl_backend() -> None:
+def ensure_gl_backend() -> None:
     # Offscreen rendering without a display: EGL (Mesa llvmpipe on a CPU-only machine) unless the
     # user chose a backend. Must be set before mujoco creates its first context.
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -155,7 +160,7 @@ class ReachWorld:
     """The simulated arm, target and sensors; advance with ``step``, read with the accessors."""
 
     def __init__(self, config: SimConfig | None = None):
-        _ensure_gl_backend()
+        ensure_gl_backend()
         import mujoco
 
         self._mj = mujoco
@@ -180,23 +185,46 @@ class ReachWorld:
         self.reset()
 
     # ------------------------------------------------------------------ episode
-    def reset(self, target_xy: tuple[float, float] | None = None) -> np.ndarray:
-        """Home pose (with noise) and a new target; returns the target position (m, world frame)."""
+    def draw_episode(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next episode's start pose (home + noise) and target (m), from the episode RNG."""
         cfg = self.config
         q = np.array(HOME_RAD) + self.rng.uniform(-cfg.home_noise_rad, cfg.home_noise_rad, 7)
         lo = np.array([r[0] for r in JOINT_RANGES_RAD])
         hi = np.array([r[1] for r in JOINT_RANGES_RAD])
-        q = np.clip(q, lo, hi)
+        target_xy = (self.rng.uniform(*cfg.target_x_range_m), self.rng.uniform(*cfg.target_y_range_m))
+        return np.clip(q, lo, hi), np.array([target_xy[0], target_xy[1], cfg.target_radius_m])
+
+    def reset(self, target_xy: tuple[float, float] | None = None) -> np.ndarray:
+        """Teleport to the next start pose and begin an episode; returns the target (m, world frame)."""
+        q, target = self.draw_episode()
+        if target_xy is not None:
+            target[:2] = target_xy
+        self.teleport(q)
+        return self.start_episode(target)
+
+    def teleport(self, q: np.ndarray) -> None:
+        """Put the arm at ``q`` at rest, servos holding it there."""
         self.data.qpos[self._qpos_idx] = q
         self.data.qvel[:] = 0.0
         self.data.ctrl[:] = q
-        if target_xy is None:
-            target_xy = (self.rng.uniform(*cfg.target_x_range_m), self.rng.uniform(*cfg.target_y_range_m))
-        self.data.mocap_pos[self._target_mocap] = [target_xy[0], target_xy[1], cfg.target_radius_m]
+        self._mj.mj_forward(self.model, self.data)
+
+    def start_episode(self, target_m: np.ndarray) -> np.ndarray:
+        """Place the target and start the episode clock, the arm where it is (after ``homing_command``)."""
+        self.data.mocap_pos[self._target_mocap] = np.asarray(target_m, dtype=np.float64)
         self._mj.mj_forward(self.model, self.data)
         self.episode_start_s = float(self.data.time)
         self.episode_index += 1
         return self.target_position()
+
+    def homing_command(self, start: np.ndarray, goal: np.ndarray, elapsed_s: float) -> np.ndarray | None:
+        """Servo target ``elapsed_s`` into the homing move from ``start`` to ``goal``; None when done."""
+        total = self.config.homing_duration_s
+        if elapsed_s >= total:
+            return None
+        s = min(1.0, elapsed_s / (0.8 * total))  # move for 80% of the time, then settle
+        blend = 10 * s**3 - 15 * s**4 + 6 * s**5  # minimum jerk, zero velocity at both ends
+        return start + (goal - start) * blend
 
     @property
     def time_s(self) -> float:

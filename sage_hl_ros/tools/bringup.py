@@ -12,6 +12,7 @@ with SIGINT, then SIGKILL after a grace period. If any node exits, the others ar
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +30,8 @@ def ros_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(ros_value(v) for v in value) + "]"
+        # Strings inside a flow list are quoted: "a:b" or "x,y" would otherwise split or become a mapping.
+        return "[" + ",".join(json.dumps(v) if isinstance(v, str) else ros_value(v) for v in value) + "]"
     return str(value)
 
 

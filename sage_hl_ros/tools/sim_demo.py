@@ -1,0 +1,523 @@
+"""The main job (``make run``): sense, act, record, sleep, improve, on a MuJoCo arm that speaks Isaac Sim's topics.
+
+1. **record**: the sim bridge, the scripted expert (driving, with exploration noise; clean teacher
+   labels on ``/teacher/joint_command``) and the recorder: ``demos`` episodes -> a rosbag2 bag;
+2. **sleep**: the sleep-cycle trainer (wake / sleep / dream) learns a checkpoint from the bag;
+3. **DAgger** (``dagger_rounds``): the SAGE nodes drive the arm on new training targets while the
+   expert only labels; the bag of that on-policy experience trains the next checkpoint (replaying
+   the demonstrations);
+4. **evaluate** on held-out targets (``eval_seed``): the expert, then the SAGE H and L nodes, each
+   through the same ROS graph; a zero-motion and a random policy on the same targets in process;
+5. ``<workdir>/report.md`` and plots, then the one-line summary
+   ``demo: expert_success=<a> learned_success=<b> mean_final_dist_m=<d> control_hz=<h> e2e_p99_ms=<l>``.
+
+Every node is its own process (started like ``ros2 run``), with the package's parameter files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.config import ConfigError, load_yaml
+from ..launch_table import ALL_NODES
+from ..paths import config_file
+from .bringup import NodeProcesses, node_command
+
+SUMMARY_KEYS = ("expert_success", "learned_success", "mean_final_dist_m", "control_hz", "e2e_p99_ms")
+
+
+@dataclass
+class SimDemoConfig:
+    """What the demo runs; counts are episodes, times in seconds (sim time unless stated)."""
+
+    demos: int = 120  # expert demonstrations recorded for the first training
+    eval_episodes: int = 30  # held-out targets, for the expert and for the learned policy
+    dagger_rounds: int = 1
+    dagger_episodes: int = 40  # on-policy episodes per DAgger round (training targets)
+    train_seed: int = 1
+    eval_seed: int = 1000  # a different stream of targets: unseen in training
+    record_real_time_factor: float = 3.0  # expert-only phases run faster than real time
+    eval_real_time_factor: float = 1.0  # phases where the learned nodes drive run in real time
+    expert_noise_rad: float = 0.05  # exploration noise on the executed demo commands (labels clean)
+    control_rate_hz: float = 100.0  # L loop; the sim publishes /clock at 100 Hz
+    train_threads: int = 2
+    sleep_config: str = "sim_sleep.yaml"  # relative names are files of the package's config/
+    dagger_sleep_config: str = "sim_dagger.yaml"
+    model_config: str = "sim_model.yaml"
+    dataset_config: str = "sim_dataset.yaml"
+    sim_config: str = "sim.yaml"
+    joint_limits: str = "joint_limits.yaml"
+    sleep_overrides: list[str] = field(default_factory=list)  # e.g. ["wake.steps=1500"]
+    dagger_overrides: list[str] = field(default_factory=list)
+    phase_timeout_s: float = 600.0  # wall time any one ROS phase may take before it is abandoned
+
+    def validate(self, where: str) -> None:
+        for key in ("demos", "eval_episodes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("dagger_rounds", "dagger_episodes"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("record_real_time_factor", "eval_real_time_factor"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key}: must be >= 0 (0 = as fast as possible), got {getattr(self, key)}")
+        for key in ("control_rate_hz", "phase_timeout_s", "train_threads"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(self, key)}")
+        if self.expert_noise_rad < 0:
+            raise ConfigError(f"{where}.expert_noise_rad: must be >= 0, got {self.expert_noise_rad}")
+        if self.train_seed == self.eval_seed:
+            raise ConfigError(f"{where}.eval_seed: must differ from train_seed (held-out targets)")
+
+    def path(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() or p.exists() else config_file(name)
+
+
+def load_demo_config(path: str | Path | None = None, overrides: dict | None = None) -> SimDemoConfig:
+    """``sim_demo`` section of ``path`` (default ``config/sim_demo.yaml``), then keyword overrides."""
+    from ..core.config import from_dict
+
+    path = Path(path) if path else config_file("sim_demo.yaml")
+    cfg = load_yaml(SimDemoConfig, path, "sim_demo")
+    if overrides:
+        data = {**cfg.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+        cfg = from_dict(SimDemoConfig, data, f"{path} + command line")
+    return cfg
+
+
+# ============================================================================ the ROS side
+class _Watcher:
+    """In-process observer: episode results, joint states and commands with wall arrival times."""
+
+    def __init__(self, joint_names: list[str]):
+        from rclpy.node import Node
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
+
+        self.node = Node("sim_demo_watcher")
+        self.joint_names = joint_names
+        self.lock = threading.Lock()
+        self.results: list[dict] = []
+        self.done = False
+        self.joint_states: list[tuple[float, float]] = []  # (stamp s, wall arrival s)
+        self.commands: list[tuple[float, float]] = []
+        latched = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(String, "/sim/episode_result", self._on_result, latched)
+        self.node.create_subscription(JointState, "/joint_states", self._stamp_into(self.joint_states), reliable)
+        self.node.create_subscription(JointState, "/joint_command", self._stamp_into(self.commands), reliable)
+        self.start_client = self.node.create_client(Trigger, "/sim_bridge/start")
+
+    def _on_result(self, msg) -> None:
+        try:
+            data = json.loads(msg.data)
+        except json.JSONDecodeError:
+            return
+        with self.lock:
+            if data.get("done"):
+                self.done = True
+            elif "episode" in data:
+                self.results.append(data)
+
+    def _stamp_into(self, log: list):
+        def cb(msg) -> None:
+            log.append((msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, time.monotonic()))
+        return cb
+
+    def clear(self) -> None:
+        with self.lock:
+            self.results.clear()
+            self.done = False
+            self.joint_states.clear()
+            self.commands.clear()
+
+
+class _Graph:
+    """rclpy in this process: the watcher node spun on a background thread."""
+
+    def __init__(self, joint_names: list[str]):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._rclpy = rclpy
+        rclpy.init()
+        self.watcher = _Watcher(joint_names)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.watcher.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.watcher.node.destroy_node()
+        self._rclpy.try_shutdown()
+
+
+def _spec(name: str):
+    for spec in ALL_NODES:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+class _Phase:
+    """One run of episodes: which processes, which seed, how fast; returns the episode results."""
+
+    def __init__(self, demo: SimDemo, name: str, seed: int, episodes: int, rtf: float, *, expert_drives: bool,
+                 model_dir: Path | None = None, bag_dir: Path | None = None):
+        self.demo, self.name, self.seed, self.episodes, self.rtf = demo, name, seed, episodes, rtf
+        self.expert_drives, self.model_dir, self.bag_dir = expert_drives, model_dir, bag_dir
+
+    def run(self) -> tuple[list[dict], dict]:
+        demo, cfg = self.demo, self.demo.cfg
+        sim_yaml = cfg.path(cfg.sim_config)  # the world (sim: / expert: sections), not a ROS params file
+        ros_params = [config_file("mujoco_sim.yaml")]
+        nodes = NodeProcesses(demo.workdir / "logs" / self.name)
+        watcher = demo.graph.watcher
+        watcher.clear()
+        started = time.monotonic()
+        try:
+            nodes.start("sim_bridge", node_command(_spec("sim_bridge"), ros_params, {
+                "autostart": False, "episodes": self.episodes, "seed": self.seed, "real_time_factor": self.rtf,
+                "sim_config_file": str(sim_yaml)}))
+            nodes.start("sim_expert", node_command(_spec("sim_expert"), ros_params, {
+                "use_sim_time": True, "drive": self.expert_drives, "sim_config_file": str(sim_yaml),
+                "noise_rad": cfg.expert_noise_rad if (self.expert_drives and self.bag_dir) else 0.0,
+                "seed": self.seed}))
+            expect_subs = 1  # the expert on /joint_states
+            if self.model_dir is not None:
+                params = [config_file("isaac_sim.yaml")]
+                model = str(self.model_dir.resolve())
+                nodes.start("sage_context", node_command(_spec("sage_context"), params, {
+                    "model_dir": model, "use_sim_time": True, "autostart": True}))
+                nodes.start("sage_control", node_command(_spec("sage_control"), params, {
+                    "model_dir": model, "use_sim_time": True, "autostart": True, "enable_control": True,
+                    "control_rate_hz": cfg.control_rate_hz,
+                    "joint_limits_file": str(cfg.path(cfg.joint_limits).resolve())}))
+                expect_subs += 2
+            if self.bag_dir is not None:
+                nodes.start("sage_recorder", node_command(_spec("sage_recorder"), [], {
+                    "output_dir": str(self.bag_dir.resolve()), "use_sim_time": True,
+                    "topics": list(demo.record_types),
+                    "topic_types": [f"{t}:{ty}" for t, ty in demo.record_types.items()],
+                    "qos_overrides": demo.record_qos, "fsync": False}))
+                expect_subs += 1
+            self._wait_ready(nodes, expect_subs)
+            demo.log(f"      {self.name}: nodes up in {time.monotonic() - started:.1f} s; "
+                     f"{self.episodes} episodes (seed {self.seed}, real-time factor {self.rtf:g})")
+            self._start(nodes)
+            results = self._collect(nodes)
+            timing = self._timing() if self.model_dir is not None else {}
+            return results, timing
+        finally:
+            codes = nodes.stop(grace_s=10.0)
+            bad = {k: v for k, v in codes.items() if v not in (0, -2, 130)}
+            if bad:
+                demo.log(f"      warning: {self.name}: unclean node exits {bad} (logs in {nodes.log_dir})")
+
+    def _wait_ready(self, nodes: NodeProcesses, expect_subs: int) -> None:
+        node = self.demo.graph.watcher.node
+        deadline = time.monotonic() + 120.0
+        want = {("sub", "/joint_states"): expect_subs + 1}  # + this watcher
+        if self.model_dir is not None:
+            want[("pub", "/sage/latent")] = 1
+            want[("pub", "/joint_command")] = 2  # the expert (silent unless driving) + sage_control
+        if self.bag_dir is not None:
+            want[("sub", "/rgb")] = 1 + (self.model_dir is not None)
+        while True:
+            self._check_alive(nodes)
+            have = {k: (node.count_subscribers if k[0] == "sub" else node.count_publishers)(k[1]) for k in want}
+            have[("service", "/sim_bridge/start")] = int(self.demo.graph.watcher.start_client.service_is_ready())
+            missing = {f"{kind} {name}": f"{have[(kind, name)]}/{n}" for (kind, name), n in
+                       {**want, ("service", "/sim_bridge/start"): 1}.items() if have[(kind, name)] < n}
+            if not missing:
+                time.sleep(1.0)  # let discovery settle on every side, not only ours
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: nodes not ready after 120 s, missing {missing} "
+                                   f"(see {nodes.log_dir})")
+            time.sleep(0.2)
+
+    def _check_alive(self, nodes: NodeProcesses) -> None:
+        exited = nodes.exited()
+        if exited:
+            raise RuntimeError(f"{self.name}: node(s) exited {exited}; see {nodes.log_dir}")
+
+    def _start(self, nodes: NodeProcesses) -> None:
+        from std_srvs.srv import Trigger
+
+        future = self.demo.graph.watcher.start_client.call_async(Trigger.Request())
+        deadline = time.monotonic() + 20.0
+        while not future.done():
+            self._check_alive(nodes)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: /sim_bridge/start did not answer")
+            time.sleep(0.05)
+        if not future.result().success:
+            raise RuntimeError(f"{self.name}: /sim_bridge/start refused: {future.result().message}")
+
+    def _collect(self, nodes: NodeProcesses) -> list[dict]:
+        watcher, cfg = self.demo.graph.watcher, self.demo.cfg
+        deadline = time.monotonic() + cfg.phase_timeout_s
+        reported = 0
+        while True:
+            self._check_alive(nodes)
+            with watcher.lock:
+                results, done = list(watcher.results), watcher.done
+            if len(results) >= reported + max(1, self.episodes // 5) or (done and len(results) > reported):
+                ok = sum(r["success"] for r in results)
+                self.demo.log(f"      {self.name}: {len(results)}/{self.episodes} episodes, {ok} reached")
+                reported = len(results)
+            if done or len(results) >= self.episodes:
+                return sorted(results, key=lambda r: r["episode"])[: self.episodes]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: {len(results)}/{self.episodes} episodes after "
+                                   f"{cfg.phase_timeout_s:g} s (see {nodes.log_dir})")
+            time.sleep(0.2)
+
+    def _timing(self) -> dict:
+        """Control rate and joint_states -> command latency, as the robot side sees them."""
+        import bisect
+
+        watcher = self.demo.graph.watcher
+        with watcher.lock:
+            js, cmds = list(watcher.joint_states), list(watcher.commands)
+        if len(cmds) < 10 or len(js) < 10:
+            return {"control_hz": float("nan"), "e2e_p50_ms": float("nan"), "e2e_p99_ms": float("nan")}
+        js.sort()
+        stamps = [s for s, _ in js]
+        e2e = []
+        for stamp, arrival in cmds:
+            i = bisect.bisect_right(stamps, stamp) - 1
+            if i >= 0:
+                e2e.append((arrival - js[i][1]) * 1e3)
+        cmd_stamps = np.array(sorted(s for s, _ in cmds))
+        sim_span = cmd_stamps[-1] - cmd_stamps[0]
+        return {"control_hz": (len(cmd_stamps) - 1) / sim_span if sim_span > 0 else float("nan"),
+                "e2e_p50_ms": float(np.percentile(e2e, 50)), "e2e_p99_ms": float(np.percentile(e2e, 99)),
+                "commands": len(cmds)}
+
+
+class SimDemo:
+    def __init__(self, cfg: SimDemoConfig, workdir: Path, log=print):
+        self.cfg = cfg
+        self.workdir = workdir
+        self.log = lambda msg: log(msg, flush=True) if log is print else log(msg)
+        self.graph: _Graph | None = None
+        # What the bridge, the expert and the control node publish, with types and the bridge's QoS, so
+        # the recorder subscribes before the paused sim sends its first message (nothing is missed).
+        self.record_types = {
+            "/rgb": "sensor_msgs/msg/Image", "/depth": "sensor_msgs/msg/Image",
+            "/camera_info": "sensor_msgs/msg/CameraInfo", "/audio/frames": "std_msgs/msg/Float32MultiArray",
+            "/tactile/array": "std_msgs/msg/Float32MultiArray", "/joint_states": "sensor_msgs/msg/JointState",
+            "/joint_command": "sensor_msgs/msg/JointState", "/teacher/joint_command": "sensor_msgs/msg/JointState",
+            "/sage/episode": "std_msgs/msg/String", "/sim/episode_result": "std_msgs/msg/String"}
+        self.record_qos = [f"{t}:best_effort" for t in ("/rgb", "/depth", "/camera_info", "/audio/frames",
+                                                        "/tactile/array")]
+
+    # ------------------------------------------------------------------ steps
+    def _train(self, name: str, bags: list[Path], sleep_yaml: str, overrides: list[str], init: Path | None,
+               replay: list[Path] | None) -> Path:
+        import torch
+
+        from ..training.config import load_train_config
+        from ..training.trainer import SleepTrainer
+
+        cfg = self.cfg
+        out = self.workdir / "models" / name
+        tcfg = load_train_config(cfg.path(sleep_yaml), [*overrides, f"threads={cfg.train_threads}", "device=cpu"])
+        torch.set_num_threads(cfg.train_threads)
+        trainer = SleepTrainer(tcfg, out, [str(b) for b in bags], init=init,
+                               replay_bags=[str(b) for b in replay] if replay else None,
+                               model_config=None if init else cfg.path(cfg.model_config),
+                               dataset_config=cfg.path(cfg.dataset_config), progress=False,
+                               log=lambda m: self.log(f"      {m}"))
+        t0 = time.monotonic()
+        result = trainer.run()
+        final = result["final"]["new"]
+        self.log(f"      {name}: held-out action error {final['action_error']:.4f} rad in "
+                 f"{time.monotonic() - t0:.0f} s -> {out}")
+        return out
+
+    def run(self) -> dict:
+        cfg, wd = self.cfg, self.workdir
+        wd.mkdir(parents=True, exist_ok=True)
+        for sub in ("bags", "models"):
+            if (wd / sub).exists() and any((wd / sub).iterdir()):
+                raise ConfigError(f"{wd / sub}: not empty; choose a new --workdir (nothing is overwritten)")
+        joint_names = [f"joint{i}" for i in range(1, 8)]
+        timings: dict[str, float] = {}
+        t_all = time.monotonic()
+        self.graph = _Graph(joint_names)
+        try:
+            n_steps = 4 + cfg.dagger_rounds
+            self.log(f"[1/{n_steps}] recording {cfg.demos} expert demonstrations")
+            t0 = time.monotonic()
+            demo_bag = wd / "bags" / "demos"
+            demo_results, _ = _Phase(self, "record", cfg.train_seed, cfg.demos, cfg.record_real_time_factor,
+                                     expert_drives=True, bag_dir=demo_bag).run()
+            timings["record_s"] = time.monotonic() - t0
+
+            self.log(f"[2/{n_steps}] sleep-cycle training on {demo_bag}")
+            t0 = time.monotonic()
+            model = self._train("round0", [demo_bag], cfg.sleep_config, cfg.sleep_overrides, None, None)
+            timings["train_s"] = time.monotonic() - t0
+            bags = [demo_bag]
+            dagger = []
+            for k in range(1, cfg.dagger_rounds + 1):
+                self.log(f"[{2 + k}/{n_steps}] DAgger round {k}: the learned nodes drive, the expert labels")
+                t0 = time.monotonic()
+                bag = wd / "bags" / f"dagger{k}"
+                results, _ = _Phase(self, f"dagger{k}", cfg.train_seed + k, cfg.dagger_episodes,
+                                    cfg.eval_real_time_factor, expert_drives=False, model_dir=model, bag_dir=bag).run()
+                dagger.append(_success_stats(results))
+                model = self._train(f"round{k}", [bag], cfg.dagger_sleep_config, cfg.dagger_overrides, model, bags)
+                bags.append(bag)
+                timings[f"dagger{k}_s"] = time.monotonic() - t0
+
+            self.log(f"[{n_steps - 1}/{n_steps}] evaluating on {cfg.eval_episodes} held-out targets "
+                     f"(seed {cfg.eval_seed})")
+            t0 = time.monotonic()
+            expert, _ = _Phase(self, "eval_expert", cfg.eval_seed, cfg.eval_episodes, cfg.record_real_time_factor,
+                               expert_drives=True).run()
+            learned, timing = _Phase(self, "eval_learned", cfg.eval_seed, cfg.eval_episodes,
+                                     cfg.eval_real_time_factor, expert_drives=False, model_dir=model,
+                                     bag_dir=wd / "bags" / "eval").run()
+            timings["eval_s"] = time.monotonic() - t0
+        finally:
+            self.graph.close()
+        self.log(f"[{n_steps}/{n_steps}] baselines on the same targets (in process) and the report")
+        baselines = baseline_policies(cfg.path(cfg.sim_config), cfg.eval_seed, cfg.eval_episodes)
+        timings["total_s"] = time.monotonic() - t_all
+        summary = {
+            "expert": _success_stats(expert), "learned": _success_stats(learned), "dagger": dagger,
+            "baselines": {k: _success_stats(v) for k, v in baselines.items()},
+            "timing": timing, "durations_s": timings, "model": str(model),
+            "episodes": {"expert": expert, "learned": learned, **baselines},
+        }
+        summary["line"] = {
+            "expert_success": f"{summary['expert']['success_rate']:.2f}",
+            "learned_success": f"{summary['learned']['success_rate']:.2f}",
+            "mean_final_dist_m": f"{summary['learned']['mean_final_dist_m']:.3f}",
+            "control_hz": f"{timing.get('control_hz', float('nan')):.1f}",
+            "e2e_p99_ms": f"{timing.get('e2e_p99_ms', float('nan')):.2f}",
+        }
+        (wd / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+        write_report(wd, summary, cfg)
+        return summary
+
+
+def _success_stats(results: list[dict]) -> dict:
+    d = np.array([r["final_distance_m"] for r in results], dtype=np.float64)
+    s = np.array([bool(r["success"]) for r in results])
+    return {"episodes": len(results), "success_rate": float(s.mean()) if s.size else float("nan"),
+            "mean_final_dist_m": float(d.mean()) if d.size else float("nan"),
+            "median_final_dist_m": float(np.median(d)) if d.size else float("nan")}
+
+
+def baseline_policies(sim_yaml: Path, seed: int, episodes: int, control_dt_s: float = 0.01) -> dict[str, list[dict]]:
+    """Zero motion (hold the start pose) and a random policy (uniform joint steps, within the expert's
+    step size) on the targets a bridge with ``seed`` draws: the floor the learned policy must beat."""
+    from ..sim.world import ReachWorld, SimConfig
+
+    out: dict[str, list[dict]] = {}
+    for name in ("zero_motion", "random"):
+        world = ReachWorld(dataclasses.replace(SimConfig.from_yaml(sim_yaml), seed=seed))
+        rng = np.random.default_rng(seed + 7)
+        results = []
+        for ep in range(episodes):
+            world.reset()
+            hold = world.joint_positions()
+            while not world.episode_over():
+                q = world.joint_positions()
+                world.set_command(hold if name == "zero_motion" else q + rng.uniform(-0.12, 0.12, q.size))
+                world.step(control_dt_s)
+            results.append({"episode": ep, "success": world.success(), "final_distance_m": world.distance_m()})
+        world.close()
+        out[name] = results
+    return out
+
+
+def write_report(wd: Path, summary: dict, cfg: SimDemoConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps = summary["episodes"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = [n for n in ("expert", "learned", "zero_motion", "random") if n in eps]
+    data = [[r["final_distance_m"] for r in eps[n]] for n in names]
+    ax.boxplot(data, showfliers=True)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    tol = _success_tolerance(cfg)
+    ax.axhline(tol, color="g", ls="--", lw=1, label=f"success tolerance {tol:g} m")
+    ax.set_ylabel("final fingertip-target distance (m)")
+    ax.set_title(f"{len(data[0])} held-out targets")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(wd / "final_distance.png", dpi=100)
+    plt.close(fig)
+
+    s = summary
+    rows = [("expert success rate", f"{s['expert']['success_rate']:.2f}"),
+            ("learned success rate", f"{s['learned']['success_rate']:.2f} "
+                                     f"({s['learned']['success_rate'] / max(s['expert']['success_rate'], 1e-9):.0%} "
+                                     "of the expert's; goal >= 80%)")]
+    for name in ("expert", "learned", "zero_motion", "random"):
+        st = s[name] if name in ("expert", "learned") else s["baselines"][name]
+        rows.append((f"{name}: mean / median final distance, m",
+                     f"{st['mean_final_dist_m']:.3f} / {st['median_final_dist_m']:.3f}"))
+    for k, st in enumerate(s["dagger"], 1):
+        rows.append((f"DAgger round {k} rollouts (training targets): success", f"{st['success_rate']:.2f}"))
+    t = s["timing"]
+    rows += [("control loop (commands per sim second), Hz", f"{t.get('control_hz', float('nan')):.1f}"),
+             ("joint_states -> command p50 / p99, ms",
+              f"{t.get('e2e_p50_ms', float('nan')):.2f} / {t.get('e2e_p99_ms', float('nan')):.2f}")]
+    rows += [(f"wall time: {k[:-2]}, s", f"{v:.0f}") for k, v in s["durations_s"].items()]
+    lines = ["# sage_hl_ros closed-loop demo (MuJoCo stand-in for Isaac Sim)", "",
+             f"Checkpoint: `{s['model']}`. Config: {cfg.demos} demos, {cfg.dagger_rounds} DAgger round(s) of "
+             f"{cfg.dagger_episodes} episodes, {cfg.eval_episodes} held-out targets (seed {cfg.eval_seed}).", "",
+             "| measure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+             "![final distances](final_distance.png)", "",
+             "Training reports: `models/*/report.md`. Bags: `bags/` (demos, DAgger rollouts, evaluation).", ""]
+    (wd / "report.md").write_text("\n".join(lines))
+
+
+def _success_tolerance(cfg: SimDemoConfig) -> float:
+    from ..sim.world import SimConfig
+
+    return SimConfig.from_yaml(cfg.path(cfg.sim_config)).success_tolerance_m
+
+
+def run_sim_demo(workdir: Path, config: str | None = None, overrides: dict | None = None,
+                 sleep_overrides: list[str] | None = None) -> int:
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        cfg = load_demo_config(config, overrides)
+        if sleep_overrides:
+            cfg.sleep_overrides = [*cfg.sleep_overrides, *sleep_overrides]
+            cfg.dagger_overrides = [*cfg.dagger_overrides, *sleep_overrides]
+        summary = SimDemo(cfg, workdir).run()
+    except ConfigError as exc:
+        print(f"sage-hl demo: error: {exc}", flush=True)
+        return 2
+    except RuntimeError as exc:
+        print(f"sage-hl demo: failed: {exc}", flush=True)
+        return 1
+    print(f"report: {workdir / 'report.md'}")
+    print("demo: " + " ".join(f"{k}={summary['line'][k]}" for k in SUMMARY_KEYS), flush=True)
+    return 0
