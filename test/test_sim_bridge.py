@@ -436,7 +436,8 @@ def batch(harness, tmp_path_factory):
     procs: dict = {}
     _start(procs, tmp, "bridge", "sage_sim_bridge", {
         "seed": SEED, "autostart": False, "real_time_factor": 3.0, "episodes": EPISODES,
-        "sim.episode_duration_s": EPISODE_S, "sim.homing_duration_s": HOMING_S, "camera_rate_hz": 10.0, "paused_publish_hz": 5.0,
+        "sim.episode_duration_s": EPISODE_S, "sim.homing_duration_s": HOMING_S, "camera_rate_hz": 10.0,
+        "paused_publish_hz": 5.0,
         "diagnostics_period_s": 0.5})
     _start(procs, tmp, "expert", "sage_sim_expert", {"drive": True, "diagnostics_period_s": 0.5})
     subs = Subscriptions(harness.node)

@@ -8,6 +8,10 @@ context is thread-bound), tactile and audio, then sleeps to keep ``real_time_fac
 arrive on the executor thread and are handed over under a lock; the physics thread applies the
 newest one at the start of each tick. Sim time starts at 0 and is exact: tick count x tick period.
 
+Between episodes the servos carry the arm to the next start pose on a minimum-jerk path
+(``sim.homing_duration_s``, commands ignored meanwhile, no episode open) instead of teleporting
+it: a controller's command stream and rate limits stay valid, as after a homing move on a real arm.
+
 Published topics (QoS ``qos.<name>.{reliability,depth,durability}``)
     /clock              rosgraph_msgs/Clock, every tick (sim time)                       qos.clock: reliable
     /joint_states       sensor_msgs/JointState joint1..7 position/velocity/effort,
@@ -49,8 +53,8 @@ Parameters (read at start-up unless marked runtime)
     sim_config_file (str, "")       YAML with a ``sim:`` section (SimConfig); "" = the package's config/sim.yaml
     sim.<key>                       every SimConfig key except seed (physics_dt_s, servo_kp, servo_kv,
                                     episode_duration_s, success_tolerance_m, target_x_range_m,
-                                    target_y_range_m, target_radius_m, home_noise_rad, image_width_px,
-                                    image_height_px, camera_fovy_deg, audio_sample_rate_hz);
+                                    target_y_range_m, target_radius_m, home_noise_rad, homing_duration_s,
+                                    image_width_px, image_height_px, camera_fovy_deg, audio_sample_rate_hz);
                                     default: the file's value, so one -p overrides one key
     seed (int, -1)                  RNG seed of targets and home-pose noise; -1 = the file's sim.seed
     episodes (int, 0)               episodes per batch; 0 = forever

@@ -40,7 +40,7 @@ class SimDemoConfig:
 
     demos: int = 120  # expert demonstrations recorded for the first training
     eval_episodes: int = 30  # held-out targets, for the expert and for the learned policy
-    dagger_rounds: int = 1
+    dagger_rounds: int = 0
     dagger_episodes: int = 40  # on-policy episodes per DAgger round (training targets)
     train_seed: int = 1
     eval_seed: int = 1000  # a different stream of targets: unseen in training
@@ -383,8 +383,11 @@ class SimDemo:
                 results, _ = _Phase(self, f"dagger{k}", cfg.train_seed + k, cfg.dagger_episodes,
                                     cfg.eval_real_time_factor, expert_drives=False, model_dir=model, bag_dir=bag).run()
                 dagger.append(_success_stats(results))
-                model = self._train(f"round{k}", [bag], cfg.dagger_sleep_config, cfg.dagger_overrides, model, bags)
+                # DAgger proper: the aggregate of every bag so far is the wake data (the on-policy
+                # states with their teacher labels next to the demonstrations), not the new bag alone.
                 bags.append(bag)
+                model = self._train(f"round{k}", list(bags), cfg.dagger_sleep_config, cfg.dagger_overrides, model,
+                                    [])
                 timings[f"dagger{k}_s"] = time.monotonic() - t0
 
             self.log(f"[{n_steps - 1}/{n_steps}] evaluating on {cfg.eval_episodes} held-out targets "
