@@ -2,6 +2,7 @@
 
     sage-hl init-model --out models/synthetic [--config config/model.yaml] [--synthetic-steps 300]
     sage-hl demo [--workdir runs/sim_demo] [--quick] [--demos N] [--eval-episodes M] [--set wake.steps=800]
+    sage-hl demo --evaluate runs/sim_demo/models/round0 --workdir runs/eval1
     sage-hl runtime-demo [--duration-s 20] [--quick]
 
 Node executables have their own entry points (``ros2 run sage_hl_ros <node>``); see README.
@@ -50,7 +51,8 @@ def _demo(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     train = (QUICK_TRAIN if args.quick else []) + list(args.set)
-    return run_sim_demo(Path(args.workdir), config=args.config, overrides=overrides, sleep_overrides=train)
+    return run_sim_demo(Path(args.workdir), config=args.config, overrides=overrides, sleep_overrides=train,
+                        evaluate=args.evaluate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demos", type=int, default=None, help="expert demonstrations to record")
     p.add_argument("--eval-episodes", type=int, default=None, help="held-out evaluation episodes")
     p.add_argument("--dagger-rounds", type=int, default=None, help="DAgger rounds")
+    p.add_argument("--evaluate", default=None, metavar="MODEL_DIR",
+                   help="only evaluate this checkpoint on the held-out targets (expert, nodes, baselines)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="sleep-training override for every round, e.g. wake.steps=800 (repeatable)")
     p.set_defaults(func=_demo)

@@ -351,8 +351,44 @@ class SimDemo:
                  f"{time.monotonic() - t0:.0f} s -> {out}")
         return out
 
-    def run(self) -> dict:
+    def _learn(self, n_steps: int, timings: dict[str, float], dagger: list[dict]) -> Path:
         cfg, wd = self.cfg, self.workdir
+        self.log(f"[1/{n_steps}] recording {cfg.demos} expert demonstrations")
+        t0 = time.monotonic()
+        demo_bag = wd / "bags" / "demos"
+        _Phase(self, "record", cfg.train_seed, cfg.demos, cfg.record_real_time_factor, expert_drives=True,
+               bag_dir=demo_bag).run()
+        timings["record_s"] = time.monotonic() - t0
+
+        self.log(f"[2/{n_steps}] sleep-cycle training on {demo_bag}")
+        t0 = time.monotonic()
+        model = self._train("round0", [demo_bag], cfg.sleep_config, cfg.sleep_overrides, None, None)
+        timings["train_s"] = time.monotonic() - t0
+        bags = [demo_bag]
+        for k in range(1, cfg.dagger_rounds + 1):
+            self.log(f"[{2 + k}/{n_steps}] DAgger round {k}: the learned nodes drive, the expert labels")
+            t0 = time.monotonic()
+            bag = wd / "bags" / f"dagger{k}"
+            results, _ = _Phase(self, f"dagger{k}", cfg.train_seed + k, cfg.dagger_episodes,
+                                cfg.eval_real_time_factor, expert_drives=False, model_dir=model, bag_dir=bag).run()
+            dagger.append(_success_stats(results))
+            # DAgger proper: the aggregate of every bag so far is the wake data (the on-policy
+            # states with their teacher labels next to the demonstrations), not the new bag alone.
+            bags.append(bag)
+            model = self._train(f"round{k}", list(bags), cfg.dagger_sleep_config, cfg.dagger_overrides, model, [])
+            timings[f"dagger{k}_s"] = time.monotonic() - t0
+        return model
+
+    def run(self, evaluate: Path | None = None) -> dict:
+        """The whole loop; with ``evaluate`` (a checkpoint) only the held-out evaluation of it."""
+        cfg, wd = self.cfg, self.workdir
+        if evaluate is not None:
+            from ..core.checkpoint import CheckpointError, read_meta
+
+            try:
+                read_meta(evaluate)
+            except CheckpointError as exc:
+                raise ConfigError(str(exc)) from None
         wd.mkdir(parents=True, exist_ok=True)
         for sub in ("bags", "models"):
             if (wd / sub).exists() and any((wd / sub).iterdir()):
@@ -360,36 +396,14 @@ class SimDemo:
         joint_names = [f"joint{i}" for i in range(1, 8)]
         timings: dict[str, float] = {}
         t_all = time.monotonic()
+        dagger: list[dict] = []
         self.graph = _Graph(joint_names)
         try:
-            n_steps = 4 + cfg.dagger_rounds
-            self.log(f"[1/{n_steps}] recording {cfg.demos} expert demonstrations")
-            t0 = time.monotonic()
-            demo_bag = wd / "bags" / "demos"
-            demo_results, _ = _Phase(self, "record", cfg.train_seed, cfg.demos, cfg.record_real_time_factor,
-                                     expert_drives=True, bag_dir=demo_bag).run()
-            timings["record_s"] = time.monotonic() - t0
-
-            self.log(f"[2/{n_steps}] sleep-cycle training on {demo_bag}")
-            t0 = time.monotonic()
-            model = self._train("round0", [demo_bag], cfg.sleep_config, cfg.sleep_overrides, None, None)
-            timings["train_s"] = time.monotonic() - t0
-            bags = [demo_bag]
-            dagger = []
-            for k in range(1, cfg.dagger_rounds + 1):
-                self.log(f"[{2 + k}/{n_steps}] DAgger round {k}: the learned nodes drive, the expert labels")
-                t0 = time.monotonic()
-                bag = wd / "bags" / f"dagger{k}"
-                results, _ = _Phase(self, f"dagger{k}", cfg.train_seed + k, cfg.dagger_episodes,
-                                    cfg.eval_real_time_factor, expert_drives=False, model_dir=model, bag_dir=bag).run()
-                dagger.append(_success_stats(results))
-                # DAgger proper: the aggregate of every bag so far is the wake data (the on-policy
-                # states with their teacher labels next to the demonstrations), not the new bag alone.
-                bags.append(bag)
-                model = self._train(f"round{k}", list(bags), cfg.dagger_sleep_config, cfg.dagger_overrides, model,
-                                    [])
-                timings[f"dagger{k}_s"] = time.monotonic() - t0
-
+            if evaluate is None:
+                n_steps = 4 + cfg.dagger_rounds
+                model = self._learn(n_steps, timings, dagger)
+            else:
+                n_steps, model = 2, Path(evaluate)
             self.log(f"[{n_steps - 1}/{n_steps}] evaluating on {cfg.eval_episodes} held-out targets "
                      f"(seed {cfg.eval_seed})")
             t0 = time.monotonic()
@@ -506,7 +520,7 @@ def _success_tolerance(cfg: SimDemoConfig) -> float:
 
 
 def run_sim_demo(workdir: Path, config: str | None = None, overrides: dict | None = None,
-                 sleep_overrides: list[str] | None = None) -> int:
+                 sleep_overrides: list[str] | None = None, evaluate: str | None = None) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
@@ -514,7 +528,7 @@ def run_sim_demo(workdir: Path, config: str | None = None, overrides: dict | Non
         if sleep_overrides:
             cfg.sleep_overrides = [*cfg.sleep_overrides, *sleep_overrides]
             cfg.dagger_overrides = [*cfg.dagger_overrides, *sleep_overrides]
-        summary = SimDemo(cfg, workdir).run()
+        summary = SimDemo(cfg, workdir).run(Path(evaluate) if evaluate else None)
     except ConfigError as exc:
         print(f"sage-hl demo: error: {exc}", flush=True)
         return 2
