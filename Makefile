@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Tests and demos stay on this machine and get their own DDS domain per test process.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: run test lint bench clean-venv
+.PHONY: run demo test lint bench clean-venv
 
 $(STAMP): requirements.txt requirements-dev.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,11 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The main job: the closed-loop MuJoCo demo (record -> sleep training -> SAGE nodes on held-out targets).
 run: $(STAMP)
 	$(PY) -m sage_hl_ros.cli demo
+
+demo: run
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check sage_hl_ros test bench launch setup.py

@@ -1,8 +1,8 @@
 """``sage-hl``: command-line entry points (model set-up and the demo main job).
 
     sage-hl init-model --out models/synthetic [--config config/model.yaml] [--synthetic-steps 300]
-    sage-hl demo [--workdir runs/sim_demo] [--quick] [--demos N] [--eval-episodes M] [--set wake.steps=800]
-    sage-hl demo --evaluate runs/sim_demo/models/round0 --workdir runs/eval1
+    sage-hl demo [--workdir runs/x] [--quick] [--demos N] [--eval-episodes M] [--set wake.steps=800]
+    sage-hl demo --evaluate runs/sim_demo_<date>_<time>/models/round0
     sage-hl runtime-demo [--duration-s 20] [--quick]
 
 Node executables have their own entry points (``ros2 run sage_hl_ros <node>``); see README.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .paths import share_dir
@@ -51,7 +52,8 @@ def _demo(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     train = (QUICK_TRAIN if args.quick else []) + list(args.set)
-    return run_sim_demo(Path(args.workdir), config=args.config, overrides=overrides, sleep_overrides=train,
+    workdir = Path(args.workdir or time.strftime("runs/sim_demo_%Y%m%d_%H%M%S"))
+    return run_sim_demo(workdir, config=args.config, overrides=overrides, sleep_overrides=train,
                         evaluate=args.evaluate)
 
 
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("demo", help="main job: MuJoCo arm (Isaac Sim topics) -> expert demos -> sleep training -> "
                                     "DAgger -> SAGE nodes evaluated on held-out targets")
-    p.add_argument("--workdir", default="runs/sim_demo", help="bags, checkpoints, logs and report (must be new)")
+    p.add_argument("--workdir", default=None,
+                   help="bags, checkpoints, logs and report; must be new (default runs/sim_demo_<date>_<time>)")
     p.add_argument("--config", default=None, help="demo config YAML (default: the package's config/sim_demo.yaml)")
     p.add_argument("--quick", action="store_true", help="few episodes, short training (tests; about 3 minutes)")
     p.add_argument("--demos", type=int, default=None, help="expert demonstrations to record")

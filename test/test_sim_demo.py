@@ -89,3 +89,8 @@ def test_demo_config_errors_name_the_key(tmp_path: Path, capsys):
     bad.write_text("sim_demo:\n  demos: 0\n")
     assert main(["demo", "--config", str(bad), "--workdir", str(tmp_path / "w")]) == 2
     assert "demos: must be >= 1" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path, capsys):
+    assert main(["demo", "--evaluate", str(tmp_path / "nope"), "--workdir", str(tmp_path / "w")]) == 2
+    assert "nope" in capsys.readouterr().out
