@@ -301,9 +301,11 @@ def test_reload_swaps_model_and_rejects_bad_checkpoints(graph, make_node, files,
     result = harness.set_params(name, {"model_dir": str(tmp_path / "missing")})[0]
     assert not result.successful and "not a directory" in result.reason
 
-    # Latents never stopped: no gap longer than 2.5 H periods since the first reload.
+    # Latents never stopped while checkpoints were loaded, refused and swapped (loads run on a worker
+    # thread). Receive gaps are wall time: 5 H periods of slack for a loaded 2-core CI machine (a
+    # scheduler stall once gave 0.30 s); a loop blocked by the loads would stop for whole load times.
     times = [t for t, _ in _latents(harness, t0)]
-    assert len(times) >= 5 and max(np.diff(times)) < 0.25, max(np.diff(times))
+    assert len(times) >= 5 and max(np.diff(times)) < 0.5, max(np.diff(times))
 
 
 def test_configure_fails_without_a_model(graph):
