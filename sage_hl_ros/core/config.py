@@ -56,7 +56,7 @@ class ObservationConfig:
         for key in ("image_height_px", "image_width_px", "depth_height_px", "depth_width_px"):
             if getattr(self, key) < 16:
                 raise ConfigError(f"{where}.{key}: must be >= 16, got {getattr(self, key)}")
-        _positive(self, where, "depth_max_m", "audio_sample_rate_hz", "audio_window_samples",
+        require_positive(self, where, "depth_max_m", "audio_sample_rate_hz", "audio_window_samples",
                   "audio_n_fft", "audio_hop_samples", "audio_n_mels", "tactile_taxels")
         if self.audio_window_samples < self.audio_n_fft:
             raise ConfigError(
@@ -105,7 +105,7 @@ class ModelConfig:
             raise ConfigError(f"{where}.compressor: choose from {list(COMPRESSORS)}, got {self.compressor!r}")
         if self.action_mode not in ("delta", "absolute"):
             raise ConfigError(f"{where}.action_mode: 'delta' or 'absolute', got {self.action_mode!r}")
-        _positive(self, where, "history_len", "h_layers", "h_heads", "h_ff_dim", "latent_dim",
+        require_positive(self, where, "history_len", "h_layers", "h_heads", "h_ff_dim", "latent_dim",
                   "attention_latents", "action_chunk", "l_hidden_dim", "l_layers")
         if 256 % self.h_heads:
             raise ConfigError(f"{where}.h_heads: must divide the 256-D token size, got {self.h_heads}")
@@ -171,7 +171,7 @@ class SageConfig:
         return load_yaml(cls, path)
 
 
-def _positive(obj: Any, where: str, *keys: str) -> None:
+def require_positive(obj: Any, where: str, *keys: str) -> None:
     for key in keys:
         if getattr(obj, key) <= 0:
             raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(obj, key)}")

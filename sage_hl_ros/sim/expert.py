@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sage_hl_ros.core.config import ConfigError, _positive
-from sage_hl_ros.sim.world import HOME_RAD, JOINT_RANGES_RAD, SimConfig, arm_mjcf, ensure_gl_backend
+from ..core.config import ConfigError, require_positive
+from .world import HOME_RAD, JOINT_RANGES_RAD, SimConfig, arm_mjcf, ensure_gl_backend
 
 
 @dataclass
@@ -32,7 +32,7 @@ class ExpertConfig:
     aim_offset_m: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # aim point - target centre
 
     def validate(self, where: str) -> None:
-        _positive(self, where, "gain_per_s", "step_horizon_s", "max_step_rad", "ik_iterations", "ik_damping_m",
+        require_positive(self, where, "gain_per_s", "step_horizon_s", "max_step_rad", "ik_iterations", "ik_damping_m",
                   "ik_tolerance_m")
         if self.ik_null_gain < 0:
             raise ConfigError(f"{where}.ik_null_gain: must be >= 0, got {self.ik_null_gain}")

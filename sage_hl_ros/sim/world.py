@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sage_hl_ros.core.config import ConfigError, _positive, load_yaml
+from ..core.config import ConfigError, load_yaml, require_positive
 
 JOINT_NAMES = [f"joint{i}" for i in range(1, 8)]
 # Limits match config/joint_limits.yaml (rad).
@@ -49,7 +49,7 @@ class SimConfig:
     seed: int = 0
 
     def validate(self, where: str) -> None:
-        _positive(self, where, "physics_dt_s", "servo_kp", "servo_kv", "episode_duration_s",
+        require_positive(self, where, "physics_dt_s", "servo_kp", "servo_kv", "episode_duration_s",
                   "success_tolerance_m", "target_radius_m", "camera_fovy_deg", "audio_sample_rate_hz")
         for key in ("target_x_range_m", "target_y_range_m"):
             lo_hi = getattr(self, key)
