@@ -104,7 +104,11 @@ def test_control_node_reloads_the_trained_checkpoint(tmp_path):
         # ... and the reload itself (a background load in the node) must not pause them.
         window = np.array([t for t in received if t >= t_done - 2.0])
         gaps = np.diff(window)
-        assert gaps.max() < 0.25, f"largest command gap {gaps.max() * 1e3:.0f} ms around the reload"
+        # Receive gaps are wall time on 2 shared cores (the trainer is saving and exiting then): a
+        # scheduler stall measured 0.33 s once on an idle CI run, so allow 0.5 s; a loop that waited for
+        # the load would also lose most of the window's commands, which the count below would catch.
+        assert gaps.max() < 0.5, f"largest command gap {gaps.max() * 1e3:.0f} ms around the reload"
+        assert len(window) > 0.5 * RATE_HZ * (window[-1] - window[0]), f"{len(window)} commands around the reload"
         after = [np.array(m.data) for t, m in commands.since(t1)]
         assert after and all(np.all(np.isfinite(c)) and c.shape == (len(JOINTS),) for c in after)
         assert control.poll() is None, read_log(control)[-2000:]
