@@ -51,7 +51,7 @@ from sensor_msgs.msg import JointState
 
 from ..core.config import ConfigError, load_yaml
 from ..sim.expert import ExpertConfig, ReachExpert
-from ..sim.world import JOINT_NAMES, JOINT_RANGES_RAD, SimConfig
+from ..sim.world import JOINT_LOWER_RAD, JOINT_NAMES, JOINT_UPPER_RAD, SimConfig
 from . import convert
 from .diagnostics import diagnostic_array, status
 from .node_main import DeclaredParams, Throttle
@@ -94,8 +94,6 @@ class SimExpert(DeclaredParams, Node):
             raise ConfigError(f"parameter target_timeout_s: must be >= 0, got {self._target_timeout}")
 
         self.expert = ReachExpert(cfg, sim_cfg)
-        self._lo = np.array([r[0] for r in JOINT_RANGES_RAD])
-        self._hi = np.array([r[1] for r in JOINT_RANGES_RAD])
         self._rng = np.random.default_rng(seed)
         self._noise_period_ns = int(round(noise_period * 1e9))
         self._noise_slot = None
@@ -188,7 +186,7 @@ class SimExpert(DeclaredParams, Node):
                 if slot != self._noise_slot:
                     self._noise_slot = slot
                     self._noise = self._rng.uniform(-self._noise_rad, self._noise_rad, len(JOINT_NAMES))
-                executed = np.clip(label + self._noise, self._lo, self._hi)
+                executed = np.clip(label + self._noise, JOINT_LOWER_RAD, JOINT_UPPER_RAD)
                 out.position = array("d", executed.tobytes())
             self._command_pub.publish(out)
             self.counts["commands"] += 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.config import ConfigError, require_positive
-from .world import HOME_RAD, JOINT_RANGES_RAD, SimConfig, arm_mjcf, ensure_gl_backend
+from .world import HOME_RAD, JOINT_LOWER_RAD, JOINT_UPPER_RAD, SimConfig, arm_mjcf, ensure_gl_backend, joint_indices
 
 
 @dataclass
@@ -51,11 +51,8 @@ class ReachExpert:
         self.config = config or ExpertConfig()
         self.model = mujoco.MjModel.from_xml_string(arm_mjcf(sim_config or SimConfig()))
         self.data = mujoco.MjData(self.model)
-        self._qpos_idx = np.array([self.model.joint(f"joint{i}").qposadr[0] for i in range(1, 8)])
-        self._qvel_idx = np.array([self.model.joint(f"joint{i}").dofadr[0] for i in range(1, 8)])
+        self._qpos_idx, self._qvel_idx = joint_indices(self.model)
         self._tip = self.model.site("tip_center").id
-        self._lo = np.array([r[0] for r in JOINT_RANGES_RAD])
-        self._hi = np.array([r[1] for r in JOINT_RANGES_RAD])
         self._home = np.array(HOME_RAD)
         self._goal_cache: tuple[tuple[float, ...], np.ndarray] | None = None
 
@@ -87,7 +84,7 @@ class ReachExpert:
             dq = jac.T @ np.linalg.solve(jac @ jac.T + cfg.ik_damping_m**2 * eye, err)
             pinv = jac.T @ np.linalg.inv(jac @ jac.T + 1e-6 * eye)
             dq += (np.eye(7) - pinv @ jac) @ (cfg.ik_null_gain * (self._home - q))
-            q = np.clip(q + dq, self._lo, self._hi)
+            q = np.clip(q + dq, JOINT_LOWER_RAD, JOINT_UPPER_RAD)
         self._goal_cache = (key, q)
         return q
 
@@ -98,4 +95,4 @@ class ReachExpert:
         largest = np.abs(step).max()
         if largest > cfg.max_step_rad:
             step *= cfg.max_step_rad / largest  # keep the direction: a straight line in joint space
-        return np.clip(q + step, self._lo, self._hi)
+        return np.clip(q + step, JOINT_LOWER_RAD, JOINT_UPPER_RAD)

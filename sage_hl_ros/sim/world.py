@@ -21,6 +21,8 @@ from ..core.config import ConfigError, load_yaml, require_positive
 JOINT_NAMES = [f"joint{i}" for i in range(1, 8)]
 # Limits match config/joint_limits.yaml (rad).
 JOINT_RANGES_RAD = [(-2.8, 2.8), (-1.7, 1.7), (-2.8, 2.8), (-3.0, 0.0), (-2.8, 2.8), (-0.1, 3.7), (-2.8, 2.8)]
+JOINT_LOWER_RAD = np.array([lo for lo, _ in JOINT_RANGES_RAD])
+JOINT_UPPER_RAD = np.array([hi for _, hi in JOINT_RANGES_RAD])
 HOME_RAD = [0.0, 0.35, 0.0, -2.1, 0.0, 2.45, 0.0]  # tip above the middle of the target area
 TAXEL_SITES = ("tip_front", "tip_back", "tip_left", "tip_right")
 
@@ -150,6 +152,12 @@ def arm_mjcf(config: SimConfig) -> str:
 """
 
 
+def joint_indices(model) -> tuple[np.ndarray, np.ndarray]:
+    """(qpos addresses, dof addresses) of joint1..joint7 in a model built from ``arm_mjcf``."""
+    return (np.array([model.joint(n).qposadr[0] for n in JOINT_NAMES]),
+            np.array([model.joint(n).dofadr[0] for n in JOINT_NAMES]))
+
+
 def ensure_gl_backend() -> None:
     # Offscreen rendering without a display: EGL (Mesa llvmpipe on a CPU-only machine) unless the
     # user chose a backend. Must be set before mujoco creates its first context.
@@ -171,8 +179,7 @@ class ReachWorld:
         # depend on how much audio was synthesized: an in-process baseline sees the bridge's targets.
         self.rng = np.random.default_rng(self.config.seed)
         self._noise_rng = np.random.default_rng([self.config.seed, 1])
-        self._qpos_idx = np.array([self.model.joint(n).qposadr[0] for n in JOINT_NAMES])
-        self._qvel_idx = np.array([self.model.joint(n).dofadr[0] for n in JOINT_NAMES])
+        self._qpos_idx, self._qvel_idx = joint_indices(self.model)
         self._tip_site = self.model.site("tip_center").id
         self._target_mocap = self.model.body("target").mocapid[0]
         self._touch_adr = np.array([self.model.sensor(s).adr[0] for s in TAXEL_SITES])
@@ -189,10 +196,8 @@ class ReachWorld:
         """The next episode's start pose (home + noise) and target (m), from the episode RNG."""
         cfg = self.config
         q = np.array(HOME_RAD) + self.rng.uniform(-cfg.home_noise_rad, cfg.home_noise_rad, 7)
-        lo = np.array([r[0] for r in JOINT_RANGES_RAD])
-        hi = np.array([r[1] for r in JOINT_RANGES_RAD])
         target_xy = (self.rng.uniform(*cfg.target_x_range_m), self.rng.uniform(*cfg.target_y_range_m))
-        return np.clip(q, lo, hi), np.array([target_xy[0], target_xy[1], cfg.target_radius_m])
+        return np.clip(q, JOINT_LOWER_RAD, JOINT_UPPER_RAD), np.array([target_xy[0], target_xy[1], cfg.target_radius_m])
 
     def reset(self, target_xy: tuple[float, float] | None = None) -> np.ndarray:
         """Teleport to the next start pose and begin an episode; returns the target (m, world frame)."""
@@ -329,10 +334,3 @@ class ReachWorld:
             if r is not None:
                 r.close()
         self._renderer = self._depth_renderer = None
-
-    # ------------------------------------------------------------------ kinematics (for the expert)
-    def tip_jacobian(self) -> np.ndarray:
-        """(3, 7) positional Jacobian of the fingertip with respect to joint1..joint7."""
-        jacp = np.zeros((3, self.model.nv))
-        self._mj.mj_jacSite(self.model, self.data, jacp, None, self._tip_site)
-        return jacp[:, self._qvel_idx]
