@@ -56,7 +56,7 @@ from . import convert
 from .diagnostics import diagnostic_array, status
 from .node_main import DeclaredParams, Throttle
 from .qos import declare_qos
-from .sim_bridge_node import config_with_overrides, declare_config_params, resolve_config_file, run_sim_node
+from .sim_common import config_with_overrides, declare_config_params, resolve_config_file, run_sim_node
 
 
 def _stamp_ns(stamp) -> int:
