@@ -1,14 +1,26 @@
-"""Checkpoints and configs: bit-identical round trip, and a named error for every bad case."""
+"""Checkpoints and configs: bit-identical round trip, weights integrity, the torch-free reader, and a
+named error for every bad case."""
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 from conftest import small_config
 from safetensors.torch import load_file, save_file
 
-from sage_hl_ros.core.checkpoint import CheckpointError, load_checkpoint, model_hash, save_checkpoint
+from sage_hl_ros.core import checkpoint_files
+from sage_hl_ros.core.checkpoint import (
+    CheckpointError,
+    UnverifiedWeightsWarning,
+    load_checkpoint,
+    model_hash,
+    save_checkpoint,
+)
+from sage_hl_ros.core.checkpoint_files import load_tensors_numpy, read_normalizer, sha256_file, verify_weights
 from sage_hl_ros.core.config import ConfigError, SageConfig
 from sage_hl_ros.core.synthetic import SyntheticReachTask
 from sage_hl_ros.core.system import build_model
@@ -45,6 +57,19 @@ def test_round_trip_is_bit_identical(saved):
     assert meta["format_version"] == 1 and meta["model_sha256"] == model_hash(directory)
 
 
+def _rewrite_weights(directory, tensors=None, raw: bytes | None = None):
+    """Replace the weights and record their hash, as a consistent (but maybe incompatible) save would,
+    so the checks behind the integrity check are reached."""
+    path = directory / "model.safetensors"
+    if raw is None:
+        save_file(tensors, str(path))
+    else:
+        path.write_bytes(raw)
+    meta = json.loads((directory / "config.json").read_text())
+    meta["model_sha256"] = sha256_file(path)
+    (directory / "config.json").write_text(json.dumps(meta))
+
+
 def _expect(directory, *fragments):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(directory)
@@ -66,7 +91,7 @@ def test_missing_tensor_names_it(saved):
     path = directory / "model.safetensors"
     tensors = load_file(str(path))
     del tensors["l_module.net.0.weight"]
-    save_file(tensors, str(path))
+    _rewrite_weights(directory, tensors)
     _expect(directory, "model.safetensors", "missing tensor 'l_module.net.0.weight'", "expected shape")
 
 
@@ -76,7 +101,7 @@ def test_wrong_shape_names_tensor_and_both_shapes(saved):
     tensors = load_file(str(path))
     expected = tuple(tensors["h_module.pos"].shape)
     tensors["h_module.pos"] = torch.zeros(1, 8, 256)
-    save_file(tensors, str(path))
+    _rewrite_weights(directory, tensors)
     _expect(directory, "model.safetensors", "'h_module.pos'", "(1, 8, 256)", str(expected))
 
 
@@ -85,7 +110,7 @@ def test_unexpected_tensor(saved):
     path = directory / "model.safetensors"
     tensors = load_file(str(path))
     tensors["extra.weight"] = torch.zeros(2)
-    save_file(tensors, str(path))
+    _rewrite_weights(directory, tensors)
     _expect(directory, "unexpected tensor 'extra.weight'")
 
 
@@ -99,14 +124,14 @@ def test_newer_version_is_refused(saved):
 
 def test_pickle_is_never_loaded(saved):
     _, directory, _ = saved
-    (directory / "model.safetensors").write_bytes(pickle.dumps({"l_module.net.0.weight": [1.0]}))
+    _rewrite_weights(directory, raw=pickle.dumps({"l_module.net.0.weight": [1.0]}))
     _expect(directory, "model.safetensors", "not a valid safetensors file")
 
 
 def test_truncated_weights(saved):
     _, directory, _ = saved
     path = directory / "model.safetensors"
-    path.write_bytes(path.read_bytes()[:1000])
+    _rewrite_weights(directory, raw=path.read_bytes()[:1000])
     _expect(directory, "model.safetensors", "not a valid safetensors file")
 
 
@@ -124,6 +149,127 @@ def test_bad_config_and_normalizer(saved):
     _expect(directory, "normalizer.json", "'action.mean' expected 7 values, got 1")
     (directory / "config.json").write_text("{not json")
     _expect(directory, "config.json", "unreadable")
+
+
+def _flip_one_weight_byte(directory):
+    """Change one byte of tensor data (not the header): still a valid safetensors file of the right
+    shapes, so only the hash can tell."""
+    path = directory / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    data[8 + header_len + 100] ^= 0x01
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_tampered_weights_are_refused_naming_the_file_and_both_hashes(saved):
+    _, directory, _ = saved
+    recorded = json.loads((directory / "config.json").read_text())["model_sha256"]
+    assert model_hash(directory) == recorded  # verified, and now remembered for this file identity
+    path = _flip_one_weight_byte(directory)
+    load_file(str(path))  # still loads as safetensors: the hash is the only line of defence
+    actual = sha256_file(path)
+    assert actual != recorded
+    for load in (load_checkpoint, model_hash, verify_weights, load_tensors_numpy):
+        with pytest.raises(CheckpointError) as info:
+            load(directory)
+        message = str(info.value)
+        assert str(path) in message and actual in message and recorded in message, message
+        assert "config.json" in message
+
+
+def test_load_reports_the_verified_hash(saved):
+    _, directory, _ = saved
+    model = load_checkpoint(directory)
+    assert model.checkpoint_sha256 == sha256_file(directory / "model.safetensors") == model_hash(directory)
+
+
+def test_checkpoint_without_recorded_hash_loads_with_a_warning(saved):
+    """An older or hand-made checkpoint (config.json without model_sha256) is not refused: the hash is
+    computed, returned and named in a warning saying it could not be checked."""
+    model, directory, batch = saved
+    meta = json.loads((directory / "config.json").read_text())
+    del meta["model_sha256"]
+    (directory / "config.json").write_text(json.dumps(meta))
+    actual = sha256_file(directory / "model.safetensors")
+    with pytest.warns(UnverifiedWeightsWarning, match=actual):
+        loaded = load_checkpoint(directory)
+    assert loaded.checkpoint_sha256 == actual
+    for a, b in zip(_outputs(model, batch), _outputs(loaded, batch), strict=True):
+        assert torch.equal(a, b)
+    with pytest.warns(UnverifiedWeightsWarning):
+        assert model_hash(directory) == actual
+
+
+def test_malformed_recorded_hash_is_refused(saved):
+    _, directory, _ = saved
+    meta = json.loads((directory / "config.json").read_text())
+    meta["model_sha256"] = "abc"
+    (directory / "config.json").write_text(json.dumps(meta))
+    _expect(directory, "config.json", "'model_sha256' is not a SHA-256 hex digest")
+
+
+def test_unchanged_weights_are_hashed_once_and_a_replaced_file_again(saved, monkeypatch):
+    _, directory, _ = saved
+    calls = []
+    real = checkpoint_files.sha256_file
+    monkeypatch.setattr(checkpoint_files, "sha256_file", lambda p: calls.append(p) or real(p))
+    path = directory / "model.safetensors"
+    written_ns = os.stat(path).st_mtime_ns
+    assert verify_weights(directory) and verify_weights(directory) and len(calls) == 2  # just written: racy
+    calls.clear()
+    os.utime(path, ns=(written_ns - 10**10, written_ns - 10**10))  # as if saved 10 s ago
+    first = verify_weights(directory)
+    load_tensors_numpy(directory, prefix="l_module.")
+    verify_weights(directory)
+    assert calls == [path]
+    tmp = directory / "copy.tmp"
+    tmp.write_bytes(path.read_bytes())
+    os.replace(tmp, path)  # same content, a new file: verified again
+    assert verify_weights(directory) == first and calls == [path, path]
+
+
+def test_numpy_reader_matches_the_torch_model(saved):
+    model, directory, _ = saved
+    tensors = load_tensors_numpy(directory, prefix="l_module.net.")
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("l_module.net.")}
+    assert set(tensors) == set(state) and "l_module.net.0.weight" in tensors
+    for name, value in state.items():
+        assert tensors[name].dtype == value.numpy().dtype
+        assert (tensors[name] == value.numpy()).all(), name
+    assert set(load_tensors_numpy(directory)) == {k for k in model.state_dict() if not k.startswith("normalizer.")}
+    cfg = model.cfg
+    stats = read_normalizer(directory, {"joint_position": cfg.observation.num_joints, "action": 7})
+    for name in checkpoint_files.NORMALIZER_STATS:
+        for field in checkpoint_files.NORMALIZER_FIELDS:
+            assert (stats[name][field] == getattr(model.normalizer, f"{name}_{field}").numpy()).all()
+
+
+def test_numpy_normaliser_errors_name_file_and_entry(saved):
+    _, directory, _ = saved
+    path = directory / "normalizer.json"
+    stats = json.loads(path.read_text())
+    stats["action"]["mean"] = [0.0]
+    path.write_text(json.dumps(stats))
+    with pytest.raises(CheckpointError, match=r"normalizer.json: 'action.mean' expected 7 values, got 1"):
+        read_normalizer(directory, {"action": 7})
+    stats["action"]["mean"] = "zeros"
+    path.write_text(json.dumps(stats))
+    with pytest.raises(CheckpointError, match=r"normalizer.json: 'action.mean' is not a list of numbers"):
+        read_normalizer(directory)
+    del stats["tactile"]
+    path.write_text(json.dumps(stats))
+    with pytest.raises(CheckpointError, match=r"normalizer.json: missing statistics 'tactile'"):
+        read_normalizer(directory)
+    path.unlink()
+    with pytest.raises(CheckpointError, match=r"normalizer.json: missing"):
+        read_normalizer(directory)
+
+
+def test_checkpoint_files_never_imports_torch():
+    code = ("import sys; import sage_hl_ros.core.checkpoint_files; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_config_errors_name_file_and_key(tmp_path):

@@ -1,12 +1,13 @@
 """Checkpoint directories: ``config.json`` + ``model.safetensors`` + ``normalizer.json``.
 
 Nothing is ever unpickled. Every problem names the file and, for tensors, the tensor and both
-shapes, so a robot that refuses a checkpoint says exactly why.
+shapes, so a robot that refuses a checkpoint says exactly why. The weights' SHA-256 is verified
+against ``config.json`` on every load. The torch-free part (file names, metadata, integrity, numpy
+tensors, normaliser) is :mod:`sage_hl_ros.core.checkpoint_files`; its names are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -18,17 +19,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from .checkpoint_files import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    NORMALIZER_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    UnverifiedWeightsWarning,
+    read_meta,
+    sha256_file,
+    verify_weights,
+)
 from .config import ConfigError, SageConfig
 from .system import SageHL, build_model
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-NORMALIZER_FILE = "normalizer.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing, malformed or incompatible."""
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "NORMALIZER_FILE", "WEIGHTS_FILE", "CheckpointError",
+           "UnverifiedWeightsWarning", "load_checkpoint", "model_hash", "read_meta", "save_checkpoint",
+           "verify_weights"]
 
 
 def _weights(model: SageHL) -> dict[str, torch.Tensor]:
@@ -46,7 +53,7 @@ def save_checkpoint(model: SageHL, directory: str | Path, extra: dict[str, Any] 
     meta = {
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
-        "model_sha256": _sha256(tmp_weights),
+        "model_sha256": sha256_file(tmp_weights),
         "config": model.cfg.to_dict(),
         **(extra or {}),
     }
@@ -56,29 +63,11 @@ def save_checkpoint(model: SageHL, directory: str | Path, extra: dict[str, Any] 
     return directory
 
 
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_FILE
-    if not Path(directory).is_dir():
-        raise CheckpointError(f"{directory}: checkpoint directory does not exist")
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (a checkpoint needs {CONFIG_FILE}, {WEIGHTS_FILE}, "
-                              f"{NORMALIZER_FILE})") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
-        raise CheckpointError(f"{path}: no integer 'format_version'")
-    if meta["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {meta['format_version']} is newer than this "
-                              f"sage_hl_ros supports ({FORMAT_VERSION}); upgrade the package")
-    if "config" not in meta:
-        raise CheckpointError(f"{path}: no 'config' section")
-    return meta
-
-
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> SageHL:
-    """Load, validate and return the model in eval mode."""
+    """Load, verify (weights hash), validate and return the model in eval mode.
+
+    The verified hash is ``model.checkpoint_sha256`` (what diagnostics and exports should report).
+    """
     directory = Path(directory)
     meta = read_meta(directory)
     try:
@@ -87,8 +76,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         raise CheckpointError(str(exc)) from None
     model = build_model(cfg)
     weights_path = directory / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise CheckpointError(f"{weights_path}: missing")
+    sha = verify_weights(directory)
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -116,20 +104,14 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         raise CheckpointError(f"{norm_path}: missing") from None
     except (OSError, json.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{norm_path}: invalid normaliser statistics ({exc})") from None
+    model.checkpoint_sha256 = sha
     return model.to(device).eval()
 
 
 def model_hash(directory: str | Path) -> str:
-    """Hash of the weights file; keys exported ONNX/TensorRT artefacts to the weights they came from."""
-    return read_meta(directory).get("model_sha256") or _sha256(Path(directory) / WEIGHTS_FILE)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Verified SHA-256 of the weights file (CheckpointError on a mismatch); keys exported
+    ONNX/TensorRT artefacts to the weights they came from. Free after a load of the same file."""
+    return verify_weights(directory)
 
 
 def _atomic_write(path: Path, text: str) -> None:
