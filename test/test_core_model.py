@@ -96,6 +96,36 @@ def test_missing_and_malformed_inputs_are_masked_never_raised(small_cfg):
     assert z.shape == (1, 256) and torch.isfinite(z).all()
 
 
+def test_implausible_values_are_masked_with_a_reason(small_cfg):
+    # Finite but absurd values (a 1e30 taxel, a 1e308 rad joint) overflow float32 inside the
+    # encoders; the schema masks them by observation.input_ranges instead.
+    model, _, _ = _fitted(small_cfg)
+    j = small_cfg.observation.num_joints
+    bad = Observation(audio=np.full(64, 50.0, np.float32), tactile=np.full(16, 1e30, np.float32),
+                      joint_position=np.full(j, 1e308))
+    batch, problems = model.schema.prepare(bad)
+    assert "audio out of range (64 of 64 values): 50 (plausible |value| <= 10)" == problems["audio"]
+    assert "tactile out of range (16 of 16 values): 1e+30" in problems["tactile"]
+    assert "joint position out of range" in problems["proprio"] and " rad " in problems["proprio"]
+    assert not batch.mask.any()
+    vel = Observation(joint_position=np.zeros(j), joint_velocity=np.full(j, 1e4))
+    _, problems = model.schema.prepare(vel)
+    assert "joint velocity out of range" in problems["proprio"]
+    z, _, state = model.encode(model.schema.prepare(bad)[0])
+    assert torch.isfinite(z).all() and torch.isfinite(state.history).all()
+
+
+def test_depth_pixels_outside_the_valid_range_are_invalid_not_the_image(small_cfg):
+    model, _, _ = _fitted(small_cfg)
+    depth = np.full((32, 32), 2.0, np.float32)
+    depth[0, :4] = [np.nan, np.inf, -1.0, 1e30]  # NaN, inf, negative and absurd pixels
+    batch, problems = model.schema.prepare(Observation(depth=depth))
+    assert "depth" not in problems and batch.mask[0, 1]
+    d = batch.depth[0, 0]
+    assert torch.equal(d[0, :4], torch.zeros(4))  # invalid pixels are 0, like a REP 118 invalid reading
+    assert torch.allclose(d[1:], torch.full_like(d[1:], 2.0 / small_cfg.observation.depth_max_m))
+
+
 def test_prepare_resizes_camera_and_pads_audio(small_cfg):
     model, task, _ = _fitted(small_cfg)
     obs = task.observation(task.sample_goal(1)[0], torch.zeros(small_cfg.observation.num_joints))

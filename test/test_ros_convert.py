@@ -18,6 +18,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from sage_hl_ros.core.config import InputRanges  # noqa: E402
 from sage_hl_ros.ros import commands, convert, diagnostics  # noqa: E402
 from sage_hl_ros.ros.convert import ConversionError  # noqa: E402
 
@@ -261,6 +262,19 @@ def test_joint_state_bad_lengths_and_values():
     # NaN on an ignored extra joint is fine
     pos, _ = convert.joint_state_to_arrays(_js(list(JOINTS) + ["extra"], [1, 2, 3, 4, math.nan]), JOINTS)
     np.testing.assert_array_equal(pos, [1, 2, 3, 4])
+
+
+def test_joint_state_out_of_range_is_rejected_with_the_joint_named():
+    # 1e308 is finite in float64 but overflows float32 downstream: the decoder both nodes use refuses it.
+    with pytest.raises(ConversionError, match=r"position out of range for joint2: 1e\+308 rad \(plausible"):
+        convert.joint_state_to_arrays(_js(JOINTS, [1, 1e308, 3, 4]), JOINTS)
+    with pytest.raises(ConversionError, match=r"velocity out of range for joint1, joint4: -2e\+03 rad/s"):
+        convert.joint_state_to_arrays(_js(JOINTS, [1, 2, 3, 4], [-2000, 0, 0, 1500]), JOINTS)
+    # the default bound is generous; a checkpoint's tighter observation.input_ranges applies when given
+    pos, _ = convert.joint_state_to_arrays(_js(JOINTS, [1, 2, 3, 99]), JOINTS)
+    assert pos[3] == 99
+    with pytest.raises(ConversionError, match=r"position out of range for joint4: 99 rad \(plausible \|value\| <= 10"):
+        convert.joint_state_to_arrays(_js(JOINTS, [1, 2, 3, 99]), JOINTS, InputRanges(joint_position_abs_max_rad=10))
 
 
 # ------------------------------------------------------------------------------------ multiarrays

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 MODALITIES = ("visual", "depth", "audio", "tactile", "proprio")
@@ -25,6 +28,60 @@ CONTEXT_DIM = 4096
 
 class ConfigError(ValueError):
     """A config file or dict is invalid; the message names the source and the key."""
+
+
+@dataclass
+class InputRanges:
+    """Plausible sensor values; anything outside masks the modality with a reason.
+
+    ``isfinite`` alone is not enough: one finite tactile reading of 1e30 (or a joint position of
+    1e308, which float32 cannot hold) overflows inside the encoders, and the non-finite context
+    then poisons the temporal state. The bounds catch corrupt data, not unusual robots, so they
+    are generous; they live in the checkpoint's config so training and runtime mask the same.
+    """
+
+    joint_position_abs_max_rad: float = 100.0
+    joint_velocity_abs_max_rad_s: float = 1000.0
+    tactile_abs_max: float = 1e6  # in the taxels' own units
+    audio_abs_max: float = 10.0  # float PCM is nominally [-1, 1]; clipping sits well inside this
+    # Depth pixels outside [min, max] are invalid pixels (zero, like NaN; REP 118), not a masked image.
+    depth_valid_min_m: float = 0.0
+    depth_valid_max_m: float = 100.0
+
+    def validate(self, where: str) -> None:
+        require_positive(self, where, "joint_position_abs_max_rad", "joint_velocity_abs_max_rad_s",
+                         "tactile_abs_max", "audio_abs_max", "depth_valid_max_m")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}.{f.name}: must be finite, got {value}")
+        if not 0.0 <= self.depth_valid_min_m < self.depth_valid_max_m:
+            raise ConfigError(f"{where}.depth_valid_min_m: must be in [0, depth_valid_max_m "
+                              f"({self.depth_valid_max_m})), got {self.depth_valid_min_m}")
+
+
+def range_problem(values: np.ndarray, abs_max: float, what: str, unit: str = "",
+                  names: Sequence[str] | None = None) -> str:
+    """Why ``values`` are implausible ('' when all are finite and ``|v| <= abs_max``).
+
+    One pass in the common case (NaN fails the comparison too). ``names`` label the values
+    (joint names) in the message; otherwise it counts them. Shared by the schema and the
+    runtime JointState decoder (which must not import torch) so both give the same verdict and words.
+    """
+    if values.size == 0 or np.abs(values).max() <= abs_max:
+        return ""
+
+    def which(bad: np.ndarray) -> str:
+        if names is not None:
+            return " for " + ", ".join(names[i] for i in bad)
+        return f" ({bad.size} of {values.size} values)"
+
+    finite = np.isfinite(values)
+    if not finite.all():
+        return f"non-finite {what}{which(np.flatnonzero(~finite))}"
+    bad = np.flatnonzero(np.abs(values) > abs_max)
+    worst = values[bad[np.argmax(np.abs(values[bad]))]]
+    return f"{what} out of range{which(bad)}: {worst:.3g}{unit} (plausible |value| <= {abs_max:g}{unit})"
 
 
 @dataclass
@@ -47,8 +104,10 @@ class ObservationConfig:
     tactile_taxels: int = 16
     # Velocities are off by default: with them a policy learns to copy its own motion (DESIGN §7).
     proprio_features: list[str] = field(default_factory=lambda: ["position"])
+    input_ranges: InputRanges = field(default_factory=InputRanges)
 
     def validate(self, where: str) -> None:
+        self.input_ranges.validate(f"{where}.input_ranges")
         if not self.joint_names:
             raise ConfigError(f"{where}.joint_names: at least one joint is required")
         if len(set(self.joint_names)) != len(self.joint_names):

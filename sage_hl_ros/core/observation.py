@@ -1,8 +1,11 @@
 """Observation schema: per-modality arrays with stamps and a validity mask.
 
 A raw ``Observation`` holds whatever the sensors gave (numpy, any image size). ``ObservationSchema``
-checks and shapes it into an ``ObservationBatch`` of tensors. Anything missing, malformed or
-non-finite is masked with a reason, never raised: a robot with a dead microphone keeps working.
+checks and shapes it into an ``ObservationBatch`` of tensors. Anything missing, malformed,
+non-finite or outside the configured plausible range (``ObservationConfig.input_ranges``) is
+masked with a reason, never raised: a robot with a dead microphone keeps working, and a corrupt
+1e30 reading cannot overflow the encoders. Training and runtime share this schema, so they mask
+the same inputs.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import MODALITIES, ObservationConfig
+from .config import MODALITIES, InputRanges, ObservationConfig, range_problem
 
 
 @dataclass
@@ -90,6 +93,7 @@ class ObservationSchema:
     def prepare(self, obs: Observation) -> tuple[ObservationBatch, dict[str, str]]:
         """Batch of one plus ``{modality: reason}`` for every modality that was masked."""
         c = self.cfg
+        r = c.input_ranges
         out = self.empty(1)
         problems: dict[str, str] = {}
 
@@ -103,12 +107,12 @@ class ObservationSchema:
 
         depth = _check(obs.depth, "depth", problems, ndim=2, allow_nonfinite=True)
         if depth is not None:
-            d = np.nan_to_num(depth.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
-            t = torch.from_numpy(np.ascontiguousarray(d))[None, None] / c.depth_max_m
+            d = valid_depth_m(depth, r)
+            t = torch.from_numpy(d)[None, None] / c.depth_max_m
             out.depth = _resize(t, c.depth_height_px, c.depth_width_px).clamp_(0.0, 1.0)
             out.mask[0, 1] = True
 
-        audio = _check(obs.audio, "audio", problems, ndim=1)
+        audio = _check(obs.audio, "audio", problems, ndim=1, abs_max=r.audio_abs_max)
         if audio is not None:
             a = torch.from_numpy(audio.astype(np.float32, copy=False))
             n = c.audio_window_samples
@@ -116,24 +120,42 @@ class ObservationSchema:
             out.audio = a[None].clamp(-1.0, 1.0)
             out.mask[0, 2] = True
 
-        tactile = _check(obs.tactile, "tactile", problems, ndim=1, size=c.tactile_taxels)
+        tactile = _check(obs.tactile, "tactile", problems, ndim=1, size=c.tactile_taxels, abs_max=r.tactile_abs_max)
         if tactile is not None:
             out.tactile = torch.from_numpy(tactile.astype(np.float32, copy=False))[None]
             out.mask[0, 3] = True
 
-        pos = _check(obs.joint_position, "proprio", problems, ndim=1, size=c.num_joints)
+        pos = _check(obs.joint_position, "proprio", problems, ndim=1, size=c.num_joints,
+                     abs_max=r.joint_position_abs_max_rad, what="joint position", unit=" rad")
         vel = obs.joint_velocity
         if pos is not None:
-            if vel is None or vel.shape != pos.shape or not np.all(np.isfinite(vel)):
-                vel = np.zeros_like(pos)
+            if vel is None or vel.shape != pos.shape:
+                vel = np.zeros_like(pos)  # no velocity reading: zeros, as for a JointState without one
+            else:
+                problem = range_problem(vel, r.joint_velocity_abs_max_rad_s, "joint velocity", " rad/s")
+                if problem:  # a corrupt velocity makes the whole reading suspect (the decoder agrees)
+                    problems["proprio"] = problem
+                    pos = None
+        if pos is not None:
             out.joint_position = torch.from_numpy(pos.astype(np.float32, copy=False))[None]
             out.joint_velocity = torch.from_numpy(vel.astype(np.float32, copy=False))[None]
             out.mask[0, 4] = True
         return out, problems
 
 
+def valid_depth_m(depth: np.ndarray, ranges: InputRanges) -> np.ndarray:
+    """Float32 depth with invalid pixels (NaN, inf, outside the valid range) set to 0 (REP 118 style).
+
+    Depth images routinely carry invalid pixels, so they zero the pixel, never mask the image.
+    """
+    d = depth.astype(np.float32, copy=False)
+    inside = (d >= ranges.depth_valid_min_m) & (d <= ranges.depth_valid_max_m)  # NaN compares False
+    return np.where(inside, d, np.float32(0.0))
+
+
 def _check(arr: np.ndarray | None, modality: str, problems: dict[str, str], *, ndim: int,
-           channels: int | None = None, size: int | None = None, allow_nonfinite: bool = False):
+           channels: int | None = None, size: int | None = None, allow_nonfinite: bool = False,
+           abs_max: float | None = None, what: str = "", unit: str = ""):
     if arr is None:
         problems[modality] = "missing"
         return None
@@ -147,7 +169,12 @@ def _check(arr: np.ndarray | None, modality: str, problems: dict[str, str], *, n
     if size is not None and arr.shape[0] != size:
         problems[modality] = f"expected {size} values, got {arr.shape[0]}"
         return None
-    if not allow_nonfinite and arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+    if abs_max is not None:
+        problem = range_problem(arr, abs_max, what or modality, unit)
+        if problem:
+            problems[modality] = problem
+            return None
+    elif not allow_nonfinite and arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         problems[modality] = "non-finite values"
         return None
     return arr

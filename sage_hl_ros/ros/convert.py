@@ -31,6 +31,7 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension
 
+from ..core.config import InputRanges, range_problem
 from ..msg_arrays import (
     IMAGE_ENCODINGS,
     ConversionError,
@@ -40,6 +41,8 @@ from ..msg_arrays import (
     image_to_numpy,
     image_to_rgb,
 )
+
+DEFAULT_INPUT_RANGES = InputRanges()  # a checkpoint's observation.input_ranges overrides it
 
 __all__ = [
     "ConversionError",
@@ -159,11 +162,15 @@ def _joint_index(msg_names: tuple[str, ...], joint_names: tuple[str, ...]) -> np
     return idx
 
 
-def joint_state_to_arrays(msg: JointState, joint_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def joint_state_to_arrays(msg: JointState, joint_names: Sequence[str],
+                          ranges: InputRanges = DEFAULT_INPUT_RANGES) -> tuple[np.ndarray, np.ndarray]:
     """(positions, velocities) float64 in ``joint_names`` order, matched by name.
 
-    Extra joints are ignored; missing, duplicated or non-finite configured joints are rejected
-    so a partial message can never shift values onto the wrong joint. Empty velocity -> zeros.
+    Extra joints are ignored; missing, duplicated, non-finite or implausible configured joints
+    (outside ``ranges``, e.g. a position of 1e308 rad) are rejected, so a partial or corrupt
+    message can never shift values onto the wrong joint or overflow a model downstream. Both
+    runtime nodes decode joint states here, so they reject the same messages. Empty velocity ->
+    zeros.
     """
     names = tuple(msg.name)
     n = len(names)
@@ -174,16 +181,16 @@ def joint_state_to_arrays(msg: JointState, joint_names: Sequence[str]) -> tuple[
         raise ConversionError(f"JointState has {n} names but {nv} velocities")
     idx = _joint_index(names, tuple(joint_names))
     pos = _as_float(msg.position, np.float64)[idx]
-    if not np.isfinite(pos).all():
-        bad = [joint_names[i] for i in np.flatnonzero(~np.isfinite(pos))]
-        raise ConversionError(f"non-finite position for {', '.join(bad)}")
+    problem = range_problem(pos, ranges.joint_position_abs_max_rad, "position", " rad", joint_names)
+    if problem:
+        raise ConversionError(problem)
     if nv == 0:
         vel = np.zeros(len(idx), dtype=np.float64)
     else:
         vel = _as_float(msg.velocity, np.float64)[idx]
-        if not np.isfinite(vel).all():
-            bad = [joint_names[i] for i in np.flatnonzero(~np.isfinite(vel))]
-            raise ConversionError(f"non-finite velocity for {', '.join(bad)}")
+        problem = range_problem(vel, ranges.joint_velocity_abs_max_rad_s, "velocity", " rad/s", joint_names)
+        if problem:
+            raise ConversionError(problem)
     return pos, vel
 
 

@@ -1,0 +1,247 @@
+"""One H tick of the context node as a pure function of its inputs: readings + now -> latent or skip.
+
+The node is left with parameters, topics and threads; everything that decides what the model
+sees and whether a latent goes out lives here, so it is tested without a ROS graph:
+
+- **Freshness** (DESIGN §4: context assembly uses header stamps): a reading's age is
+  ``max(now - arrival, now - header stamp)``, so neither a late message with an old stamp nor a
+  silent sensor whose last stamp was fine counts as fresh; a stamp further ahead of the node clock
+  than ``clock_skew_tolerance_s`` is rejected. Every mask names the clock that caused it.
+- **Plausible ranges**: the observation schema masks values outside
+  ``ObservationConfig.input_ranges`` with a reason (a 1e30 taxel never reaches the encoders).
+- **Commit only on success**: the temporal state the backend returns is kept only when the latent
+  and the state are finite. A failed step is a skip with a reason and the next step starts from the
+  last good state, so one bad input cannot keep the latent down after it has gone stale.
+
+The H path itself is a pluggable ``HBackend`` (observation batch + temporal state -> z + new
+state). ``TorchHBackend`` wraps ``SageHL.encode``; an ONNX Runtime session can implement the same
+three methods.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .config import ConfigError, ObservationConfig
+from .observation import Observation, ObservationBatch, ObservationSchema
+
+__all__ = ["ContextStep", "ContextStepConfig", "Freshness", "HBackend", "Mask", "Reading", "StepResult",
+           "TorchHBackend", "freshness", "INPUTS"]
+
+# The context node's inputs (topic side) and the schema modality each one feeds.
+INPUTS = ("camera", "depth", "audio", "tactile", "joint_states")
+SCHEMA_MODALITY = {"camera": "visual", "depth": "depth", "audio": "audio", "tactile": "tactile",
+                   "joint_states": "proprio"}
+_INPUT_OF = {v: k for k, v in SCHEMA_MODALITY.items()}
+
+
+class HBackend(Protocol):
+    """The H path (encoders -> context -> H -> compressor) behind one small interface."""
+
+    observation_config: ObservationConfig
+    latent_dim: int
+
+    def initial_state(self) -> Any:
+        """Temporal state for a new episode (batch of one)."""
+
+    def encode(self, batch: ObservationBatch, state: Any) -> tuple[np.ndarray, Any]:
+        """(z (latent_dim,) float32, new temporal state); must not modify ``state``."""
+
+    def state_is_finite(self, state: Any) -> bool:
+        """False when the state holds NaN/Inf (it must then not be kept)."""
+
+
+class TorchHBackend:
+    """``SageHL.encode`` on CPU/GPU tensors, in inference mode."""
+
+    def __init__(self, model):
+        self.model = model
+        self.observation_config = model.cfg.observation
+        self.latent_dim = int(model.cfg.model.latent_dim)
+
+    def initial_state(self):
+        return self.model.initial_state(1)
+
+    def encode(self, batch: ObservationBatch, state):
+        with torch.inference_mode():
+            z, _, new_state = self.model.encode(batch, state)
+        return z[0].cpu().numpy(), new_state
+
+    def state_is_finite(self, state) -> bool:
+        return bool(torch.isfinite(state.history).all())
+
+
+@dataclass(frozen=True)
+class ContextStepConfig:
+    """Freshness rules of the H step; validated on construction."""
+
+    observation_timeout_s: float = 0.5
+    clock_skew_tolerance_s: float = 0.05  # how far a header stamp may lead the node clock
+
+    def __post_init__(self):
+        for key in ("observation_timeout_s", "clock_skew_tolerance_s"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        if self.observation_timeout_s <= 0:
+            raise ConfigError(f"observation_timeout_s: must be > 0, got {self.observation_timeout_s}")
+        if self.clock_skew_tolerance_s < 0:
+            raise ConfigError(f"clock_skew_tolerance_s: must be >= 0, got {self.clock_skew_tolerance_s}")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The latest accepted message of one input, already converted to arrays.
+
+    ``value``: camera (H, W, 3) uint8 RGB; depth (H, W) metres; audio (N,) PCM; tactile (T,);
+    joint_states (positions, velocities) in the model's joint order. ``problem`` set means the
+    message arrived but could not be used (e.g. a compressed frame that failed to decode).
+    """
+
+    value: Any
+    arrival_s: float  # node clock when it arrived
+    stamp_s: float | None = None  # header stamp; None when the message has none (or it is zero)
+    stamp: Any = None  # the header stamp object, passed through unchanged to the latent
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class Freshness:
+    ok: bool
+    state: str  # ok | stale | future
+    clock: str  # "stamp" | "arrival": the clock that made it stale/future ("" when ok)
+    age_s: float  # max(arrival age, stamp age)
+    reason: str = ""
+
+
+_CLOCK_WORDS = {"stamp": "header stamp", "arrival": "arrival time"}
+
+
+def freshness(arrival_s: float, stamp_s: float | None, now_s: float, cfg: ContextStepConfig) -> Freshness:
+    """Is a reading usable now? Age counts by both clocks; the worse one decides and is named."""
+    arrival_age = now_s - arrival_s
+    stamp_age = arrival_age if stamp_s is None else now_s - stamp_s
+    skew = cfg.clock_skew_tolerance_s
+    clocks = (("stamp", stamp_age),) if stamp_s is not None else ()
+    for clock, age in clocks + (("arrival", arrival_age),):
+        if age < -skew:  # a stamp from the future, or the node clock jumped back (sim time reset)
+            return Freshness(False, "future", clock, max(arrival_age, stamp_age),
+                             f"{_CLOCK_WORDS[clock]} {-age:.3f} s ahead of the node clock "
+                             f"(clock_skew_tolerance_s {skew:g})")
+    clock = "stamp" if stamp_s is not None and stamp_age >= arrival_age else "arrival"
+    age = max(arrival_age, stamp_age)
+    if age > cfg.observation_timeout_s:
+        return Freshness(False, "stale", clock, age, f"stale by {_CLOCK_WORDS[clock]}: {age:.3f} s old "
+                                                      f"> observation_timeout_s {cfg.observation_timeout_s:g}")
+    return Freshness(True, "ok", "", age)
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Why an input was left out of this step."""
+
+    state: str  # missing | stale | future | invalid (the schema refused its values)
+    reason: str
+    clock: str = ""
+
+
+@dataclass
+class StepResult:
+    z: np.ndarray | None  # (latent_dim,) float32 when a latent should be published
+    stamp_s: float | None = None  # newest header stamp used (newest arrival if nothing used is stamped)
+    stamp: Any = None  # that header stamp object; None when stamp_s is an arrival time
+    skip_reason: str = ""  # why nothing is published ("" when z is set)
+    skip_kind: str = ""  # no_input | non_finite_latent | non_finite_state
+    used: tuple[str, ...] = ()
+    masked: dict[str, Mask] = field(default_factory=dict)  # every input not used, with its reason
+    infer_ms: float = 0.0  # schema + backend time (0 when the backend did not run)
+
+
+class ContextStep:
+    """Owns the temporal state of one model; call it once per H tick."""
+
+    def __init__(self, backend: HBackend, cfg: ContextStepConfig | None = None):
+        self.backend = backend
+        self.cfg = cfg or ContextStepConfig()
+        self.schema = ObservationSchema(backend.observation_config)
+        self._state = backend.initial_state()
+
+    def reset(self) -> None:
+        """Forget the temporal history (a new episode, or after activation)."""
+        self._state = self.backend.initial_state()
+
+    @property
+    def state(self) -> Any:
+        return self._state
+
+    def __call__(self, readings: Mapping[str, Reading | None], now_s: float) -> StepResult:
+        masked: dict[str, Mask] = {}
+        fresh: dict[str, Reading] = {}
+        for name in INPUTS:
+            reading = readings.get(name)
+            if reading is None:
+                masked[name] = Mask("missing", "no message yet")
+                continue
+            f = freshness(reading.arrival_s, reading.stamp_s, now_s, self.cfg)
+            if not f.ok:
+                masked[name] = Mask(f.state, f.reason, f.clock)
+            elif reading.problem or reading.value is None:
+                masked[name] = Mask("invalid", reading.problem or "no usable value")
+            else:
+                fresh[name] = reading
+        if not fresh:
+            return StepResult(None, skip_reason="no fresh input", skip_kind="no_input", masked=masked)
+
+        joints = fresh.get("joint_states")
+
+        def value(name: str):
+            return fresh[name].value if name in fresh else None
+
+        obs = Observation(image=value("camera"), depth=value("depth"), audio=value("audio"),
+                          tactile=value("tactile"),
+                          joint_position=joints.value[0] if joints is not None else None,
+                          joint_velocity=joints.value[1] if joints is not None else None,
+                          stamps_s={SCHEMA_MODALITY[n]: _stamp_or_arrival(r) for n, r in fresh.items()})
+        t0 = time.perf_counter()
+        batch, problems = self.schema.prepare(obs)
+        for modality, reason in problems.items():
+            name = _INPUT_OF[modality]
+            if name in fresh:  # "missing" ones are already in masked with their own reason
+                masked[name] = Mask("invalid", reason)
+                del fresh[name]
+        if not fresh:
+            return StepResult(None, skip_reason="no usable input: " + "; ".join(
+                f"{n}: {m.reason}" for n, m in masked.items() if m.state == "invalid"),
+                skip_kind="no_input", masked=masked)
+
+        z, new_state = self.backend.encode(batch, self._state)
+        infer_ms = (time.perf_counter() - t0) * 1e3
+        used = tuple(n for n in INPUTS if n in fresh)
+        z = np.asarray(z, dtype=np.float32).reshape(-1)
+        if not np.isfinite(z).all():
+            return StepResult(None, skip_reason="latent has non-finite values; temporal state not committed",
+                              skip_kind="non_finite_latent", used=used, masked=masked, infer_ms=infer_ms)
+        if not self.backend.state_is_finite(new_state):
+            return StepResult(None, skip_reason="temporal state has non-finite values; not committed",
+                              skip_kind="non_finite_state", used=used, masked=masked, infer_ms=infer_ms)
+        self._state = new_state
+        # The latent carries the newest header stamp among the inputs used; inputs without a
+        # header (audio, tactile) count by arrival only when nothing stamped was used.
+        stamped = [fresh[n] for n in used if fresh[n].stamp_s is not None]
+        if stamped:
+            newest = max(stamped, key=lambda r: r.stamp_s)
+            stamp_s, stamp = newest.stamp_s, newest.stamp
+        else:
+            stamp_s, stamp = max(fresh[n].arrival_s for n in used), None
+        return StepResult(z, stamp_s=stamp_s, stamp=stamp, used=used, masked=masked, infer_ms=infer_ms)
+
+
+def _stamp_or_arrival(reading: Reading) -> float:
+    return reading.arrival_s if reading.stamp_s is None else reading.stamp_s
