@@ -7,11 +7,12 @@ runtime nodes exactly as launch/isaac_sim.launch.py starts them (included, not c
 The bridge publishes Isaac's topics (/clock, /joint_states, /rgb, /depth, /camera_info) plus
 /tactile/array and /audio/frames, and follows /joint_command. The expert always publishes teacher
 labels on /teacher/joint_command; with drive:=true it also commands the arm, so then run it with
-sage:=false (two nodes must not both command /joint_command).
+sage:=false: `drive:=true sage:=true` (two nodes commanding one arm) is refused before any node
+starts, naming both nodes and the topic.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -19,7 +20,13 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from sage_hl_ros.launch_table import PACKAGE, SIM_NODES
+from sage_hl_ros.launch_table import (
+    PACKAGE,
+    SIM_NODES,
+    check_one_driver_per_topic,
+    launch_bool,
+    sim_command_drivers,
+)
 
 ARGUMENTS = {
     "sim_params_file": (PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "mujoco_sim.yaml"]),
@@ -52,9 +59,19 @@ OVERRIDES = {
 }
 
 
-def generate_launch_description():
-    declared = [DeclareLaunchArgument(name, default_value=default, description=doc)
-                for name, (default, doc) in ARGUMENTS.items()]
+# The SAGE nodes' parameter file: isaac_sim.launch.py's default (it is included without params_file).
+SAGE_PARAMS = PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "isaac_sim.yaml"])
+
+
+def checked_nodes(context):
+    """The nodes, once the arguments are consistent; raising here stops the launch before any starts."""
+    cfg = context.launch_configurations
+    drivers = sim_command_drivers(sage=launch_bool("sage", cfg["sage"]),
+                                  expert_drives=launch_bool("drive", cfg["drive"]),
+                                  sim_params_file=cfg["sim_params_file"],
+                                  sage_params_file=SAGE_PARAMS.perform(context))
+    check_one_driver_per_topic(drivers, "for expert-driven runs use sage:=false drive:=true; with the SAGE nodes "
+                                        "keep drive:=false (the expert then only labels)")
     sim = [Node(package=PACKAGE, executable=spec.executable, name=spec.name, output="screen",
                 parameters=[LaunchConfiguration("sim_params_file"), OVERRIDES[spec.name]])
            for spec in SIM_NODES]
@@ -63,4 +80,10 @@ def generate_launch_description():
                                                             "isaac_sim.launch.py"])),
         launch_arguments={"model_dir": LaunchConfiguration("model_dir")}.items(),
         condition=IfCondition(LaunchConfiguration("sage")))
-    return LaunchDescription(declared + sim + [sage])
+    return sim + [sage]
+
+
+def generate_launch_description():
+    declared = [DeclareLaunchArgument(name, default_value=default, description=doc)
+                for name, (default, doc) in ARGUMENTS.items()]
+    return LaunchDescription(declared + [OpaqueFunction(function=checked_nodes)])

@@ -5,16 +5,18 @@
 
 Nodes and executables come from sage_hl_ros.launch_table (the same table the pure-Python
 bring-up `sage_hl_bringup` uses). Both nodes configure and activate themselves (autostart).
+A non-boolean enable_control / use_sim_time or an unknown command_interface stops the launch with
+one clear message before any node starts.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from sage_hl_ros.launch_table import PACKAGE, RUNTIME_NODES
+from sage_hl_ros.launch_table import PACKAGE, RUNTIME_NODES, LaunchArgumentError, launch_bool
 
 ARGUMENTS = {
     "params_file": (PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "sage_hl.yaml"]),
@@ -41,9 +43,16 @@ def runtime_nodes(params_file, use_sim_time, overrides):
     return nodes
 
 
-def generate_launch_description():
-    declared = [DeclareLaunchArgument(name, default_value=default, description=doc)
-                for name, (default, doc) in ARGUMENTS.items()]
+def checked_nodes(context):
+    """The nodes, once the arguments are valid; raising here stops the launch before any starts."""
+    from sage_hl_ros.ros.commands import COMMAND_INTERFACES
+
+    cfg = context.launch_configurations
+    for name in ("enable_control", "use_sim_time"):
+        launch_bool(name, cfg[name])
+    if cfg["command_interface"] not in COMMAND_INTERFACES:
+        raise LaunchArgumentError(f"launch argument command_interface:={cfg['command_interface']!r}: "
+                                  f"choose one of {', '.join(COMMAND_INTERFACES)}")
     control = {
         "command_interface": LaunchConfiguration("command_interface"),
         "enable_control": ParameterValue(LaunchConfiguration("enable_control"), value_type=bool),
@@ -51,4 +60,10 @@ def generate_launch_description():
     }
     nodes = runtime_nodes(LaunchConfiguration("params_file"), LaunchConfiguration("use_sim_time"),
                           {"sage_control": control})
-    return LaunchDescription(declared + nodes)
+    return nodes
+
+
+def generate_launch_description():
+    declared = [DeclareLaunchArgument(name, default_value=default, description=doc)
+                for name, (default, doc) in ARGUMENTS.items()]
+    return LaunchDescription(declared + [OpaqueFunction(function=checked_nodes)])

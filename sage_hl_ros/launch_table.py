@@ -1,12 +1,14 @@
 """The package's node table: one source of truth for launch files, the pure-Python bring-up and tests.
 
 Pure data (no rclpy, no launch): ``launch/*.launch.py`` build their ``Node`` actions from it, and
-``sage_hl_ros.tools.bringup`` starts the same executables with the same parameter files.
+``sage_hl_ros.tools.bringup`` starts the same executables with the same parameter files. The guards
+at the end refuse argument combinations that would make two nodes command one arm, for both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 PACKAGE = "sage_hl_ros"
 
@@ -54,3 +56,64 @@ TOOL_NODES = (
 )
 
 ALL_NODES = RUNTIME_NODES + STAND_IN_NODES + SIM_NODES + TOOL_NODES
+
+
+# --------------------------------------------------------------------------- launch argument guards
+# Shared by launch/*.launch.py (inside an OpaqueFunction, before any node exists) and sage_hl_bringup,
+# so a contradictory combination is refused the same way by both.
+
+
+class LaunchArgumentError(ValueError):
+    """Launch arguments that are invalid or contradict each other (e.g. two nodes commanding one arm)."""
+
+
+_TRUE, _FALSE = ("true", "1"), ("false", "0")  # what launch's IfCondition accepts
+
+
+def launch_bool(name: str, value) -> bool:
+    """A boolean launch argument, parsed as ``IfCondition`` does (true/false/1/0, any case)."""
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise LaunchArgumentError(f"launch argument {name}:={value!r} is not a boolean (true or false)")
+
+
+def node_parameter(params_file, node: str, name: str, default):
+    """``name`` of ``node`` in a ROS parameter file (``<node>: ros__parameters: ...``), else ``default``."""
+    import yaml  # only when a guard needs a file, so importing the table stays free
+
+    path = Path(params_file)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise LaunchArgumentError(f"{path}: cannot read parameter file ({exc})") from None
+    section = data.get(node) if isinstance(data, dict) else None
+    params = section.get("ros__parameters") if isinstance(section, dict) else None
+    return params.get(name, default) if isinstance(params, dict) else default
+
+
+def check_one_driver_per_topic(drivers: list[tuple[str, str]], hint: str) -> None:
+    """Refuse two nodes publishing commands on one topic: the arm would follow whichever message
+    came last, alternating between two controllers. ``drivers`` is [(node, command topic)]."""
+    by_topic: dict[str, list[str]] = {}
+    for node, topic in drivers:
+        by_topic.setdefault(topic, []).append(node)
+    clashes = [f"{' and '.join(nodes)} would both command {topic}"
+               for topic, nodes in by_topic.items() if len(nodes) > 1]
+    if clashes:
+        raise LaunchArgumentError(f"{'; '.join(clashes)} (two drivers for one arm); {hint}")
+
+
+def sim_command_drivers(*, sage: bool, expert_drives: bool, sim_params_file, sage_params_file) -> list[tuple[str, str]]:
+    """Who commands what in the MuJoCo stand-in: the SAGE control node (joint_state interface, as
+    ``isaac_sim.launch.py`` sets it) and, with drive on, the expert; topics from their parameter files."""
+    drivers = []
+    if sage:
+        drivers.append(("sage_control", str(node_parameter(sage_params_file, "sage_control", "joint_command_topic",
+                                                           "/joint_command"))))
+    if expert_drives:
+        drivers.append(("sim_expert", str(node_parameter(sim_params_file, "sim_expert", "joint_command_topic",
+                                                         "/joint_command"))))
+    return drivers

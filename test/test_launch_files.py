@@ -3,7 +3,8 @@
 Minimal stand-ins for the ``launch``/``launch_ros`` classes the files use record what
 ``generate_launch_description()`` builds; the test then resolves every substitution (following
 ``IncludeLaunchDescription`` into the included file, with its ``launch_arguments`` and
-``IfCondition``) and checks the result against the package itself: executables against setup.py's
+``IfCondition``, and calling each ``OpaqueFunction`` with a context holding the resolved arguments,
+as launch does) and checks the result against the package itself: executables against setup.py's
 console scripts, node names against the node table, parameter files against the YAML on disk, and
 every parameter name against the parameters the real node classes declare.
 """
@@ -36,11 +37,16 @@ class Recorded:
         self.args, self.kwargs = args, kwargs
 
 
-class LaunchConfiguration(Recorded):
+class Substitution(Recorded):
+    def perform(self, context):
+        return str(resolve(self, context.launch_configurations))
+
+
+class LaunchConfiguration(Substitution):
     pass
 
 
-class PathJoinSubstitution(Recorded):
+class PathJoinSubstitution(Substitution):
     pass
 
 
@@ -76,12 +82,23 @@ class IfCondition(Recorded):
     pass
 
 
+class OpaqueFunction(Recorded):
+    pass
+
+
+class LaunchContext:
+    """What an OpaqueFunction sees: launch_configurations maps each argument to its string value."""
+
+    def __init__(self, launch_configurations: dict):
+        self.launch_configurations = launch_configurations
+
+
 @pytest.fixture
 def launch_stubs(monkeypatch):
     modules = {
         "launch": {"LaunchDescription": LaunchDescription},
         "launch.actions": {"DeclareLaunchArgument": DeclareLaunchArgument,
-                           "IncludeLaunchDescription": IncludeLaunchDescription},
+                           "IncludeLaunchDescription": IncludeLaunchDescription, "OpaqueFunction": OpaqueFunction},
         "launch.conditions": {"IfCondition": IfCondition},
         "launch.launch_description_sources": {"PythonLaunchDescriptionSource": PythonLaunchDescriptionSource},
         "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration,
@@ -185,11 +202,16 @@ def build(launch_file: Path, overrides: dict | None = None):
     unknown = set(overrides or {}) - set(args)
     assert not unknown, f"{launch_file.name} declares no arguments {sorted(unknown)}"
     args.update(overrides or {})
+    context = LaunchContext({name: str(resolve(value, args)) for name, value in args.items()})
     nodes = []
-    for entity in entities:
+    pending = list(entities)
+    while pending:
+        entity = pending.pop(0)
         if not _enabled(entity, args):
             continue
-        if isinstance(entity, Node):
+        if isinstance(entity, OpaqueFunction):
+            pending[:0] = entity.kwargs["function"](context) or []  # its entities run next, in order
+        elif isinstance(entity, Node):
             nodes.append((entity, args))
         elif isinstance(entity, IncludeLaunchDescription):
             source = entity.args[0]
@@ -302,3 +324,80 @@ def test_node_table_modules_have_entry_points():
     for spec in ALL_NODES:
         assert spec.executable in scripts
         assert (ROOT / (spec.module.replace(".", "/") + ".py")).is_file()
+
+
+# --------------------------------------------------------------------------- contradictory arguments
+
+from sage_hl_ros.launch_table import LaunchArgumentError  # noqa: E402
+from sage_hl_ros.tools import bringup  # noqa: E402
+
+
+def test_mujoco_launch_refuses_two_drivers_before_any_node(launch_stubs):
+    with pytest.raises(LaunchArgumentError) as info:
+        build(ROOT / "launch" / "mujoco_sim.launch.py", {"drive": "true", "sage": "true", "model_dir": "/tmp/m"})
+    message = str(info.value)
+    assert "sage_control and sim_expert would both command /joint_command" in message, message
+    assert "sage:=false" in message  # says how to run it instead
+    for flag in ("yes", ""):
+        with pytest.raises(LaunchArgumentError, match="launch argument drive:=.* is not a boolean"):
+            build(ROOT / "launch" / "mujoco_sim.launch.py", {"drive": flag})
+
+
+def test_mujoco_launch_allows_an_expert_driving_another_topic(launch_stubs, tmp_path):
+    """The guard compares topics, not flags: an expert remapped off the bridge's command topic may run
+    beside the SAGE nodes."""
+    params = yaml.safe_load((ROOT / "config" / "mujoco_sim.yaml").read_text())
+    params["sim_expert"]["ros__parameters"]["joint_command_topic"] = "/expert/joint_command"
+    path = tmp_path / "sim.yaml"
+    path.write_text(yaml.safe_dump(params))
+    _, nodes = build(ROOT / "launch" / "mujoco_sim.launch.py",
+                     {"drive": "true", "sim_params_file": str(path), "model_dir": "/tmp/m"})
+    assert {n.kwargs["name"] for n, _ in nodes} == {s.name for s in RUNTIME_NODES + SIM_NODES}
+
+
+def test_runtime_launch_refuses_invalid_arguments(launch_stubs):
+    with pytest.raises(LaunchArgumentError, match=r"command_interface:='torque': choose one of position_array"):
+        build(ROOT / "launch" / "sage_hl.launch.py", {"command_interface": "torque"})
+    with pytest.raises(LaunchArgumentError, match="enable_control:='maybe' is not a boolean"):
+        build(ROOT / "launch" / "sage_hl.launch.py", {"enable_control": "maybe"})
+
+
+def _plan(*argv):
+    return {spec.name: cmd for spec, cmd in bringup.plan_nodes(bringup.build_parser().parse_args(list(argv)))}
+
+
+def _params(cmd: list[str]) -> dict[str, str]:
+    return dict(cmd[i + 1].split(":=", 1) for i, a in enumerate(cmd) if a == "-p")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--sim", "--expert-drives", "--model-dir", "m"], "sage_control and sim_expert would both command /joint_command"),
+    (["--sim", "--stand-ins", "--model-dir", "m"], "two /joint_states sources"),
+    (["--stand-ins", "--use-sim-time", "--model-dir", "m"], "nothing publishes /clock"),
+    (["--expert-drives", "--model-dir", "m"], "add --sim"),
+    (["--stand-ins"], "--model-dir is required"),
+])
+def test_bringup_refuses_contradictory_arguments(capsys, argv, fragment):
+    assert bringup.main(argv) == 2  # refused before any process starts
+    assert fragment in capsys.readouterr().err
+
+
+def test_bringup_sim_mirrors_the_mujoco_launch():
+    expert_only = _plan("--sim", "--no-sage", "--expert-drives")
+    assert set(expert_only) == {s.name for s in SIM_NODES}
+    assert _params(expert_only["sim_expert"]) == {"use_sim_time": "true", "drive": "true"}
+    full = _plan("--sim", "--model-dir", "m")
+    assert set(full) == {s.name for s in SIM_NODES + RUNTIME_NODES}
+    control = full["sage_control"]
+    assert str(ROOT / "config" / "isaac_sim.yaml") in control and "enable_control" not in _params(control)
+    assert _params(control)["use_sim_time"] == "true" and _params(full["sim_expert"])["drive"] == "false"
+
+
+def test_bringup_loopback_robot_follows_the_control_nodes_interface():
+    for argv, interface in ((["--stand-ins"], "position_array"),
+                            (["--stand-ins", "--command-interface", "joint_trajectory"], "joint_trajectory")):
+        plan = _plan(*argv, "--model-dir", "m")
+        robot = _params(plan["loopback_robot"])
+        assert robot["command_interface"] == interface == _params(plan["sage_control"]).get(
+            "command_interface", "position_array")
+        assert robot["controller_name"] == "forward_position_controller" and robot["use_sim_time"] == "false"

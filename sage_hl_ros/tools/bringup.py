@@ -3,6 +3,13 @@ files, on machines without ROS launch (pip-installed ROS 2, CI, quick experiment
 
     sage_hl_bringup --model-dir models/synthetic                       # H and L nodes
     sage_hl_bringup --model-dir models/synthetic --stand-ins --enable-control   # plus synthetic robot
+    sage_hl_bringup --sim --model-dir runs/<demo>/models/round0        # MuJoCo stand-in + SAGE nodes
+    sage_hl_bringup --sim --no-sage --expert-drives                    # MuJoCo arm driven by the expert
+
+Arguments that contradict each other are refused before anything starts (exit code 2): two nodes
+commanding one arm (``--expert-drives`` with the SAGE nodes), two ``/joint_states`` sources
+(``--sim`` with ``--stand-ins``), sim time with nothing publishing ``/clock`` (``--stand-ins
+--use-sim-time``). The loopback robot follows the command interface the control node publishes.
 
 Each node is its own process (DESIGN §6: separate processes keep the GIL from coupling the H and
 L loops), started as ``python -m <module> --ros-args ...`` in its own process group, and stopped
@@ -21,7 +28,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..launch_table import RUNTIME_NODES, STAND_IN_NODES, NodeSpec
+from ..launch_table import (
+    RUNTIME_NODES,
+    SIM_NODES,
+    STAND_IN_NODES,
+    LaunchArgumentError,
+    NodeSpec,
+    check_one_driver_per_topic,
+    node_parameter,
+    sim_command_drivers,
+)
 from ..paths import config_file
 
 
@@ -89,37 +105,97 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
+    """The (node, command) list the arguments ask for; LaunchArgumentError when they contradict
+    each other, before anything is started."""
+    sage = not args.no_sage
+    if not args.sim and (args.no_sage or args.expert_drives):
+        raise LaunchArgumentError("--no-sage and --expert-drives only apply to the MuJoCo stand-in: add --sim")
+    if args.sim and args.stand_ins:
+        raise LaunchArgumentError("--sim and --stand-ins both simulate the arm (two /joint_states sources): "
+                                  "choose one")
+    if args.stand_ins and args.use_sim_time:
+        raise LaunchArgumentError("--use-sim-time with --stand-ins: nothing publishes /clock, so the nodes "
+                                  "would never tick; drop --use-sim-time (or use --sim, which is the clock)")
+    params_file = Path(args.params_file or config_file("isaac_sim.yaml" if args.sim else "sage_hl.yaml"))
+    files = [params_file] + ([Path(args.sim_params_file)] if args.sim else [])
+    for path in files if sage else files[1:]:
+        if not path.is_file():
+            raise LaunchArgumentError(f"params file {path} does not exist")
+    if sage and not args.model_dir:
+        raise LaunchArgumentError("--model-dir is required to start the SAGE nodes (or --sim --no-sage)")
+    if args.sim:
+        check_one_driver_per_topic(
+            sim_command_drivers(sage=sage, expert_drives=args.expert_drives, sim_params_file=args.sim_params_file,
+                                sage_params_file=params_file),
+            "for expert-driven runs use --sim --no-sage --expert-drives; with the SAGE nodes leave out "
+            "--expert-drives (the expert then only labels)")
+    use_sim_time = args.use_sim_time or args.sim
+    plan: list[tuple[NodeSpec, list[str]]] = []
+    if args.sim:
+        sim_overrides = {"sim_bridge": {}, "sim_expert": {"use_sim_time": True, "drive": args.expert_drives}}
+        plan += [(spec, node_command(spec, [Path(args.sim_params_file)], sim_overrides[spec.name]))
+                 for spec in SIM_NODES]
+    if sage:
+        common = {"model_dir": str(Path(args.model_dir).resolve()), "autostart": True, "use_sim_time": use_sim_time}
+        control = {"joint_limits_file": str(Path(args.joint_limits_file).resolve())}
+        if args.enable_control or not args.sim:
+            control["enable_control"] = args.enable_control
+        if args.command_interface:
+            control["command_interface"] = args.command_interface
+        for spec in RUNTIME_NODES:
+            overrides = {**common, **(control if spec.name == "sage_control" else {})}
+            plan.append((spec, node_command(spec, [params_file], overrides)))
+    if args.stand_ins:
+        # The loopback arm follows what the control node publishes (same interface, controller, topic).
+        follow = {key: node_parameter(params_file, "sage_control", key, default) for key, default in (
+            ("command_interface", "position_array"), ("controller_name", "forward_position_controller"),
+            ("joint_command_topic", "/joint_command"))}
+        if args.command_interface:
+            follow["command_interface"] = args.command_interface
+        overrides = {"synthetic_sensors": {"use_sim_time": False}, "loopback_robot": {"use_sim_time": False, **follow}}
+        plan += [(spec, node_command(spec, [], overrides[spec.name])) for spec in STAND_IN_NODES]
+    return plan
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sage_hl_bringup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params-file", default=str(config_file("sage_hl.yaml")),
-                        help="ROS parameter file (same as the launch file's params_file)")
-    parser.add_argument("--model-dir", required=True, help="checkpoint directory")
+    parser.add_argument("--params-file", default=None,
+                        help="ROS parameter file of the SAGE nodes (the launch file's params_file; default "
+                             "config/sage_hl.yaml, with --sim config/isaac_sim.yaml)")
+    parser.add_argument("--model-dir", default=None, help="checkpoint directory (required unless --no-sage)")
     parser.add_argument("--joint-limits-file", default=str(config_file("joint_limits.yaml")))
     parser.add_argument("--command-interface", default=None,
                         help="position_array | joint_trajectory | joint_state (default: from the params file)")
-    parser.add_argument("--enable-control", action="store_true", help="publish commands (default: off)")
-    parser.add_argument("--use-sim-time", action="store_true", help="follow /clock")
+    parser.add_argument("--enable-control", action="store_true", help="publish commands (default: off; "
+                        "with --sim the params file's, on)")
+    parser.add_argument("--use-sim-time", action="store_true", help="follow /clock (always on with --sim)")
     parser.add_argument("--stand-ins", action="store_true",
                         help="also start the synthetic sensors and the loopback robot (no hardware needed)")
+    parser.add_argument("--sim", action="store_true",
+                        help="also start the MuJoCo stand-in for Isaac Sim (sim_bridge + sim_expert), as "
+                             "mujoco_sim.launch.py does")
+    parser.add_argument("--sim-params-file", default=str(config_file("mujoco_sim.yaml")),
+                        help="ROS parameter file of the sim nodes (with --sim)")
+    parser.add_argument("--expert-drives", action="store_true",
+                        help="the sim expert commands the arm (with --sim --no-sage); otherwise it only labels")
+    parser.add_argument("--no-sage", action="store_true", help="do not start the SAGE nodes (with --sim)")
     parser.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: until Ctrl-C)")
     parser.add_argument("--log-dir", default=None, help="write each node's output to <log-dir>/<node>.log")
-    args = parser.parse_args(argv)
+    return parser
 
-    if not Path(args.params_file).is_file():
-        print(f"error: params file {args.params_file} does not exist", file=sys.stderr)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        plan = plan_nodes(args)
+    except LaunchArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    common = {"model_dir": str(Path(args.model_dir).resolve()), "autostart": True, "use_sim_time": args.use_sim_time}
-    control = {"enable_control": args.enable_control, "joint_limits_file": str(Path(args.joint_limits_file).resolve())}
-    if args.command_interface:
-        control["command_interface"] = args.command_interface
+
     nodes = NodeProcesses(Path(args.log_dir) if args.log_dir else None)
-    specs = list(RUNTIME_NODES) + (list(STAND_IN_NODES) if args.stand_ins else [])
-    for spec in specs:
-        overrides = dict(common) if spec in RUNTIME_NODES else {"use_sim_time": args.use_sim_time}
-        if spec.name == "sage_control":
-            overrides.update(control)
-        cmd = node_command(spec, [Path(args.params_file)] if spec in RUNTIME_NODES else [], overrides)
+    for spec, cmd in plan:
         nodes.start(spec.name, cmd)
         print(f"started {spec.name:18s} pid {nodes.procs[spec.name].pid}: {spec.role}", flush=True)
 
