@@ -123,7 +123,9 @@ class FuzzResult:
     speed_pairs: int = 0  # consecutive command pairs checked
     speed_violations: int = 0
     max_speed_ratio: float = 0.0  # max over pairs and joints of |step| / (velocity_max * stamp gap)
-    max_step_ratio_nominal: float = 0.0  # the same against the nominal period: > 1 = not a timing effect
+    # The same with the gap floored at the nominal period: <= 1 when every violating pair is closer
+    # than one period (a late tick then an on-time one), > 1 for a step too large even for that.
+    max_speed_ratio_period_floor: float = 0.0
     recovery_s: list[float] = field(default_factory=list)  # one per burst; inf = did not resume
     bursts: int = 0
     estop_bursts: int = 0
@@ -754,10 +756,10 @@ def _judge(listener: _Listener, limits, bursts: list[tuple[float, float]], cfg: 
     result.speed_violations = verdict["speed_violations"]
     result.max_speed_ratio = verdict["max_speed_ratio"]
     if len(stamps) > 1:
-        steps = np.abs(np.diff(positions, axis=0))
+        floored = np.maximum(np.diff(stamps) * 1e-9, 1.0 / cfg.control_rate_hz)
         with np.errstate(invalid="ignore"):
-            nominal = steps / (limits.velocity_max * (1.0 / cfg.control_rate_hz))
-        result.max_step_ratio_nominal = float(np.nanmax(nominal)) if np.isfinite(nominal).any() else math.nan
+            ratio = np.abs(np.diff(positions, axis=0)) / (floored[:, None] * limits.velocity_max[None, :])
+        result.max_speed_ratio_period_floor = float(np.nanmax(ratio)) if np.isfinite(ratio).any() else math.nan
     result.late_tick_fraction = missed / ticks if ticks else 0.0
     result.burst_windows_s, result.control_diag = bursts, control
     result.recovery_s = recovery_times(bursts, control, stamps * 1e-9)
