@@ -563,8 +563,6 @@ class TestEpisodes:
 
 ROS_DIR = Path(__file__).resolve().parent.parent / "sage_hl_ros" / "ros"
 NODE_MODULES = sorted(p.stem for p in ROS_DIR.glob("*_node.py"))
-# Known case being moved by another change (what replay needs from the recorder goes to a shared module).
-_PENDING = {"replay_node": "replay_node imports recorder_node.message_class (issue 9 point 10, in progress)"}
 
 
 def node_imports(path: Path) -> set[str]:
@@ -603,9 +601,7 @@ def test_node_import_scan_sees_every_form(tmp_path):
                                    "replay_node"}
 
 
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(reason=_PENDING[m], strict=False)) if m in _PENDING else m
-    for m in NODE_MODULES])
+@pytest.mark.parametrize("module", NODE_MODULES)
 def test_no_node_module_imports_another(module):
     """Each node is one room: what two nodes share lives in a non-node module (node_main, sim_common,
     convert, ...), so starting one node never runs another's module-level setup."""
