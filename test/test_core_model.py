@@ -281,8 +281,27 @@ def test_numpy_l_policy_matches_torch(mode, chunk, features):
     obs = batch.obs.index(slice(0, 4))
     z, _, _ = model.encode(obs)
     reference = model.act(z, obs.joint_position, obs.joint_velocity).numpy()
-    fast = NumpyLPolicy(model)
+    fast = NumpyLPolicy.from_model(model)
     for i in range(4):
         got = fast.act(z[i].numpy(), obs.joint_position[i].numpy(), obs.joint_velocity[i].numpy())
         assert got.shape == (chunk, cfg.observation.num_joints)
         np.testing.assert_allclose(got, reference[i], rtol=1e-4, atol=1e-5)
+
+
+def test_numpy_l_policy_from_checkpoint_is_torch_free_and_equal(tmp_path):
+    """The control node's load path: safetensors -> numpy, no torch model built, same numbers."""
+    from sage_hl_ros.core.checkpoint import save_checkpoint
+    from sage_hl_ros.core.fast_policy import NumpyLPolicy
+
+    cfg = small_config(action_chunk=2)
+    model, _, batch = _fitted(cfg)
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded, info = NumpyLPolicy.from_checkpoint(tmp_path / "ckpt")
+    assert info.joint_names == tuple(cfg.observation.joint_names) and info.action_chunk == 2
+    assert len(info.sha256) == 64
+    ref = NumpyLPolicy.from_model(model)
+    obs = batch.obs.index(slice(0, 3))
+    z, _, _ = model.encode(obs)
+    for i in range(3):
+        args = (z[i].detach().numpy(), obs.joint_position[i].numpy(), obs.joint_velocity[i].numpy())
+        np.testing.assert_array_equal(loaded.act(*args), ref.act(*args))

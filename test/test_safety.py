@@ -58,8 +58,11 @@ def _filter(limits=None, estop=None) -> SafetyFilter:
     )
 
 
-def _ok_step(f: SafetyFilter, target, measured=None, now=1.0) -> SafetyOutput:
-    """A tick with fresh inputs."""
+def _ok_step(f: SafetyFilter, target, measured=None, now=None) -> SafetyOutput:
+    """A tick with fresh inputs, one nominal period after the previous one (unless ``now`` is given)."""
+    if now is None:
+        now = getattr(f, "_test_now", 1.0 - DT) + DT
+    f._test_now = now
     if measured is None:
         measured = np.zeros(len(f.limits.joints))
     return f.step(now, np.asarray(target, dtype=float), now, now, np.asarray(measured, dtype=float), True)
@@ -447,7 +450,7 @@ def test_stale_latent_holds_and_resume_is_rate_limited():
     out = f.step(2.0, np.ones(3), None, 2.0, np.zeros(3), True)  # never received
     assert out.status is SafetyStatus.HOLD_STALE_LATENT
     # Resuming starts from rest at the hold point: first step is one acceleration step.
-    out = _ok_step(f, np.ones(3), now=2.0)
+    out = _ok_step(f, np.ones(3), now=2.0 + DT)
     np.testing.assert_allclose(out.command - last, ASTEP, rtol=0, atol=1e-15)
 
 

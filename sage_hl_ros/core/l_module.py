@@ -7,11 +7,13 @@ clips them to the range seen in the demonstrations.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from .config import ModelConfig, ObservationConfig
+from .smoothing import ActionSmoother
+
+__all__ = ["ActionSmoother", "LModule"]
 
 
 class LModule(nn.Module):
@@ -32,27 +34,3 @@ class LModule(nn.Module):
     def forward(self, z: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
         """Normalised actions, (B, K, J)."""
         return self.net(torch.cat([z, proprio], dim=-1)).view(-1, self.chunk, self.num_joints)
-
-
-class ActionSmoother:
-    """First-order low-pass on joint targets. One per episode/controller, never shared.
-
-    ``alpha`` = 1 passes targets through; smaller values smooth more. ``reset`` at episode start
-    (or after a hold) so the filter never drags the arm toward a stale target.
-    """
-
-    def __init__(self, alpha: float = 1.0):
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"smoothing alpha must be in (0, 1], got {alpha}")
-        self.alpha = alpha
-        self._last: np.ndarray | None = None
-
-    def reset(self, value: np.ndarray | None = None) -> None:
-        self._last = None if value is None else np.array(value, dtype=np.float64)
-
-    def __call__(self, target: np.ndarray) -> np.ndarray:
-        if self._last is None or self.alpha >= 1.0:
-            self._last = np.array(target, dtype=np.float64)
-        else:
-            self._last += self.alpha * (target - self._last)
-        return self._last.copy()

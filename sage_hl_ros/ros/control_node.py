@@ -5,23 +5,31 @@ URDF if given) and the safety filter, creates topics/services and warms up; ``ac
 the control loop; ``deactivate`` stops it (nothing is published while inactive); ``cleanup``
 releases everything. ``autostart:=true`` configures and activates at start-up.
 
-Per tick: latest latent (converted once, on arrival) and latest joint state ->
-``NumpyLPolicy.act`` (numpy twin of ``model.act``) -> first step of the chunk -> ActionSmoother ->
-SafetyFilter (limits, rate limits, stale-input hold, latching e-stop, enable gate) -> publish
-(nothing when the filter says so; holds repeat the last command, never zeros). Staleness uses
-arrival times on the node clock.
+The tick is the pure :class:`~sage_hl_ros.safety.control_step.ControlStep` (tested without ROS,
+property-based): latest latent and joint state (converted once, on arrival, each with its header
+stamp and arrival time) -> ``NumpyLPolicy.act`` -> first step of the chunk -> ActionSmoother ->
+SafetyFilter (limits per elapsed time, stale-input hold, latching e-stop, enable gate) -> publish
+(nothing when the step says so; holds repeat the last command, never zeros). Staleness uses both
+clocks: age = max(now - arrival, now - header stamp); stamps in the future beyond
+``clock_skew_tolerance_s`` are rejected. This process never imports torch: the L step is read
+from the checkpoint's safetensors with numpy, which also keeps a hot reload to a few
+milliseconds of interpreter time (a torch model build stalled the loop for ~175 ms).
 
 Subscribed topics (QoS overridable via ``qos.<name>.{reliability,depth,durability}``)
     /sage/latent       sensor_msgs/Image 32FC1 1xD (from sage_context)         qos.latent: reliable
     /joint_states      sensor_msgs/JointState, matched by name                 qos.joint_states: reliable
-    /e_stop            std_msgs/Bool (data=true latches) or std_msgs/Empty     qos.e_stop: reliable
-    /e_stop/reset      std_msgs/Empty: releases the e-stop latch                qos.e_stop: reliable
+    /e_stop            std_msgs/Bool (data=true latches) or std_msgs/Empty     qos.e_stop: reliable, plus a
+                                                                            best-effort twin subscription
+    /e_stop/reset      std_msgs/Empty: releases the e-stop latch                (both match reliable AND
+                                                                            best-effort publishers)
+    <e_stop_heartbeat_topic>  optional dead-man heartbeat (Empty, or Bool data=true); silence latches
 Published topics
     command_interface position_array:   std_msgs/Float64MultiArray  /<controller_name>/commands
                       joint_trajectory: trajectory_msgs/JointTrajectory /<controller_name>/joint_trajectory
                                         (one point: positions + velocities, time_from_start)
                       joint_state:      sensor_msgs/JointState      <joint_command_topic> (Isaac Sim)
                       all in the configured joint order                     qos.command: command
+    ~/e_stop_state     std_msgs/Bool, transient-local: true while the e-stop is latched (on every change)
     /diagnostics       diagnostic_msgs/DiagnosticArray every diagnostics_period_s
 Services
     ~/reload_model     std_srvs/Trigger: load the checkpoint at ``model_dir`` on a worker thread,
@@ -31,7 +39,6 @@ Services
 Parameters (read at configure unless marked runtime)
     model_dir (str, "")              checkpoint directory; required. Runtime: setting it reloads.
     control_rate_hz (float, 200.0)   control loop rate (sustains 500)
-    torch_threads (int, 1)           torch intra-op threads for this process
     joint_names (str[], [])          command joint order; [] = the checkpoint's order. Must be the
                                      checkpoint's joint set.
     joint_limits_file (str, "")      YAML with ``joint_limits: {joint: {position_min_rad, position_max_rad,
@@ -40,8 +47,11 @@ Parameters (read at configure unless marked runtime)
                                      Without any limits the node runs dry (publishes nothing) and
                                      enable_control cannot be set.
     latent_topic, joint_states_topic topic names (see above)
-    latent_timeout_s (float, 0.5)    hold when the latent is older than this (arrival time)
-    joint_state_timeout_s (float, 0.1)  hold when the joint state is older than this
+    latent_timeout_s (float, 0.5)    hold when the latent is older than this (arrival or header stamp)
+    joint_state_timeout_s (float, 0.1)  hold when the joint state is older than this (arrival or stamp)
+    clock_skew_tolerance_s (float, 0.05)  header stamps up to this far in the future are accepted
+    require_stamps (bool, false)     true: a zero header stamp makes an input stale (false: judged
+                                     by arrival time, for drivers that do not stamp)
     enable_control (bool, false)     runtime; false publishes nothing
     command_interface (str, "position_array")  position_array | joint_trajectory | joint_state
     controller_name (str, "forward_position_controller")  ros2_control controller for the topic name
@@ -50,6 +60,14 @@ Parameters (read at configure unless marked runtime)
     smoothing_alpha (float, 1.0)     ActionSmoother alpha in (0, 1]; 1 = no smoothing
     e_stop_topic (str, "/e_stop"), e_stop_reset_topic (str, "/e_stop/reset")
     e_stop_msg_type (str, "bool")    "bool" (std_msgs/Bool, data=true triggers) or "empty" (std_msgs/Empty)
+    e_stop_heartbeat_topic (str, "")  "" = no heartbeat; else a dead-man topic that must keep arriving
+    e_stop_heartbeat_timeout_s (float, 0.5)  silence longer than this latches the e-stop (also before
+                                     the first heartbeat after activation)
+    e_stop_heartbeat_msg_type (str, "empty")  "empty" (any message counts) or "bool" (data=true counts)
+    check_controller_joints (bool, true)  position_array: read the controller's ``joints`` parameter
+                                     (``/<controller_name>/get_parameters``); a different order or set
+                                     refuses to command. Unreachable: reported in /diagnostics as
+                                     unverified (the array is then sent in ``joint_names`` order).
     realtime_priority (int, 0)       >0: SCHED_FIFO priority of the control thread (needs CAP_SYS_NICE)
     diagnostics_period_s (float, 1.0)
     autostart (bool, false)          configure + activate at start-up
@@ -77,27 +95,34 @@ built by a timer from preallocated ring buffers.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import rclpy
-import torch
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import GetParameters
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Empty
 from std_srvs.srv import Trigger
 
-from ..core.checkpoint import CheckpointError, load_checkpoint, model_hash
+from ..core.checkpoint_files import CheckpointError
 from ..core.fast_policy import NumpyLPolicy
-from ..core.l_module import ActionSmoother
-from ..safety import EStopLatch, JointLimits, SafetyFilter, SafetyStatus
+from ..safety import (
+    ControlStep,
+    ControlStepConfig,
+    EStopLatch,
+    JointInput,
+    JointLimits,
+    LatentInput,
+    LoadedPolicy,
+    SafetyStatus,
+)
 from . import commands, convert
 from .diagnostics import RollingStats, diagnostic_array, status
 from .node_main import BackgroundLoader, ClockLoop, DeclaredParams, Throttle, check_checkpoint_dir, run_node
@@ -106,30 +131,19 @@ from .qos import declare_qos
 STATUS_CODES = {s: i for i, s in enumerate(SafetyStatus)}  # tick log: status -> small int
 _STATUS_BY_CODE = list(SafetyStatus)
 TICK_LOG_SIZE = 8192  # ring of (tick time, status) for diagnostics and tests
+RELOAD_LOG_SIZE = 256  # (start ns, swap ns, cpu ms) of recent reloads, node clock
 _WARMUP_CALLS = 20
+_HOLDS = (SafetyStatus.HOLD_STALE_LATENT, SafetyStatus.HOLD_STALE_JOINTS, SafetyStatus.HOLD_INVALID_TARGET)
 
 
-@dataclass
-class Policy:
-    """A loaded model plus everything the tick needs that depends on it (swapped as one object)."""
-
-    model: object
-    fast: NumpyLPolicy  # the tick's L step: numpy, same numbers as model.act
-    model_dir: str
-    sha256: str
-    model_names: tuple  # checkpoint joint order (model input/output order)
-    perm: np.ndarray | None  # command order = model order [perm]; None when identical
-    latent_dim: int
-    load_ms: float
-
-
-def load_policy(model_dir: str, command_names: list[str] | None) -> Policy:
-    """Load, check the joint set against ``command_names`` (None = use the checkpoint's), warm up."""
+def load_policy(model_dir: str, command_names: list[str] | None) -> LoadedPolicy:
+    """Torch-free load (weights hash verified), joint set checked against ``command_names``
+    (None = use the checkpoint's order), warmed up."""
     t0 = time.perf_counter()
     if not model_dir:
         raise CheckpointError("model_dir is empty: set the model_dir parameter to a checkpoint directory")
-    model = load_checkpoint(model_dir)
-    names = tuple(model.cfg.observation.joint_names)
+    fast, info = NumpyLPolicy.from_checkpoint(model_dir)
+    names = info.joint_names
     perm = None
     if command_names:
         if len(set(command_names)) != len(command_names):
@@ -141,14 +155,18 @@ def load_policy(model_dir: str, command_names: list[str] | None) -> Policy:
                              f" (missing {missing}, unknown {extra})")
         if tuple(command_names) != names:
             perm = np.array([names.index(n) for n in command_names], dtype=np.intp)
-    latent_dim = int(model.cfg.model.latent_dim)
-    fast = NumpyLPolicy(model)
-    z = np.zeros(latent_dim, dtype=np.float32)
+    z = np.zeros(info.latent_dim, dtype=np.float32)
     q = np.zeros(len(names))
     for _ in range(_WARMUP_CALLS):
         fast.act(z, q, q)
-    return Policy(model, fast, os.path.abspath(model_dir), model_hash(model_dir), names, perm, latent_dim,
-                  (time.perf_counter() - t0) * 1e3)
+    return LoadedPolicy(fast, info.model_dir, info.sha256, names, perm, info.latent_dim,
+                        (time.perf_counter() - t0) * 1e3)
+
+
+def _best_effort(profile: QoSProfile) -> QoSProfile:
+    """The same profile, best-effort: a best-effort subscription matches publishers of either kind."""
+    return QoSProfile(history=profile.history, depth=profile.depth, durability=profile.durability,
+                      reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
 class ControlNode(DeclaredParams, LifecycleNode):
@@ -157,28 +175,33 @@ class ControlNode(DeclaredParams, LifecycleNode):
         p = self._param
         p("model_dir", "", "checkpoint directory; setting it at runtime reloads the model")
         p("control_rate_hz", 200.0, "control loop rate [Hz]")
-        p("torch_threads", 1, "torch intra-op threads for this process")
         p("joint_names", [], "command joint order; [] = the checkpoint's order (must be the same joint set)")
         p("joint_limits_file", "", "joint limits YAML (joint_limits: {name: {position_min_rad, ...}})")
         p("urdf_file", "", "optional URDF whose <limit>s tighten the YAML limits")
         p("latent_topic", "/sage/latent", "latent from sage_context (sensor_msgs/Image 32FC1)")
         p("joint_states_topic", "/joint_states", "joint states (sensor_msgs/JointState)")
-        p("latent_timeout_s", 0.5, "hold when the latest latent arrived longer ago than this [s]")
-        p("joint_state_timeout_s", 0.1, "hold when the latest joint state arrived longer ago than this [s]")
+        p("latent_timeout_s", 0.5, "hold when the latent is older than this (arrival or header stamp) [s]")
+        p("joint_state_timeout_s", 0.1, "hold when the joint state is older than this (arrival or stamp) [s]")
+        p("clock_skew_tolerance_s", 0.05, "header stamps up to this far in the future are accepted [s]")
+        p("require_stamps", False, "true: an input with a zero header stamp is stale (false: arrival time)")
         p("enable_control", False, "runtime: publish commands (false = publish nothing)")
         p("command_interface", "position_array", "position_array | joint_trajectory | joint_state")
         p("controller_name", "forward_position_controller", "ros2_control controller (topic /<name>/...)")
+        p("check_controller_joints", True, "position_array: check the controller's joints parameter order")
         p("joint_command_topic", "/joint_command", "topic of the joint_state command interface (Isaac Sim)")
         p("trajectory_time_from_start_s", 0.05, "time_from_start of the JointTrajectory point [s]")
         p("smoothing_alpha", 1.0, "first-order smoothing of targets, (0, 1]; 1 = none")
         p("e_stop_topic", "/e_stop", "e-stop trigger topic")
         p("e_stop_reset_topic", "/e_stop/reset", "e-stop reset topic (std_msgs/Empty)")
         p("e_stop_msg_type", "bool", "bool (std_msgs/Bool, data=true triggers) | empty (std_msgs/Empty)")
+        p("e_stop_heartbeat_topic", "", "dead-man heartbeat topic; '' = none")
+        p("e_stop_heartbeat_timeout_s", 0.5, "heartbeat silence that latches the e-stop [s]")
+        p("e_stop_heartbeat_msg_type", "empty", "empty (any message) | bool (data=true counts)")
         p("realtime_priority", 0, "SCHED_FIFO priority for the control thread; 0 = normal scheduling")
         p("diagnostics_period_s", 1.0, "period of /diagnostics messages [s]")
         p("autostart", False, "configure and activate at start-up (no lifecycle manager needed)")
         for name, preset in (("latent", "reliable"), ("joint_states", "reliable"), ("command", "command"),
-                             ("e_stop", "reliable"), ("diagnostics", "reliable")):
+                             ("e_stop", "reliable"), ("e_stop_state", "status"), ("diagnostics", "reliable")):
             declare_qos(self, name, preset)
 
         self._log = self.get_logger()
@@ -186,15 +209,23 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._throttle = Throttle(5.0)
         self.estop = EStopLatch()  # survives deactivate/cleanup: only a reset releases it
         self._estop_arrival_s: float | None = None
+        self._estop_published: bool | None = None
+        self._heartbeat_s: float | None = None
         self._enabled = bool(self._get("enable_control"))
-        self._policy: Policy | None = None
-        self._filter: SafetyFilter | None = None
+        self._policy: LoadedPolicy | None = None
+        self._step: ControlStep | None = None
+        self._filter = None  # the step's SafetyFilter (None: no limits, dry run)
         self._loop: ClockLoop | None = None
         self._loader = BackgroundLoader(self, self._load_job, on_done=self._note_reload, name="sage_control_loader")
         self._reload_failed, self._reload_note = False, ""
+        self._reload_log = np.zeros((RELOAD_LOG_SIZE, 3))
+        self._reloads = 0
+        self._order_problem = ""  # controller joint order mismatch: refuse to command
+        self._order_note = "not checked"
         self._subs: list = []
         self._pubs: list = []
         self._srvs: list = []
+        self._clients: list = []
         self._diag_timer = None
         self._reset_inputs()
         self._reset_stats()
@@ -210,6 +241,8 @@ class ControlNode(DeclaredParams, LifecycleNode):
                     return SetParametersResult(
                         successful=False,
                         reason="no joint limits configured: set joint_limits_file (and/or urdf_file) and reconfigure")
+                if param.value and self._order_problem:
+                    return SetParametersResult(successful=False, reason=self._order_problem)
             elif param.name == "model_dir" and self._policy is not None:
                 path = param.value if isinstance(param.value, str) else ""
                 problem = check_checkpoint_dir(path)
@@ -229,19 +262,16 @@ class ControlNode(DeclaredParams, LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._configure()
-        except (ValueError, OSError) as exc:  # CheckpointError, LimitsError are ValueErrors
-            self._log.error(f"configure failed: {exc}")
+        except Exception as exc:  # every configure failure says why (rclpy raises its own types too)
+            kind = "" if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: "
+            self._log.error(f"configure failed: {kind}{exc}")
             self._destroy_entities()
-            self._policy = self._filter = None
+            self._policy = self._step = self._filter = None
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
         g = self._get
-        threads = int(g("torch_threads"))
-        if threads < 1:
-            raise ValueError(f"torch_threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
         self._rate_hz = float(g("control_rate_hz"))
         if not (math.isfinite(self._rate_hz) and 0 < self._rate_hz <= 5000):
             raise ValueError(f"control_rate_hz must be in (0, 5000], got {self._rate_hz}")
@@ -249,8 +279,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         # The control thread needs the GIL the moment it wakes; by default another thread may keep it
         # for up to 5 ms (sys.getswitchinterval). Hand it over within a tenth of a period instead.
         sys.setswitchinterval(min(sys.getswitchinterval(), max(5e-5, 0.1 * self._period_s)))
-        for key in ("latent_timeout_s", "joint_state_timeout_s", "trajectory_time_from_start_s",
-                    "diagnostics_period_s"):
+        for key in ("trajectory_time_from_start_s", "diagnostics_period_s"):
             value = float(g(key))
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{key} must be > 0, got {value}")
@@ -261,11 +290,22 @@ class ControlNode(DeclaredParams, LifecycleNode):
         estop_type = str(g("e_stop_msg_type")).lower()
         if estop_type not in ("bool", "empty"):
             raise ValueError(f"e_stop_msg_type {estop_type!r}: choose 'bool' or 'empty'")
-        alpha = float(g("smoothing_alpha"))
-        self._smoother = ActionSmoother(alpha)  # raises ValueError outside (0, 1]
+        hb_topic = str(g("e_stop_heartbeat_topic"))
+        hb_type = str(g("e_stop_heartbeat_msg_type")).lower()
+        if hb_type not in ("bool", "empty"):
+            raise ValueError(f"e_stop_heartbeat_msg_type {hb_type!r}: choose 'bool' or 'empty'")
+        for key in ("latent_topic", "joint_states_topic", "e_stop_topic", "e_stop_reset_topic"):
+            if not str(g(key)).strip():
+                raise ValueError(f"{key} is empty: give a topic name")
         names_param = list(g("joint_names") or [])
         if not all(isinstance(n, str) and n for n in names_param):
             raise ValueError(f"joint_names must be a list of non-empty strings, got {names_param}")
+        step_cfg = ControlStepConfig(
+            period_s=self._period_s, latent_timeout_s=float(g("latent_timeout_s")),
+            joint_state_timeout_s=float(g("joint_state_timeout_s")),
+            clock_skew_tolerance_s=float(g("clock_skew_tolerance_s")),
+            e_stop_heartbeat_timeout_s=float(g("e_stop_heartbeat_timeout_s")) if hb_topic else 0.0,
+            require_stamps=bool(g("require_stamps")), smoothing_alpha=float(g("smoothing_alpha")))
 
         policy = load_policy(g("model_dir"), names_param or None)
         self._command_names = names_param or list(policy.model_names)
@@ -274,29 +314,42 @@ class ControlNode(DeclaredParams, LifecycleNode):
             raise ValueError("enable_control is true but no joint limits are configured: set joint_limits_file "
                              "(and/or urdf_file); refusing to command a robot without limits")
         self._policy = policy
-        self._filter = None if limits is None else SafetyFilter(
-            limits, self._period_s, float(g("latent_timeout_s")), float(g("joint_state_timeout_s")), self.estop)
+        self._step = ControlStep(step_cfg, limits, self.estop)
+        self._filter = self._step.filter
         self._limits = limits
         self._tfs = float(g("trajectory_time_from_start_s"))
         self._reload_failed, self._reload_note = False, ""
         self._reset_inputs()
         self._log.info(
-            f"loaded {policy.model_dir} (sha256 {policy.sha256[:12]}) in {policy.load_ms:.0f} ms; command order "
-            f"{self._command_names}; limits: {self._limits_source or 'NONE (dry run)'}")
+            f"loaded {policy.model_dir} (sha256 {policy.sha256[:12]}, verified) in {policy.load_ms:.0f} ms; "
+            f"command order {self._command_names}; limits: {self._limits_source or 'NONE (dry run)'}")
 
-        q = lambda name, preset: declare_qos(self, name, preset)
+        q = lambda name, preset: declare_qos(self, name, preset)  # noqa: E731
         sub = self.create_subscription
+        estop_msg = Bool if estop_type == "bool" else Empty
+        estop_qos = q("e_stop", "reliable")
         self._subs = [
             sub(Image, g("latent_topic"), self._on_latent, q("latent", "reliable")),
             sub(JointState, g("joint_states_topic"), self._on_joints, q("joint_states", "reliable")),
-            sub(Bool if estop_type == "bool" else Empty, g("e_stop_topic"), self._on_estop, q("e_stop", "reliable")),
-            sub(Empty, g("e_stop_reset_topic"), self._on_estop_reset, q("e_stop", "reliable")),
         ]
+        # E-stop and reset: the configured QoS and a best-effort twin, so a best-effort publisher (common
+        # for joystick / teleop bridges) matches too. A reliable publisher reaches both: harmless, latching.
+        for qos in (estop_qos, _best_effort(estop_qos)) if estop_qos.reliability != ReliabilityPolicy.BEST_EFFORT \
+                else (estop_qos,):
+            self._subs.append(sub(estop_msg, g("e_stop_topic"), self._on_estop, qos))
+            self._subs.append(sub(Empty, g("e_stop_reset_topic"), self._on_estop_reset, qos))
+        if hb_topic:
+            hb_msg = Bool if hb_type == "bool" else Empty
+            for qos in (estop_qos, _best_effort(estop_qos)):
+                self._subs.append(sub(hb_msg, hb_topic, self._on_heartbeat, qos))
         self._command_topic = commands.command_topic(self._interface, g("controller_name"), g("joint_command_topic"))
         self._cmd_pub = self.create_publisher(commands.command_msg_type(self._interface), self._command_topic,
                                               q("command", "command"))
+        self._estop_pub = self.create_publisher(Bool, "~/e_stop_state", q("e_stop_state", "status"))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", q("diagnostics", "reliable"))
-        self._pubs = [self._cmd_pub, self._diag_pub]
+        self._pubs = [self._cmd_pub, self._estop_pub, self._diag_pub]
+        self._estop_published = None
+        self._publish_estop_state()
         self._srvs = [self.create_service(Trigger, "~/reload_model", self._on_reload_srv,
                                           # own group: while this async callback awaits the load, the
                                           # default (mutually exclusive) group keeps taking messages
@@ -305,6 +358,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._publish = {"position_array": self._publish_array, "joint_trajectory": self._publish_trajectory,
                          "joint_state": self._publish_joint_state}[self._interface]
         self._diag_timer = self.create_timer(float(g("diagnostics_period_s")), self._publish_diagnostics)
+        self._start_order_check()
 
     def _load_limits(self, names: list[str]) -> JointLimits | None:
         yaml_file, urdf_file = str(self._get("joint_limits_file")), str(self._get("urdf_file"))
@@ -315,10 +369,63 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._limits_source = " + ".join(f for f in (yaml_file, urdf_file) if f)
         return limits
 
+    # ------------------------------------------------------------------ controller joint order
+    def _start_order_check(self) -> None:
+        """position_array is order-only: ask the controller for its ``joints`` parameter (async)."""
+        self._order_problem = ""
+        if self._interface != "position_array":
+            self._order_note = "not needed (command carries joint names)"
+            return
+        if not self._get("check_controller_joints"):
+            self._order_note = "check disabled: the array is sent in joint_names order"
+            return
+        controller = str(self._get("controller_name")).strip("/")
+        self._order_client = self.create_client(GetParameters, f"/{controller}/get_parameters")
+        self._clients = [self._order_client]
+        self._order_note = (f"unverified: /{controller}/get_parameters not reachable yet; the array is sent in "
+                            f"joint_names order {self._command_names}")
+        self._order_timer = self.create_timer(1.0, self._poll_order)
+        self._order_future = None
+        self._order_polls = 0
+
+    def _poll_order(self) -> None:
+        client = getattr(self, "_order_client", None)
+        if client is None or self._order_future is not None:
+            return
+        self._order_polls += 1
+        if self._order_polls > 30:  # give up after ~30 s: stays "unverified" in diagnostics
+            self.destroy_timer(self._order_timer)
+            return
+        if not client.service_is_ready():
+            return
+        self._order_future = client.call_async(GetParameters.Request(names=["joints"]))
+        self._order_future.add_done_callback(self._on_order_reply)
+
+    def _on_order_reply(self, future) -> None:
+        timer, self._order_timer = getattr(self, "_order_timer", None), None
+        if timer is not None:
+            self.destroy_timer(timer)
+        try:
+            values = future.result().values
+            joints = list(values[0].string_array_value) if values else []
+        except Exception as exc:  # the controller went away mid-call
+            self._order_note = f"unverified: get_parameters failed ({exc})"
+            return
+        controller = str(self._get("controller_name")).strip("/")
+        if not joints:
+            self._order_note = f"unverified: /{controller} has no 'joints' parameter"
+        elif joints != list(self._command_names):
+            self._order_problem = (f"controller /{controller} expects joints {joints} but commands are in order "
+                                   f"{list(self._command_names)}: set joint_names to the controller's order; "
+                                   "refusing to command")
+            self._order_note = self._order_problem
+            self._log.error(self._order_problem)
+        else:
+            self._order_note = f"verified against /{controller} joints"
+
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self._filter is not None:
-            self._filter.reset()  # first command starts from the measured position
-        self._smoother.reset()
+        if self._step is not None:
+            self._step.reset()  # first command starts from the measured position
         self._reset_stats()
         self._loop = ClockLoop(self, self._period_s, self._tick, name="sage_control_loop",
                                rt_priority=int(self._get("realtime_priority")))
@@ -334,7 +441,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_loop()
         self._destroy_entities()
-        self._policy = self._filter = None
+        self._policy = self._step = self._filter = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -367,15 +474,20 @@ class ControlNode(DeclaredParams, LifecycleNode):
             self.destroy_publisher(ent)
         for ent in self._srvs:
             self.destroy_service(ent)
-        self._subs, self._pubs, self._srvs = [], [], []
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
+        for ent in self._clients:
+            self.destroy_client(ent)
+        self._subs, self._pubs, self._srvs, self._clients = [], [], [], []
+        self._order_client = None
+        for attr in ("_diag_timer", "_order_timer"):
+            timer = getattr(self, attr, None)
+            if timer is not None:
+                self.destroy_timer(timer)
+                setattr(self, attr, None)
 
     # ------------------------------------------------------------------ inputs (executor thread)
     def _reset_inputs(self) -> None:
-        self._latent = None  # (z float32 (D,), arrival_s)
-        self._joints = None  # (pos (J,) model order, vel, measured float64 command order, arrival_s)
+        self._latent: LatentInput | None = None
+        self._joints: JointInput | None = None
         self._rejected = {"latent": 0, "joint_states": 0}
         self._reject_reasons: dict[str, str] = {"latent": "", "joint_states": ""}
         self._received = {"latent": 0, "joint_states": 0}
@@ -397,10 +509,11 @@ class ControlNode(DeclaredParams, LifecycleNode):
             return
         try:
             z = convert.msg_to_latent(msg, expected_dim=policy.latent_dim)
+            stamp = convert.stamp_to_seconds(msg.header.stamp)
         except (convert.ConversionError, ValueError) as exc:
             self._reject("latent", str(exc))
             return
-        self._latent = (np.array(z, dtype=np.float32), now)
+        self._latent = LatentInput(np.array(z, dtype=np.float32), stamp, now)
 
     def _on_joints(self, msg: JointState) -> None:
         now = self._now_s()
@@ -410,11 +523,24 @@ class ControlNode(DeclaredParams, LifecycleNode):
             return
         try:
             pos, vel = convert.joint_state_to_arrays(msg, policy.model_names)
+            stamp = convert.stamp_to_seconds(msg.header.stamp)
         except (convert.ConversionError, ValueError) as exc:
             self._reject("joint_states", str(exc))
             return
         measured = pos if policy.perm is None else pos[policy.perm]
-        self._joints = (pos, vel, measured, now)
+        self._joints = JointInput(pos, vel, np.asarray(measured, dtype=np.float64), stamp, now)
+
+    def _publish_estop_state(self) -> None:
+        """Latched state, transient-local: an operator console joining late still sees it."""
+        latched = self.estop.latched
+        pub = getattr(self, "_estop_pub", None)
+        if pub is None or latched == self._estop_published:
+            return
+        self._estop_published = latched
+        try:
+            pub.publish(Bool(data=latched))
+        except Exception:  # shutting down
+            pass
 
     def _on_estop(self, msg) -> None:
         if isinstance(msg, Bool) and not msg.data:
@@ -425,12 +551,19 @@ class ControlNode(DeclaredParams, LifecycleNode):
         if not was:
             self._estop_arrival_s = now
             self._log.error(f"E-STOP latched ({self._get('e_stop_topic')}): holding the last command until reset")
+        self._publish_estop_state()
+
+    def _on_heartbeat(self, msg) -> None:
+        if isinstance(msg, Bool) and not msg.data:
+            return  # dead-man released: silence from here on latches after the timeout
+        self._heartbeat_s = self._now_s()
 
     def _reset_estop(self, source: str) -> str:
         was = self.estop.latched
         self.estop.reset()  # the filter resumes from the held command, ramping up from rest
         message = f"e-stop reset via {source}" if was else f"e-stop was not latched ({source})"
         self._log.warning(message)
+        self._publish_estop_state()
         return message
 
     def _on_estop_reset(self, msg: Empty) -> None:
@@ -451,6 +584,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._last_tick_ns = 0
         self._status = SafetyStatus.HOLD_NO_INPUT
         self._status_reason = "not started"
+        self._stale_clock = ""
         self._status_counts = {s: 0 for s in SafetyStatus}
         self._log_t = np.zeros(TICK_LOG_SIZE, dtype=np.int64)
         self._log_s = np.zeros(TICK_LOG_SIZE, dtype=np.int8)
@@ -467,26 +601,18 @@ class ControlNode(DeclaredParams, LifecycleNode):
             if period > 1.5 * self._period_s:
                 self._missed += 1
         self._last_tick_ns = now_ns
-        now_s = now_ns * 1e-9
-        policy, latent, joints = self._policy, self._latent, self._joints
-        target = None
-        if latent is not None and joints is not None and policy is not None:
-            step = policy.fast.act(latent[0], joints[0], joints[1])[0]
-            target = self._smoother(step if policy.perm is None else step[policy.perm])
-        filt = self._filter
-        if filt is None:
-            status, reason = SafetyStatus.DISABLED, "dry run: no joint limits configured"
-        else:
-            res = filt.step(now_s, target, latent[1] if latent is not None else None,
-                            joints[3] if joints is not None else None,
-                            joints[2] if joints is not None else None, self._enabled)
-            status, reason = res.status, res.reason
-            if res.command is not None:
-                self._publish(res.command, res.velocity, now_ns)
-                self._published += 1
-            if status is not SafetyStatus.OK:
-                self._smoother.reset()
-        self._status, self._status_reason = status, reason
+        step = self._step
+        if step is None:
+            return
+        enabled = self._enabled and not self._order_problem
+        res = step.step(now_ns * 1e-9, self._policy, self._latent, self._joints, enabled, self._heartbeat_s)
+        if res.command is not None:
+            self._publish(res.command, res.velocity, now_ns)
+            self._published += 1
+        if res.status is SafetyStatus.ESTOP and self._estop_published is False:
+            self._publish_estop_state()  # a heartbeat timeout latched it inside the step
+        status = res.status
+        self._status, self._status_reason, self._stale_clock = status, res.reason, res.stale_clock
         self._status_counts[status] += 1
         i = self._ticks % TICK_LOG_SIZE
         self._log_t[i] = now_ns
@@ -511,8 +637,16 @@ class ControlNode(DeclaredParams, LifecycleNode):
         idx = (np.arange(n - k, n) % TICK_LOG_SIZE) if k else np.zeros(0, dtype=np.intp)
         return self._log_t[idx].copy(), [_STATUS_BY_CODE[c] for c in self._log_s[idx]]
 
+    def reload_log(self) -> np.ndarray:
+        """(start ns, swap ns, interpreter-thread CPU ms) of the recent successful reloads, oldest first."""
+        n, k = self._reloads, min(self._reloads, RELOAD_LOG_SIZE)
+        idx = (np.arange(n - k, n) % RELOAD_LOG_SIZE) if k else np.zeros(0, dtype=np.intp)
+        return self._reload_log[idx].copy()
+
     # ------------------------------------------------------------------ reload
     def _load_job(self, path: str) -> str:
+        start_ns = self.get_clock().now().nanoseconds
+        cpu0 = time.thread_time()
         current = self._policy
         if current is None:
             raise CheckpointError("not configured")
@@ -523,7 +657,10 @@ class ControlNode(DeclaredParams, LifecycleNode):
         if new.latent_dim != current.latent_dim:
             raise CheckpointError(f"{path}: latent_dim {new.latent_dim} differs from the running {current.latent_dim}")
         self._policy = new  # atomic swap: the next tick uses it
-        return f"loaded {new.model_dir} (sha256 {new.sha256[:12]}) in {new.load_ms:.0f} ms"
+        cpu_ms = (time.thread_time() - cpu0) * 1e3
+        self._reload_log[self._reloads % RELOAD_LOG_SIZE] = (start_ns, self.get_clock().now().nanoseconds, cpu_ms)
+        self._reloads += 1
+        return f"loaded {new.model_dir} (sha256 {new.sha256[:12]}, verified) in {new.load_ms:.0f} ms"
 
     async def _on_reload_srv(self, request, response):
         if self._policy is None:
@@ -547,6 +684,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
     # ------------------------------------------------------------------ diagnostics (1 Hz timer)
     def _publish_diagnostics(self) -> None:
         try:
+            self._publish_estop_state()
             self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), self._statuses()))
         except Exception as exc:  # diagnostics must never take the node down
             if not self._closing and rclpy.ok() and self._throttle.allow("diagnostics"):
@@ -565,7 +703,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         comp = self._compute_stats.summary()
         st, reason = self._status, self._status_reason
         if st is not self._last_logged_status and active:  # log transitions here, never in the tick
-            if st in (SafetyStatus.HOLD_STALE_LATENT, SafetyStatus.HOLD_STALE_JOINTS, SafetyStatus.HOLD_INVALID_TARGET):
+            if st in _HOLDS:
                 self._log.warning(f"holding last command: {reason}")
             elif st is SafetyStatus.OK and self._last_logged_status is not None:
                 self._log.info("commanding (inputs fresh)")
@@ -573,10 +711,11 @@ class ControlNode(DeclaredParams, LifecycleNode):
         latent, joints = self._latent, self._joints
         if not active:
             level, msg = "warn", "inactive"
+        elif self._order_problem:
+            level, msg = "error", self._order_problem
         elif st is SafetyStatus.ESTOP:
             level, msg = "error", f"E-STOP: {self.estop.reason}"
-        elif st in (SafetyStatus.HOLD_STALE_LATENT, SafetyStatus.HOLD_STALE_JOINTS,
-                    SafetyStatus.HOLD_INVALID_TARGET, SafetyStatus.HOLD_NO_INPUT):
+        elif st in _HOLDS or st is SafetyStatus.HOLD_NO_INPUT:
             level, msg = "warn", f"{st.value}: {reason}"
         elif st is SafetyStatus.DISABLED:
             level, msg = "ok", reason if self._filter is None else "control disabled (enable_control=false)"
@@ -585,17 +724,22 @@ class ControlNode(DeclaredParams, LifecycleNode):
         else:
             level, msg = "ok", "commanding"
         loop = self._loop
+        reloads = self.reload_log()
         values = {
-            "state": st.value, "reason": reason, "enable_control": self._enabled,
+            "state": st.value, "reason": reason, "stale_clock": self._stale_clock, "enable_control": self._enabled,
             "e_stop_latched": self.estop.latched, "e_stop_reason": self.estop.reason or "",
             "e_stop_triggers": self.estop.trigger_count,
+            "e_stop_heartbeat_age_ms": (now - self._heartbeat_s) * 1e3 if self._heartbeat_s is not None else math.nan,
             "rate_hz": rate, "target_hz": getattr(self, "_rate_hz", math.nan),
             "period_p50_ms": per["p50"] * 1e3, "period_p99_ms": per["p99"] * 1e3, "period_max_ms": per["max"] * 1e3,
             "missed_ticks": self._missed, "skipped_deadlines": loop.skipped if loop else 0,
             "compute_p50_us": comp["p50"] * 1e6, "compute_p99_us": comp["p99"] * 1e6,
             "compute_max_us": comp["max"] * 1e6, "ticks": ticks, "commands_published": self._published,
-            "latent_age_ms": (now - latent[1]) * 1e3 if latent is not None else math.nan,
-            "joint_state_age_ms": (now - joints[3]) * 1e3 if joints is not None else math.nan,
+            "latent_age_ms": (now - latent.arrival_s) * 1e3 if latent is not None else math.nan,
+            "latent_stamp_age_ms": (now - latent.stamp_s) * 1e3 if latent is not None and latent.stamp_s else math.nan,
+            "joint_state_age_ms": (now - joints.arrival_s) * 1e3 if joints is not None else math.nan,
+            "joint_state_stamp_age_ms": (now - joints.stamp_s) * 1e3 if joints is not None and joints.stamp_s
+            else math.nan,
             "latents_received": self._received["latent"], "joint_states_received": self._received["joint_states"],
             "rejected.latent": self._rejected["latent"], "rejected.joint_states": self._rejected["joint_states"],
             "last_reject.latent": self._reject_reasons["latent"],
@@ -603,6 +747,8 @@ class ControlNode(DeclaredParams, LifecycleNode):
             "loop_errors": loop.errors if loop else 0, "last_loop_error": loop.last_error if loop else "",
             "scheduling": loop.rt_status if loop else "",
             "command_interface": getattr(self, "_interface", ""), "command_topic": getattr(self, "_command_topic", ""),
+            "controller_joint_order": self._order_note,
+            "torch_imported": "torch" in sys.modules,
         }
         for s, count in self._status_counts.items():
             values[f"ticks.{s.value}"] = count
@@ -613,8 +759,11 @@ class ControlNode(DeclaredParams, LifecycleNode):
             f"reload failed, still running the previous model: {self._reload_note}" if self._reload_failed
             else "model loaded", {
                 "model_dir": policy.model_dir if policy else "", "model_sha256": policy.sha256 if policy else "",
+                "model_sha256_verified": policy is not None,
                 "model_dir_param": self._get("model_dir"), "reload_in_progress": self._loader.busy,
                 "last_reload": self._reload_note, "limits": getattr(self, "_limits_source", "") or "none",
+                "reloads": self._reloads,
+                "reload_cpu_max_ms": float(reloads[:, 2].max()) if len(reloads) else math.nan,
             }))
         return out
 

@@ -3,11 +3,18 @@
 Kept free of ROS so the rules that protect the hardware are unit-tested without a graph.
 """
 
+from .control_step import ControlStep, ControlStepConfig, JointInput, LatentInput, LoadedPolicy, TickResult
 from .estop import EStopLatch
 from .filter import SafetyFilter, SafetyOutput, SafetyStatus
 from .limits import JointLimit, JointLimits, LimitsError
 
 __all__ = [
+    "ControlStep",
+    "ControlStepConfig",
+    "JointInput",
+    "LatentInput",
+    "LoadedPolicy",
+    "TickResult",
     "EStopLatch",
     "JointLimit",
     "JointLimits",

@@ -20,8 +20,14 @@ Why these rules:
 - Holding zeroes the commanded velocity, so resuming ramps up from rest at the acceleration limit.
 - Every command published (OK or hold) lies within the position limits.
 
-All limits use the nominal ``period_s``: if the loop runs late the realised speed is lower than
-the limit, which is the safe side.
+- Limits hold per *elapsed time* between published commands, not per nominal period. The loop
+  keeps absolute deadlines, so a late tick is followed by a short one; a step sized for the nominal
+  period after a short gap exceeded velocity_max by up to 6.7x between command stamps under load.
+  Each step is sized for ``dt`` = time since the last published command, capped at
+  ``max_step_periods`` nominal periods (after a stall the next step is no bigger than two normal
+  ones: the realised speed is then lower, the safe side). A tick with ``dt`` ~ 0 (same time or a
+  clock that went backwards) repeats the last command (its velocity carries on).
+  Velocity: ``|step| <= velocity_max * dt``; acceleration: ``|step/dt - previous velocity| <= acceleration_max * dt``.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class SafetyFilter:
         latent_timeout_s: float,
         joint_state_timeout_s: float,
         estop: EStopLatch | None = None,
+        max_step_periods: float = 2.0,
     ) -> None:
         for key, value in (
             ("period_s", period_s),
@@ -92,6 +99,8 @@ class SafetyFilter:
         ):
             if not math.isfinite(value) or value <= 0.0:
                 raise ValueError(f"SafetyFilter: {key} must be finite and > 0 (got {value})")
+        if not (math.isfinite(max_step_periods) and max_step_periods >= 1.0):
+            raise ValueError(f"SafetyFilter: max_step_periods must be >= 1 (got {max_step_periods})")
         self.limits = limits
         self.period_s = float(period_s)
         self.latent_timeout_s = float(latent_timeout_s)
@@ -101,21 +110,21 @@ class SafetyFilter:
         n = len(limits.joints)
         self._n = n
         self._shape = (n,)
-        dt = self.period_s
+        self._max_dt = self.period_s * float(max_step_periods)
+        self._min_dt = 1e-3 * self.period_s  # below this a step would be rounding noise
         # numpy copies for validation/holds, float lists for the per-joint loop in _limit().
         self._lower_np = limits.lower
         self._upper_np = limits.upper
         self._lower = self._lower_np.tolist()
         self._upper = self._upper_np.tolist()
-        # Limits as per-step position changes ("deltas"), so the loop never divides by dt.
-        self._vstep = (limits.velocity_max * dt).tolist()  # max |delta|
-        self._astep = (limits.acceleration_max * dt * dt).tolist()  # max |delta - previous delta|
+        self._vmax = limits.velocity_max.tolist()
+        self._amax = limits.acceleration_max.tolist()
 
         self._last = [0.0] * n  # last published command (meaningful only if _has_last)
         self._has_last = False
-        self._delta_prev = [0.0] * n  # last commanded step; 0 at start and after a hold
+        self._last_t: float | None = None  # when it was published (None: no previous command)
+        self._vel_prev = [0.0] * n  # velocity of the last commanded step [rad/s]; 0 at start and after a hold
         self._target_prev: list[float] | None = None  # last (position-clamped) target, for its motion
-        self._inv_dt = 1.0 / self.period_s
 
     # ------------------------------------------------------------------ public
     @property
@@ -125,7 +134,8 @@ class SafetyFilter:
     def reset(self) -> None:
         """Forget the last command (deactivate/disable) so the next one starts from the measured position."""
         self._has_last = False
-        self._delta_prev = [0.0] * self._n
+        self._last_t = None
+        self._vel_prev = [0.0] * self._n
         self._target_prev = None
 
     def step(
@@ -136,10 +146,15 @@ class SafetyFilter:
         joint_stamp_s: float | None,
         measured_position: np.ndarray | None,
         enabled: bool,
+        joint_problem: str = "",
+        latent_problem: str = "",
     ) -> SafetyOutput:
         """Decide this tick's command.
 
-        Priority: DISABLED > ESTOP > STALE_JOINTS > STALE_LATENT > INVALID_TARGET.
+        ``*_stamp_s`` are the inputs' effective times (the caller folds header stamps and arrival
+        times into them); a non-empty ``*_problem`` marks that input stale with that reason (e.g. a
+        header stamp in the future). Priority: DISABLED > ESTOP > STALE_JOINTS > STALE_LATENT >
+        INVALID_TARGET.
         """
         if not enabled:
             self.reset()
@@ -147,6 +162,8 @@ class SafetyFilter:
 
         measured = self._valid(measured_position)
         joints_ok, joints_why = _fresh(now_s, joint_stamp_s, self.joint_state_timeout_s)
+        if joint_problem:
+            joints_ok, joints_why = False, joint_problem
         if measured is None:
             joints_ok = False
             joints_why = joints_why or "measured position missing, wrong length or non-finite"
@@ -154,20 +171,23 @@ class SafetyFilter:
         fresh_measured = measured if joints_ok else None
 
         if self.estop.latched:
-            return self._hold(SafetyStatus.ESTOP, f"e-stop latched: {self.estop.reason}", fresh_measured)
+            return self._hold(SafetyStatus.ESTOP, f"e-stop latched: {self.estop.reason}", fresh_measured, now_s)
         if not joints_ok:
-            return self._hold(SafetyStatus.HOLD_STALE_JOINTS, f"joint state {joints_why}", None)
+            return self._hold(SafetyStatus.HOLD_STALE_JOINTS, f"joint state {joints_why}", None, now_s)
         latent_ok, latent_why = _fresh(now_s, latent_stamp_s, self.latent_timeout_s)
+        if latent_problem:
+            latent_ok, latent_why = False, latent_problem
         if not latent_ok:
-            return self._hold(SafetyStatus.HOLD_STALE_LATENT, f"latent {latent_why}", fresh_measured)
+            return self._hold(SafetyStatus.HOLD_STALE_LATENT, f"latent {latent_why}", fresh_measured, now_s)
         tgt = self._valid(target)
         if tgt is None:
             return self._hold(
                 SafetyStatus.HOLD_INVALID_TARGET,
                 "target missing, wrong length or non-finite",
                 fresh_measured,
+                now_s,
             )
-        return self._limit(tgt, measured)
+        return self._limit(now_s, tgt, measured)
 
     # ------------------------------------------------------------------ internals
     def _valid(self, x: np.ndarray | None) -> np.ndarray | None:
@@ -182,9 +202,9 @@ class SafetyFilter:
             return None
         return arr
 
-    def _hold(self, status: SafetyStatus, reason: str, measured: np.ndarray | None) -> SafetyOutput:
+    def _hold(self, status: SafetyStatus, reason: str, measured: np.ndarray | None, now_s: float) -> SafetyOutput:
         """Repeat the last command; with none yet, latch the (fresh) measured position as the hold point."""
-        self._delta_prev = [0.0] * self._n
+        self._vel_prev = [0.0] * self._n
         self._target_prev = None
         if not self._has_last:
             if measured is None:
@@ -192,48 +212,58 @@ class SafetyFilter:
             # Latch it so later holds repeat one fixed point instead of following a sagging arm.
             self._last = np.minimum(np.maximum(measured, self._lower_np), self._upper_np).tolist()
             self._has_last = True
+        self._last_t = now_s
         return SafetyOutput(np.array(self._last), np.zeros(self._n), status, False, reason)
 
-    def _limit(self, target: np.ndarray, measured: np.ndarray) -> SafetyOutput:
+    def _limit(self, now_s: float, target: np.ndarray, measured: np.ndarray) -> SafetyOutput:
         """Clamp to position limits, then bound the step by speed, acceleration and braking distance.
 
-        A plain per-joint float loop: for arm-sized joint counts it is faster than chaining numpy
-        ufuncs on tiny arrays (each call costs ~1 us of overhead), and it reads like the maths.
+        All bounds are for this step's elapsed time ``dt`` (see the module docstring). A plain
+        per-joint float loop: for arm-sized joint counts it is faster than chaining numpy ufuncs on
+        tiny arrays (each call costs ~1 us of overhead), and it reads like the maths.
         """
         if self._has_last:
             prev = self._last
+            dt = self.period_s if self._last_t is None else min(now_s - self._last_t, self._max_dt)
+            if not dt >= self._min_dt:  # (almost) no time since the last command, or the clock went back
+                self._last_t = now_s  # repeat it; the motion continues from here next tick
+                return SafetyOutput(np.array(prev), np.array(self._vel_prev), SafetyStatus.OK, True,
+                                    "no time elapsed since the last command")
         else:
             prev = measured.tolist()  # first command after (re)start: start where the arm is
+            dt = self.period_s
         tgt = target.tolist()
         xprev = self._target_prev
-        lower, upper, vstep, astep = self._lower, self._upper, self._vstep, self._astep
-        dprev = self._delta_prev
+        lower, upper, vmax, amax = self._lower, self._upper, self._vmax, self._amax
+        vprev = self._vel_prev
         sqrt = math.sqrt
         n = self._n
         cmd = [0.0] * n
-        delta = [0.0] * n
+        vel = [0.0] * n
         clipped = [0.0] * n
         clamped = False
         for i in range(n):
-            lo, up, a = lower[i], upper[i], astep[i]
+            lo, up = lower[i], upper[i]
+            a = amax[i] * dt * dt  # max change of this step vs the previous velocity's step
+            vstep = vmax[i] * dt  # max |step|
             p = prev[i]
             p = lo if p < lo else (up if p > up else p)  # a measured start may sit just past a limit
             x = tgt[i]
             x = lo if x < lo else (up if x > up else x)
             clipped[i] = x
-            # Hard bounds on this step (all in position change per tick):
-            # speed, acceleration vs the last step, and braking distance to each position limit,
+            # Hard bounds on this step (all in position change over dt):
+            # speed, acceleration vs the last velocity, and braking distance to each position limit,
             # i.e. the largest step after which the joint can still stop inside the limit.
-            # From v^2/(2a) + v*dt <= distance:  step <= sqrt(astep^2 + 2*astep*distance) - astep.
-            # Landing exactly on the limit is also allowed when one braking step (<= astep) stops
+            # From v^2/(2a) + v*dt <= distance:  step <= sqrt(a^2 + 2*a*distance) - a, a = amax*dt^2.
+            # Landing exactly on the limit is also allowed when one braking step (<= a) stops
             # it. A continuous joint has infinite distance, so its braking bound is inf.
             du = up - p
             brake_up = max(sqrt(a * a + 2.0 * a * du) - a, min(du, a))
             dl = p - lo
             brake_lo = max(sqrt(a * a + 2.0 * a * dl) - a, min(dl, a))
-            d0 = dprev[i]
-            step_hi = min(vstep[i], d0 + a, brake_up)
-            step_lo = max(-vstep[i], d0 - a, -brake_lo)
+            d0 = vprev[i] * dt
+            step_hi = min(vstep, d0 + a, brake_up)
+            step_lo = max(-vstep, d0 - a, -brake_lo)
             e = x - p
             if not step_lo <= e <= step_hi:
                 # Out of reach this tick. Steering straight at the target would overshoot it at
@@ -254,9 +284,10 @@ class SafetyFilter:
             elif x != tgt[i]:
                 clamped = True  # only the position clamp changed it
             cmd[i] = x
-            delta[i] = x - p
+            vel[i] = (x - p) / dt
         self._last = cmd
-        self._delta_prev = delta
+        self._last_t = now_s
+        self._vel_prev = vel
         self._target_prev = clipped
         self._has_last = True
-        return SafetyOutput(np.array(cmd), np.array(delta) * self._inv_dt, SafetyStatus.OK, clamped, "")
+        return SafetyOutput(np.array(cmd), np.array(vel), SafetyStatus.OK, clamped, "")
