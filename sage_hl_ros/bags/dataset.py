@@ -42,9 +42,11 @@ Streaming and memory
     (about 120 B per joint-state message for 7 joints); images still do not.
 
 Errors
-    A bag that cannot be opened (truncated, missing files) or a message that cannot be decoded
-    raises ``BagError`` naming the bag, the topic and the message (its index on the topic,
-    counted from the start of the bag, and its receive time). With ``skip_bad_messages`` bad
+    Each bag is checked once before it is first read (``verify.require_intact``: MCAP chunk CRCs
+    and summary, sqlite3 ``quick_check``). A bag that fails it or cannot be opened (truncated,
+    missing files, no metadata.yaml) raises ``BagError`` naming the storage file and the problem;
+    a message that cannot be decoded raises one naming the bag, the topic and the message (its
+    index on the topic, counted from the start of the bag, and its receive time). With ``skip_bad_messages`` bad
     messages are skipped and counted per topic and reason (``skipped_counts()``); a skipped
     message leaves the previous one held, like a rejected message at runtime.
 """
@@ -84,6 +86,8 @@ from .decode import (
     joint_state_to_arrays,
     multiarray_to_numpy,
 )
+from .recording import storage_files
+from .verify import read_failure, require_intact
 
 __all__ = [
     "BagDataset",
@@ -94,6 +98,7 @@ __all__ = [
     "RunningStats",
     "TopicsConfig",
     "concat_sequences",
+    "configs_for_model",
     "expand_bag_paths",
     "export_samples",
     "iter_exported",
@@ -255,12 +260,25 @@ def load_dataset_config(path: str | Path | None = None) -> DatasetConfig:
 
 
 def _observation_config(config_path: str | Path | None) -> ObservationConfig:
-    """``observation`` section of ``config_path`` if it has one, else of the package's model.yaml."""
+    """The observation the samples are made for: the ``observation`` section of ``config_path``,
+    else that of the model config its top-level ``model_config`` key names (relative to the
+    file), else that of the package's model.yaml."""
     import yaml
 
     from ..paths import config_file
 
-    for path in ([Path(config_path)] if config_path else []) + [config_file("model.yaml")]:
+    candidates = [Path(config_path)] if config_path else []
+    if config_path:
+        try:
+            data = yaml.safe_load(Path(config_path).read_text())
+        except (OSError, yaml.YAMLError):
+            data = None
+        if isinstance(data, dict) and data.get("model_config") and "observation" not in data:
+            model = Path(config_path).parent / str(data["model_config"])
+            if not model.is_file():
+                raise ConfigError(f"{config_path}: model_config: {model} does not exist")
+            candidates.append(model)
+    for path in candidates + [config_file("model.yaml")]:
         try:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):
@@ -268,6 +286,26 @@ def _observation_config(config_path: str | Path | None) -> ObservationConfig:
         if isinstance(data, dict) and "observation" in data:
             return load_yaml(ObservationConfig, path, "observation")
     return ObservationConfig()
+
+
+def configs_for_model(dataset_config: str | Path | None = None, *, model_config: str | Path | None = None,
+                      checkpoint: str | Path | None = None) -> tuple[ObservationConfig, DatasetConfig]:
+    """(observation, dataset) configs that make samples for one model: its ``observation``
+    section and ``action_chunk`` (from ``checkpoint``'s config.json or the ``model_config`` YAML),
+    with the ``dataset`` section of ``dataset_config``. What the sleep trainer does with the model
+    it trains, for ``sage-hl-bag convert --checkpoint DIR`` / ``--model-config FILE``."""
+    from ..core.checkpoint_files import CONFIG_FILE, read_meta
+    from ..core.config import SageConfig
+
+    if checkpoint is not None:
+        sage = SageConfig.from_dict(read_meta(checkpoint)["config"], str(Path(checkpoint) / CONFIG_FILE))
+    elif model_config is not None:
+        sage = SageConfig.from_yaml(model_config)
+    else:
+        raise ValueError("configs_for_model needs a checkpoint or a model config")
+    dcfg = load_dataset_config(dataset_config)
+    dcfg.action_chunk = sage.model.action_chunk
+    return sage.observation, dcfg
 
 
 # ============================================================================ episodes
@@ -321,10 +359,14 @@ def expand_bag_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         if (p / "metadata.yaml").is_file() or (p.is_file() and p.suffix in (".mcap", ".db3")):
             found = [p]
         elif p.is_dir():
+            files = storage_files(p)
+            if files:  # storage files without metadata.yaml: a recording that did not close
+                raise BagError(files[0], f"no metadata.yaml in {p}: the recording did not close; "
+                                         f"run `sage-hl-bag repair {p}`")
             found = sorted(d for d in p.iterdir() if (d / "metadata.yaml").is_file())
             if not found:
                 raise BagError(p, "no rosbag2 bag here (a bag is a directory with metadata.yaml; "
-                                  "a recording killed before closing needs repairing first)")
+                                  "a recording killed before closing needs `sage-hl-bag repair DIR` first)")
         elif not p.exists():
             raise BagError(p, "no such file or directory")
         else:
@@ -453,6 +495,7 @@ class BagDataset:
         self._seen_bad: set[tuple[str, str, int, int]] = set()
         self.stats: Counter = Counter()  # notes: unstamped, trailing_bytes, invalid_markers, peak_held_frames...
         self._typestore = None
+        self._verified: set[Path] = set()
 
     # ------------------------------------------------------------------ public API
     def episodes(self) -> list[EpisodeInfo]:
@@ -579,13 +622,14 @@ class BagDataset:
     def _open(self, bag: Path):
         from rosbags.highlevel import AnyReader
 
+        if bag not in self._verified:  # once per bag: a damaged chunk is an error naming its file
+            require_intact(bag)
+            self._verified.add(bag)
         try:
             reader = AnyReader([Path(bag)], default_typestore=self._typestore_default())
             reader.open()
         except Exception as exc:  # AnyReaderError, ReaderError, OSError, sqlite errors...
-            hint = (" (if the recording was interrupted, repair the bag first: "
-                    "sage_hl_ros.bags.recording.repair_bag, or `mcap recover` for a single .mcap file)")
-            raise BagError(bag, f"cannot open bag: {exc or type(exc).__name__}{hint}") from None
+            raise read_failure(bag, exc) from None
         return reader
 
     def _connections(self, reader, bag: Path) -> dict[str, list]:
@@ -618,8 +662,8 @@ class BagDataset:
             except Exception as exc:
                 topic, ts_last = last
                 where = f"after the message at t={ts_last} ns" if ts_last is not None else "at the first message"
-                raise BagError(bag, f"cannot read bag {where}: {exc or type(exc).__name__}",
-                               topic=topic) from None
+                found = read_failure(bag, exc)
+                raise BagError(found.bag, f"cannot read {where}: {found.problem}", topic=topic) from None
             last = (conn.topic, ts)
             yield conn, ts, raw
 

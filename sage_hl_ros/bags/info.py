@@ -3,8 +3,11 @@
 Topics with types, message counts, rates and offered QoS; storage files with sizes; start,
 end and duration; episodes reconstructed from the ``/sage/episode`` markers (the markers are
 authoritative; the list the recorder stores in ``custom_data`` is only a cache of them).
-A bag without ``metadata.yaml`` (the recorder was killed) gets a clear error pointing at
-``sage-hl-bag repair``.
+Every storage file is read first and must pass its checks (MCAP chunk CRCs and summary, sqlite3
+``quick_check``; :mod:`sage_hl_ros.bags.verify`), so a damaged bag is an error naming the file,
+never a normal-looking summary; ``verify=False`` (``--no-verify``) reads only the summary and
+says so. A bag without ``metadata.yaml`` (the recorder was killed) gets a clear error pointing
+at ``sage-hl-bag repair``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .recording import (
     episodes_from_markers,
     storage_files,
 )
+from .verify import read_failure, require_intact
 
 __all__ = ["BagInfo", "TopicInfo", "bag_info", "format_info"]
 
@@ -52,6 +56,8 @@ class BagInfo:
     episodes: list[Episode] = field(default_factory=list)
     unmatched_episode_ends: int = 0
     custom_data: dict = field(default_factory=dict)
+    verified: bool = False  # every storage file was read and passed its checks
+    verification: str = ""  # what was checked
 
     @property
     def duration_s(self) -> float:
@@ -84,23 +90,34 @@ def _qos_summary(profiles) -> str:
     return unique[0] if len(unique) == 1 else "; ".join(unique)
 
 
-def bag_info(path: str | Path) -> BagInfo:
-    """Read a bag's summary; raises :class:`BagError` with the reason (and the fix) if it cannot."""
-    from rosbags.rosbag2 import Reader
-
+def bag_info(path: str | Path, verify: bool = True) -> BagInfo:
+    """Read a bag's summary; raises :class:`BagError` naming the storage file and the problem
+    (and the fix) if it cannot. ``verify`` first reads every storage file (chunk CRCs, sqlite3
+    ``quick_check``): without it only the summary and the episode markers are read, and a
+    damaged chunk elsewhere goes unnoticed."""
     path = Path(path)
     if not path.exists():
         raise BagError(path, "does not exist")
     if path.is_dir() and not (path / "metadata.yaml").exists():
-        hint = " (the recording did not close: run `sage-hl-bag repair " + str(path) + "`)" \
-            if path.is_dir() and any(True for _ in storage_files(path)) else ""
-        raise BagError(path, f"no metadata.yaml{hint}")
+        files = storage_files(path)
+        if files:
+            raise BagError(files[0], f"no metadata.yaml in {path}: the recording did not close; "
+                                     f"run `sage-hl-bag repair {path}`")
+        raise BagError(path, "no metadata.yaml and no .mcap/.db3 storage files: not a bag")
+    verification = require_intact(path).summary() if verify else ""
     try:
-        reader = Reader(path)
-        reader.open()
-    except Exception as exc:
-        raise BagError(path, f"cannot open bag: {exc} (if the recorder was killed, run "
-                             f"`sage-hl-bag repair {path}`)") from exc
+        return _read_info(path, verification)
+    except BagError:
+        raise
+    except Exception as exc:  # rosbags' ReaderError, sqlite3 and struct errors of a damaged file
+        raise read_failure(path, exc) from None
+
+
+def _read_info(path: Path, verification: str) -> BagInfo:
+    from rosbags.rosbag2 import Reader
+
+    reader = Reader(path)
+    reader.open()
     try:
         meta = {}
         if path.is_dir():
@@ -140,6 +157,7 @@ def bag_info(path: str | Path) -> BagInfo:
             end_ns=(reader.end_time - 1) if reader.message_count else 0,
             message_count=reader.message_count, topics=topics, episodes=tracker.episodes,
             unmatched_episode_ends=tracker.unmatched_ends, custom_data=dict(meta.get("custom_data") or {}),
+            verified=bool(verification), verification=verification,
         )
     finally:
         reader.close()
@@ -168,6 +186,8 @@ def format_info(info: BagInfo) -> str:
         f"Start:        {info.start_ns * 1e-9:.6f}",
         f"End:          {info.end_ns * 1e-9:.6f}",
         f"Messages:     {info.message_count}",
+        "Verified:     " + (info.verification if info.verified else
+                            "NO (summary only: chunk CRCs not checked; run without --no-verify)"),
         "Topics:",
     ]
     width = max((len(t.name) for t in info.topics), default=10)

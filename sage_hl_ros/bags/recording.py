@@ -86,6 +86,12 @@ __all__ = [
     "EPISODE_TOPIC",
     "TEACHER_TOPIC",
     "DEFAULT_TOPIC_TYPES",
+    "COMMAND_TOPICS",
+    "E_STOP_TOPICS",
+    "DIAGNOSTICS_TOPIC",
+    "SENSOR_TYPES",
+    "SENSOR_TOPICS",
+    "BadChunk",
     "BagError",
     "BagWriter",
     "Episode",
@@ -100,11 +106,31 @@ __all__ = [
     "message_definition",
     "parse_episode_marker",
     "repair_bag",
+    "replay_hazard",
+    "is_sensor_stream",
     "storage_files",
 ]
 
 EPISODE_TOPIC = "/sage/episode"
 TEACHER_TOPIC = "/teacher/joint_command"
+
+# Topics whose messages move or stop the robot, or speak for its health: republishing them from a
+# bag would drive the robot past the live safety filter (a recorded command reaches the controller
+# as if sage_control had sent it), latch or release the e-stop, or fake the diagnostics operators
+# and monitors rely on. Replay skips them unless asked (``replay_hazard``).
+COMMAND_TOPICS = ("/forward_position_controller/commands", "/forward_position_controller/joint_trajectory",
+                  "/joint_command")
+E_STOP_TOPICS = ("/e_stop", "/e_stop/reset")
+DIAGNOSTICS_TOPIC = "/diagnostics"
+COMMAND_TYPES = ("trajectory_msgs/msg/JointTrajectory",)
+
+# Sensor streams: published best-effort (DESIGN §4), so the recorder subscribes to them best-effort
+# from the start (that matches reliable publishers too), not reliable-until-discovered, which a
+# best-effort camera refuses as "incompatible QoS" until the next discovery tick.
+SENSOR_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/PointCloud2",
+                "sensor_msgs/msg/LaserScan", "sensor_msgs/msg/CameraInfo")
+SENSOR_TOPICS = ("/camera/image_raw", "/camera/image_raw/compressed", "/camera/depth/image_raw", "/audio/frames",
+                 "/tactile/array")
 
 # The runtime's topics (DESIGN §4) and their types, so the recorder can subscribe before anything
 # is advertised (no discovery delay, first messages kept).
@@ -121,7 +147,7 @@ DEFAULT_TOPIC_TYPES: dict[str, str] = {
     TEACHER_TOPIC: "sensor_msgs/msg/JointState",
     "/e_stop": "std_msgs/msg/Bool",
     EPISODE_TOPIC: "std_msgs/msg/String",
-    "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
+    DIAGNOSTICS_TOPIC: "diagnostic_msgs/msg/DiagnosticArray",
 }
 
 STORAGE_SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
@@ -129,6 +155,21 @@ LIBRARY = "sage_hl_ros recorder"
 DEFAULT_CHUNK_BYTES = 1 << 20
 
 
+def replay_hazard(topic: str, msgtype: str = "") -> str:
+    """Why republishing ``topic`` could act on a live robot ("" if it cannot): command outputs
+    (the runtime's three, any ``/<controller>/commands`` or ``/<controller>/joint_trajectory``,
+    any JointTrajectory), the e-stop topics and /diagnostics."""
+    if topic in COMMAND_TOPICS or msgtype in COMMAND_TYPES or topic.endswith(("/commands", "/joint_trajectory")):
+        return "robot command"
+    if topic in E_STOP_TOPICS or topic.endswith(("/e_stop", "/e_stop/reset")):
+        return "e-stop"
+    if topic == DIAGNOSTICS_TOPIC:
+        return "diagnostics"
+    return ""
+
+
+def is_sensor_stream(topic: str, msgtype: str) -> bool:
+    return msgtype in SENSOR_TYPES or topic in SENSOR_TOPICS
 
 
 # ----------------------------------------------------------------------------- message definitions
@@ -910,6 +951,40 @@ class _Scan:
     start_ns: int | None = None
     end_ns: int | None = None
     problem: str = ""
+    chunks: int = 0  # chunks read (good and bad)
+    chunks_without_crc: int = 0  # written with CRC 0 ("not computed"): their content is not checked
+    messages: int = 0  # messages in good chunks (and outside chunks)
+    bad_chunks: list[BadChunk] = field(default_factory=list)
+    complete: bool = False  # the data section ended with a DataEnd record (a closed file)
+
+
+@dataclass
+class BadChunk:
+    """An MCAP chunk whose content fails its CRC or size check (or cannot be decompressed).
+
+    What it held comes from the message index records that follow it (outside the chunk, so not
+    covered by the failed check): per-topic message counts and the log-time range; when those are
+    missing too, from the chunk header (``counts`` empty).
+    """
+
+    file: str
+    offset: int
+    start_ns: int
+    end_ns: int
+    problem: str
+    counts: dict[str, int] = field(default_factory=dict)  # topic -> messages lost
+
+    @property
+    def messages(self) -> int:
+        return sum(self.counts.values())
+
+    def detail(self) -> str:
+        what = ", ".join(f"{t} {n}" for t, n in sorted(self.counts.items())) or "contents unknown (no message index)"
+        return (f"chunk at byte {self.offset}, t={self.start_ns / 1e9:.6f}..{self.end_ns / 1e9:.6f} s "
+                f"({self.problem}): {what}")
+
+    def describe(self) -> str:
+        return f"{self.file}: {self.detail()}"
 
 
 def _read_string(buf, off: int) -> tuple[str, int]:
@@ -1035,12 +1110,17 @@ def _read_u16_u64_map(buf, off: int) -> tuple[dict[int, int], int]:
 
 
 def _iter_mcap_messages(path: Path, scan: _Scan) -> Iterator[tuple[int, int, bytes]]:
-    """(channel id, log time, data) of every message in complete records, in file order, filling
-    ``scan`` with schemas and channels; stops at the first truncated or corrupt record and says
-    why in ``scan.problem``. Memory-mapped: a multi-GB file is not read into memory."""
+    """(channel id, log time, data) of every message in complete, intact records, in file order,
+    filling ``scan`` with schemas, channels and chunk statistics.
+
+    A chunk whose content fails its CRC or size check is skipped and listed in
+    ``scan.bad_chunks`` (its framing is intact, so reading goes on after it); a truncated or
+    corrupt record framing ends the scan, with the reason in ``scan.problem``. Memory-mapped: a
+    multi-GB file is not read into memory."""
     mapped = _Mapped(path)
     buf = mapped.buf
     body = None
+    bad: BadChunk | None = None  # the bad chunk whose message indexes may follow
     try:
         size = len(buf)
         if size < 8 or bytes(buf[:8]) != MCAP_MAGIC:
@@ -1050,41 +1130,49 @@ def _iter_mcap_messages(path: Path, scan: _Scan) -> Iterator[tuple[int, int, byt
         while True:
             if off + 9 > size:
                 scan.problem = "no summary/footer: the recording did not close" if off == size else \
-                    f"truncated record at byte {off}"
+                    f"truncated record at byte {off} of {size} (data after the last flush is lost)"
                 return
             op, length = struct.unpack_from("<BQ", buf, off)
             end = off + 9 + length
             if op == 0 or end > size:
-                scan.problem = f"truncated record at byte {off} (data after the last flush is lost)"
+                scan.problem = f"truncated record at byte {off} of {size} (data after the last flush is lost)"
                 return
             body = buf[off + 9:end]
             try:
+                if op == OP_MESSAGE_INDEX and bad is not None:
+                    _note_lost_index(body, bad, scan)
+                    off = end
+                    continue
+                bad = None
                 if op == OP_CHUNK:
-                    _start, _stop, usize, crc = struct.unpack_from("<QQQI", body, 0)
+                    scan.chunks += 1
+                    start_t, stop_t, usize, crc = struct.unpack_from("<QQQI", body, 0)
                     comp, o = _read_string(body, 28)
                     (clen,) = struct.unpack_from("<Q", body, o)
-                    records = _decompress(comp, bytes(body[o + 8:o + 8 + clen]))
-                    if len(records) != usize or (crc and zlib.crc32(records) != crc):
-                        raise ValueError("chunk fails its size/CRC check")
-                    rbuf, r, msgs = memoryview(records), 0, []
-                    while r + 9 <= len(rbuf):
-                        rop, rlen = struct.unpack_from("<BQ", rbuf, r)
-                        if r + 9 + rlen > len(rbuf):
-                            raise ValueError("record overruns its chunk")
-                        rbody = rbuf[r + 9:r + 9 + rlen]
-                        if rop == OP_MESSAGE:
-                            cid, _seq, t, _pub = struct.unpack_from("<HIQQ", rbody, 0)
-                            msgs.append((cid, t, bytes(rbody[22:])))
-                        else:
-                            _parse_definition(rop, rbody, scan)
-                        r += 9 + rlen
+                    try:
+                        records = _decompress(comp, bytes(body[o + 8:o + 8 + clen]))
+                        if len(records) != usize:
+                            raise ValueError(f"chunk holds {len(records)} bytes, its header says {usize}")
+                        if crc and zlib.crc32(records) != crc:
+                            raise ValueError("chunk CRC mismatch")
+                        msgs = _chunk_messages(records, scan)
+                    except Exception as exc:  # ValueError; zstd/lz4 errors for a garbled payload
+                        bad = BadChunk(path.name, off, start_t, stop_t, str(exc))
+                        scan.bad_chunks.append(bad)
+                        off = end
+                        continue
+                    if not crc:
+                        scan.chunks_without_crc += 1
+                    scan.messages += len(msgs)
                     yield from msgs
                 elif op == OP_MESSAGE:
                     cid, _seq, t, _pub = struct.unpack_from("<HIQQ", body, 0)
+                    scan.messages += 1
                     yield cid, t, bytes(body[22:])
                 elif op in (OP_SCHEMA, OP_CHANNEL):
                     _parse_definition(op, body, scan)
                 elif op in (OP_DATA_END, OP_FOOTER):
+                    scan.complete = True
                     return
             except (struct.error, ValueError, UnicodeDecodeError) as exc:
                 scan.problem = f"corrupt record at byte {off} ({exc}); data from there on is lost"
@@ -1093,6 +1181,43 @@ def _iter_mcap_messages(path: Path, scan: _Scan) -> Iterator[tuple[int, int, byt
     finally:
         del buf, body
         mapped.close()
+
+
+def _chunk_messages(records: bytes, scan: _Scan) -> list[tuple[int, int, bytes]]:
+    """Messages of a decompressed, CRC-checked chunk (definitions go into ``scan``)."""
+    rbuf, r, msgs = memoryview(records), 0, []
+    try:
+        while r + 9 <= len(rbuf):
+            rop, rlen = struct.unpack_from("<BQ", rbuf, r)
+            if r + 9 + rlen > len(rbuf):
+                raise ValueError("record overruns its chunk")
+            rbody = rbuf[r + 9:r + 9 + rlen]
+            if rop == OP_MESSAGE:
+                cid, _seq, t, _pub = struct.unpack_from("<HIQQ", rbody, 0)
+                msgs.append((cid, t, bytes(rbody[22:])))
+            else:
+                _parse_definition(rop, rbody, scan)
+            r += 9 + rlen
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"chunk records are malformed ({exc})") from None
+    finally:
+        del rbuf
+    return msgs
+
+
+def _note_lost_index(body, bad: BadChunk, scan: _Scan) -> None:
+    """Count a bad chunk's messages from one of its message index records."""
+    cid, n = struct.unpack_from("<HI", body, 0)
+    times = [struct.unpack_from("<Q", body, 6 + 16 * i)[0] for i in range(n // 16)]
+    if not times:
+        return
+    ch = scan.channels.get(cid)
+    topic = ch[1] if ch is not None else f"<channel {cid}>"
+    if not bad.counts:  # the index's times, not the (unchecked) chunk header's
+        bad.start_ns, bad.end_ns = min(times), max(times)
+    else:
+        bad.start_ns, bad.end_ns = min(bad.start_ns, *times), max(bad.end_ns, *times)
+    bad.counts[topic] = bad.counts.get(topic, 0) + len(times)
 
 
 @dataclass
@@ -1105,12 +1230,24 @@ class RepairReport:
     topics: dict[str, int]
     problems: list[str]
     metadata_version: int
+    dropped: list[BadChunk] = field(default_factory=list)  # chunks left out: they failed their CRC
+    left_out: list[str] = field(default_factory=list)  # storage files with nothing readable
+
+    @property
+    def dropped_messages(self) -> int:
+        return sum(c.messages for c in self.dropped)
 
     def summary(self) -> str:
         lines = [f"repaired {self.bag}: {self.storage}, {len(self.files)} file(s), {self.messages} messages, "
                  f"metadata.yaml version {self.metadata_version}"]
         for name in self.rebuilt_files:
             lines.append(f"  rebuilt {name}")
+        if self.dropped:
+            lines.append(f"  dropped {len(self.dropped)} chunk(s) that fail their CRC, "
+                         f"{self.dropped_messages} message(s):")
+            lines += [f"    {c.describe()}" for c in self.dropped]
+        for name in self.left_out:
+            lines.append(f"  LEFT OUT {name}: nothing in it could be read")
         for p in self.problems:
             lines.append(f"  note: {p}")
         for topic, n in sorted(self.topics.items()):
@@ -1180,15 +1317,17 @@ def repair_bag(bag_dir: str | Path, keep_original: bool = False, version: int | 
     tracker = EpisodeTracker()
     markers: list[tuple[int, str | None]] = []
     file_stats: list[FileStats] = []
+    dropped: list[BadChunk] = []
+    left_out: list[str] = []
     for path in files:
         if storage == "mcap":
-            stats = _repair_mcap_file(path, keep_original, conns, markers, problems, rebuilt)
+            stats = _repair_mcap_file(path, keep_original, conns, markers, problems, rebuilt, dropped)
         else:
             stats = _repair_sqlite_file(path, conns, markers, problems)
-        if stats is None:
-            continue
-        if stats.count == 0:
-            problems.append(f"{path.name}: no complete messages; left out of the bag")
+        if stats is None or stats.count == 0:
+            if stats is not None:
+                problems.append(f"{path.name}: no complete messages; left out of the bag")
+            left_out.append(path.name)
             continue
         file_stats.append(stats)
     if version is None:
@@ -1202,7 +1341,7 @@ def repair_bag(bag_dir: str | Path, keep_original: bool = False, version: int | 
     for c in connections:
         topics[c.topic] = topics.get(c.topic, 0) + c.count
     return RepairReport(str(bag_dir), storage, [f.path for f in file_stats], rebuilt,
-                        sum(f.count for f in file_stats), topics, problems, version)
+                        sum(f.count for f in file_stats), topics, problems, version, dropped, left_out)
 
 
 def _note(stats: FileStats, t: int) -> None:
@@ -1212,26 +1351,29 @@ def _note(stats: FileStats, t: int) -> None:
 
 
 def _repair_mcap_file(path: Path, keep_original: bool, conns: _Connections, markers: list,
-                      problems: list[str], rebuilt: list[str]) -> FileStats | None:
+                      problems: list[str], rebuilt: list[str], dropped: list[BadChunk]) -> FileStats | None:
     stats = FileStats(path.name)
     summary = _mcap_summary(path)
-    if summary is not None:  # complete: counts from its statistics, markers from a scan
-        for cid, n in summary.channel_counts.items():
-            c = conns.get(summary, cid)
-            if c is not None:
-                c.count += n
-        stats.count = sum(summary.channel_counts.values())
-        stats.start_ns, stats.end_ns = summary.start_ns, summary.end_ns
+    if summary is not None:  # closed: kept as it is if every chunk passes its CRC check
+        check = _Scan()
         episode_ids = {cid for cid, ch in summary.channels.items() if ch[1] == EPISODE_TOPIC}
-        if episode_ids:
-            scan = _Scan()
-            for cid, t, data in _iter_mcap_messages(path, scan):
-                if cid in episode_ids:
-                    markers.append((t, decode_cdr_string(data)))
-        return stats
+        found = [(t, decode_cdr_string(data)) for cid, t, data in _iter_mcap_messages(path, check)
+                 if cid in episode_ids]
+        if not check.bad_chunks and not check.problem:
+            for cid, n in summary.channel_counts.items():
+                c = conns.get(summary, cid)
+                if c is not None:
+                    c.count += n
+            stats.count = sum(summary.channel_counts.values())
+            stats.start_ns, stats.end_ns = summary.start_ns, summary.end_ns
+            markers.extend(found)
+            return stats
     tmp = path.with_name(path.name + ".repairing")
     tmp.unlink(missing_ok=True)
     scan = _Scan()
+    if summary is not None:  # the summary knows every channel, also those defined inside a bad chunk
+        scan.schemas.update(summary.schemas)
+        scan.channels.update(summary.channels)
     out: McapFile | None = None
     written_schemas: set[int] = set()
     written_channels: set[int] = set()
@@ -1256,8 +1398,9 @@ def _repair_mcap_file(path: Path, keep_original: bool, conns: _Connections, mark
                 if c.topic == EPISODE_TOPIC:
                     markers.append((t, decode_cdr_string(data)))
             _note(stats, t)
+        dropped.extend(scan.bad_chunks)
         if out is None:
-            problems.append(f"{path.name}: {scan.problem or 'no messages'}")
+            problems.append(f"{path.name}: {scan.problem or 'no intact messages'}")
             return None
         out.close({"serialized_metadata": ""})
     except BaseException:
@@ -1269,7 +1412,10 @@ def _repair_mcap_file(path: Path, keep_original: bool, conns: _Connections, mark
         os.replace(path, path.with_name(path.name + ".damaged"))
     os.replace(tmp, path)
     rebuilt.append(path.name)
-    problems.append(f"{path.name}: {scan.problem}; kept {stats.count} messages (complete chunks)")
+    why = [scan.problem] if scan.problem else []
+    if scan.bad_chunks:
+        why.append(f"{len(scan.bad_chunks)} chunk(s) failed their CRC check and were dropped")
+    problems.append(f"{path.name}: {'; '.join(why)}; kept {stats.count} messages (intact chunks)")
     return stats
 
 

@@ -2,10 +2,15 @@
 
     sage-hl-bag record bags/run1                      # the runtime topics -> bags/run1 (MCAP)
     sage-hl-bag record bags/run2 --storage sqlite3 --max-bag-duration-s 60 --topics /joint_states /e_stop
-    sage-hl-bag info bags/run1 [--json]
+    sage-hl-bag info bags/run1 [--json]               # checks every chunk's CRC first
     sage-hl-bag replay bags/run1 --rate 2 --loop      # publishes /clock: run nodes with use_sim_time
     sage-hl-bag repair bags/run1                      # after a crash/SIGKILL: rebuild index + metadata.yaml
     sage-hl-bag convert bags/run1 bags/run2 --out data/ [--config config/dataset.yaml]
+    sage-hl-bag convert bags/sim --out data/ --config config/sim_dataset.yaml   # sim bags (model: sim_model.yaml)
+
+Replay skips command, e-stop and /diagnostics topics unless ``--include-commands``. Every
+command checks the bag's storage files before using them and exits non-zero with the damaged
+file and its problem named (info, convert, repair 1; replay 2 before playing, 1 during).
 
 ``record`` and ``replay`` run the ``sage_recorder`` / ``sage_replay`` nodes in this process
 (anything after ``--ros-args`` is passed through, e.g. ``--ros-args -p fsync:=false``);
@@ -68,32 +73,45 @@ def cmd_replay(args, extra) -> int:
               "clock_rate_hz": float(args.clock_rate_hz), "start_paused": args.start_paused}
     if args.topics:
         params["topics"] = args.topics
+    if args.include_commands:
+        params["include_commands"] = True
+    if args.no_verify:
+        params["verify"] = False
     return replay_node.run(_ros_argv("sage-hl-bag", params, extra))
 
 
 def cmd_info(args, extra) -> int:
     from ..bags.info import bag_info, format_info, info_json
 
-    info = bag_info(args.bag)
+    info = bag_info(args.bag, verify=not args.no_verify)
     print(info_json(info) if args.json else format_info(info))
     return 0
 
 
 def cmd_repair(args, extra) -> int:
+    """0: the bag is whole again (dropped chunks are listed); 1: a storage file had nothing readable."""
     from ..bags.recording import repair_bag
 
     report = repair_bag(args.bag, keep_original=args.keep_original, version=args.version)
     print(report.summary())
+    if report.left_out:
+        print(f"error: {args.bag}: left out {', '.join(report.left_out)}: nothing in it could be read",
+              file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_convert(args, extra) -> int:
     try:
-        from ..bags.dataset import export_samples
+        from ..bags.dataset import configs_for_model, export_samples
     except ImportError as exc:
         print(f"error: bag conversion is not available ({exc})", file=sys.stderr)
         return 2
-    result = export_samples(args.bags, args.out, args.config)
+    obs_cfg = dataset_cfg = None
+    if args.checkpoint or args.model_config:
+        obs_cfg, dataset_cfg = configs_for_model(args.config, model_config=args.model_config,
+                                                 checkpoint=args.checkpoint)
+    result = export_samples(args.bags, args.out, args.config, obs_cfg=obs_cfg, dataset_cfg=dataset_cfg)
     if isinstance(result, dict) and "counts" in result:  # the export's index: print its summary
         print(json.dumps({"out": str(args.out), "counts": result["counts"], "seconds": result.get("seconds")}))
     elif result is not None:
@@ -112,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topics", nargs="+", metavar="TOPIC", help="topics to record (default: the runtime's topics)")
     p.add_argument("-a", "--all", action="store_true", help="record every topic in the graph")
     p.add_argument("--topic-type", nargs="+", metavar="TOPIC:TYPE",
-                   help="types of topics not yet advertised, e.g. /e_stop:std_msgs/msg/Empty")
+                   help="types of topics not yet advertised, added to the runtime topics' types "
+                        "(subscribed at once), e.g. /e_stop:std_msgs/msg/Empty")
     p.add_argument("--qos-override", nargs="+", metavar="TOPIC:RELIABILITY[:DEPTH[:DURABILITY]]")
     p.add_argument("--max-bag-size-mb", type=float, default=0.0, help="split at this size (0: never)")
     p.add_argument("--max-bag-duration-s", type=float, default=0.0, help="split after this long (0: never)")
@@ -122,9 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-sim-time", action="store_true", help="stamp messages with /clock time")
     p.set_defaults(func=cmd_record)
 
-    p = sub.add_parser("info", help="summary of a bag: topics, counts, duration, episodes")
+    p = sub.add_parser("info", help="check a bag (chunk CRCs) and summarise it: topics, counts, duration, episodes")
     p.add_argument("bag")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-verify", action="store_true",
+                   help="read only the summary: do not check every chunk's CRC (says so in the output)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("replay", help="publish a bag with its original timing and /clock (sage_replay node)")
@@ -136,9 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-clock", action="store_true", help="do not publish /clock")
     p.add_argument("--clock-rate-hz", type=float, default=100.0)
     p.add_argument("--start-paused", action="store_true", help="wait for the ~/resume service before playing")
+    p.add_argument("--include-commands", action="store_true",
+                   help="also replay command, e-stop and /diagnostics topics (skipped by default: they drive "
+                        "a live robot past its safety filter)")
+    p.add_argument("--no-verify", action="store_true", help="do not check the storage files before playing")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("repair", help="rebuild metadata.yaml and unclosed MCAP files after a crash")
+    p = sub.add_parser("repair", help="rebuild metadata.yaml and unclosed MCAP files after a crash; drop chunks "
+                                      "that fail their CRC (listed)")
     p.add_argument("bag")
     p.add_argument("--keep-original", action="store_true", help="keep rewritten files as <file>.damaged")
     p.add_argument("--version", type=int, choices=(8, 9), default=None,
@@ -149,7 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bags", nargs="+", help="bag directories")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", default=None,
-                   help="YAML with a `dataset` section (and optionally `observation`); default config/dataset.yaml")
+                   help="YAML with a `dataset` section (and optionally `observation` or `model_config`); "
+                        "default config/dataset.yaml")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--model-config", default=None,
+                       help="model YAML whose observation section and action_chunk the samples follow")
+    model.add_argument("--checkpoint", default=None,
+                       help="checkpoint directory whose observation config and action_chunk the samples follow")
     p.set_defaults(func=cmd_convert)
     return parser
 
