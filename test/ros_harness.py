@@ -313,7 +313,8 @@ class Harness:
             if not self.joint_stream:
                 return
             msg = JointState()
-            msg.header.stamp = self.node.get_clock().now().to_msg()
+            now_ns = self.node.get_clock().now().nanoseconds + int(self.joint_stamp_offset_s * 1e9)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now_ns, 1_000_000_000)
             msg.name = list(self.joint_names)
             msg.position = [float(self.joint_positions[n]) for n in self.joint_names]
             msg.velocity = [0.0] * len(self.joint_names)
