@@ -224,6 +224,95 @@ def test_bad_inputs_are_counted_and_diagnosed(graph, make_node):
     assert node._step_errors == 0
 
 
+def test_out_of_range_tactile_and_joints_are_masked_and_the_next_step_publishes(graph, make_node):
+    # One 16 x 1e30 tactile message or one JointState at 1e308 rad used to stop the latent for
+    # ~13 H steps (overflow -> non-finite latent, poisoned temporal state kept). Now each is
+    # rejected with a reason and every following H step publishes.
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float32MultiArray
+
+    from sage_hl_ros.ros import convert
+
+    harness, _, _ = graph
+    node = make_node()
+    wait_for(lambda: node._published >= 2, 15.0, what="latents")
+    joints = JointState(name=JOINTS, position=[0.1, 1e308, 0.3, 0.4])
+    joints.header.stamp = harness.node.get_clock().now().to_msg()
+    cases = [("/tactile/array", Float32MultiArray,
+              convert.numpy_to_float32_multiarray(np.full(16, 1e30, np.float32), "taxels"), "tactile"),
+             ("/joint_states", JointState, joints, "joint_states")]
+    for topic, msg_type, msg, modality in cases:
+        slot = node._cache.slots[modality]
+        before = slot.reasons["out_of_range"]
+        steps, published = node._steps, node._published
+        harness.publish(msg_type, topic, msg)
+        wait_for(lambda s=slot, b=before: s.reasons["out_of_range"] > b, 5.0, what=f"{modality} out-of-range rejection")
+        wait_for(lambda s=steps: node._steps >= s + 3, 5.0, what="H steps after the bad message")
+        # every H step since published (one may have been mid-flight when we read the counters)
+        assert node._published - published >= node._steps - steps - 1, (modality, node._steps - steps)
+        assert "out of range" in slot.last_reason
+    assert node._step_errors == 0 and node._skipped["non_finite_latent"] == 0 and node._skipped["non_finite_state"] == 0
+    t0 = time.monotonic()
+    _, _, values = _diag(harness, node, "joint_states", since=t0,
+                         predicate=lambda st: int(st[2].get("rejected.out_of_range", 0)) >= 1)
+    assert "position out of range for joint2: 1e+308 rad" in values["last_reason"]
+    _, _, values = _diag(harness, node, "tactile", since=t0,
+                         predicate=lambda st: int(st[2].get("rejected.out_of_range", 0)) >= 1)
+    assert "tactile out of range (16 of 16 values): 1e+30" in values["last_reason"]
+
+
+def test_old_and_future_stamps_are_masked_naming_the_clock(graph, make_node):
+    from sensor_msgs.msg import JointState
+
+    harness, _, sensors = graph
+    node = make_node(observation_timeout_s=2.0)
+    wait_for(lambda: node._published >= 2, 15.0, what="latents")
+    sensors.on["joint_states"] = False
+    sensors.on["tactile"] = False
+    clock = harness.node.get_clock()
+    slot = node._cache.slots["joint_states"]
+
+    def send_joints(offset_s: float):
+        msg = JointState(name=JOINTS, position=[0.1, 0.2, 0.3, 0.4])
+        msg.header.stamp = (clock.now() + rclpy_duration(offset_s)).to_msg()
+        harness.publish(JointState, "/joint_states", msg)
+
+    time.sleep(0.1)  # let joint states already in flight land first
+    accepted = slot.accepted
+    t0 = time.monotonic()
+    send_joints(-10.0)  # arrives now, stamped 10 s ago (a late or replayed message)
+
+    def ours_and_stale_by_stamp(st):  # our message (just accepted, arrival age < timeout), masked by its stamp
+        v = st[2]
+        return (int(v["accepted"]) > accepted and float(v["arrival_age_ms"]) < 2000.0
+                and v["state"] == "stale" and v["stale_clock"] == "stamp"
+                and "stale by header stamp" in v["mask_reason"])  # the H step masked it too
+
+    _, message, values = _diag(harness, node, "joint_states", since=t0, predicate=ours_and_stale_by_stamp)
+    assert "stale by header stamp" in message and int(values["masked.stale"]) >= 1
+    assert float(values["stamp_age_ms"]) >= 10000.0
+    # unstamped tactile that stopped arriving: stale by its arrival time
+    _, message, values = _diag(harness, node, "tactile", since=t0,
+                               predicate=lambda st: st[2]["state"] == "stale" and st[2]["stale_clock"] == "arrival")
+    assert "stale by arrival time" in message
+
+    t1 = time.monotonic()
+    send_joints(5.0)  # stamped 5 s ahead of the node clock
+    _, message, values = _diag(harness, node, "joint_states", since=t1,
+                               predicate=lambda st: st[2]["state"] == "future" and st[2]["stale_clock"] == "stamp"
+                               and int(st[2].get("masked.future", 0)) >= 1)
+    assert "ahead of the node clock" in message and "ahead of the node clock" in values["mask_reason"]
+    # the other inputs keep the latent going meanwhile
+    n = node._published
+    wait_for(lambda: node._published >= n + 3, 5.0, what="latents while joint states are masked")
+
+
+def rclpy_duration(seconds: float):
+    from rclpy.duration import Duration
+
+    return Duration(nanoseconds=int(seconds * 1e9))
+
+
 def test_compressed_camera(graph, make_node):
     from PIL import Image as PILImage
     from sensor_msgs.msg import CompressedImage
@@ -258,7 +347,7 @@ def test_stale_modality_is_masked_and_no_input_publishes_nothing(graph, make_nod
     _diag(harness, node, "camera", since=t0, predicate=lambda st: st[2]["state"] == "stale")
     n = len(_latents(harness))
     wait_for(lambda: len(_latents(harness)) >= n + 3, 5.0, what="latents without the camera")
-    assert node._cache.fresh("camera", node._now_s(), 0.3) is None
+    assert node._masked["camera"]["stale"] >= 1 and "stale by" in node._mask_reason["camera"]
 
     sensors.all(False)  # nothing fresh at all: publish nothing, so the control node holds
     wait_for(lambda: node._skipped_no_input >= 3, 5.0, what="skipped H steps")
@@ -318,3 +407,29 @@ def test_configure_fails_without_a_model(graph):
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     finally:
         node.destroy_node()
+
+
+@pytest.mark.parametrize("topic,cause", [("", "tactile_topic is empty"),
+                                         ("bad topic!", "InvalidTopicNameException")])
+def test_configure_failure_logs_its_cause(graph, files, capfd, topic, cause):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from sage_hl_ros.ros.context_node import ContextNode
+
+    node = ContextNode(node_name="sage_context_bad_topic",
+                       parameter_overrides=[Parameter("model_dir", value=str(files / "a")),
+                                            Parameter("tactile_topic", value=topic)])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    finally:
+        node.destroy_node()
+    logged: list[str] = []
+
+    def read_log():
+        logged.append(capfd.readouterr().err)
+        return "configure failed" in "".join(logged)
+
+    wait_for(read_log, 5.0, what="the configure error in the log")
+    line = next(line for line in "".join(logged).splitlines() if "configure failed" in line)
+    assert cause in line, line

@@ -15,7 +15,7 @@ Subscribed topics (defaults; QoS overridable via ``qos.<name>.{reliability,depth
 Published topics
     /sage/latent              sensor_msgs/Image 32FC1 1x256, stamped with the newest header stamp
                               among the modalities used (audio/tactile have no header: their
-                              arrival time counts only when nothing stamped is fresh) qos.latent: reliable
+                              arrival time counts only when nothing stamped is used)  qos.latent: reliable
     /diagnostics              diagnostic_msgs/DiagnosticArray every diagnostics_period_s
 Services
     ~/reload_model            std_srvs/Trigger: load the checkpoint at the current ``model_dir``
@@ -28,7 +28,11 @@ Parameters (read at configure unless marked runtime)
     torch_threads (int, 1)              torch intra-op threads for this process
     camera_topic, camera_compressed (bool, false), depth_topic, audio_topic, tactile_topic,
     joint_states_topic, latent_topic    topic names (see above)
-    observation_timeout_s (float, 0.5)  older observations (by header stamp) are masked as stale
+    observation_timeout_s (float, 0.5)  observations older than this are masked as stale; age =
+                                        max(now - arrival, now - header stamp) on the node clock
+    clock_skew_tolerance_s (float, 0.05)
+                                        a header stamp further ahead of the node clock is masked
+                                        ("future"); diagnostics name the clock (stamp / arrival)
     expected_image_width_px / expected_image_height_px (int, 0)
                                         0 = accept any camera size; else other sizes are rejected
     diagnostics_period_s (float, 1.0)   diagnostics publishing period
@@ -36,9 +40,13 @@ Parameters (read at configure unless marked runtime)
     use_sim_time (bool, false)          standard ROS parameter; all ages use the node clock
 
 Bad input never raises out of a callback: each rejected message is counted per modality and
-reason (``rejected.<reason>`` in diagnostics) and logged at most once per 5 s per modality. A
-modality that is missing, stale or invalid is passed to the model as None, so the schema masks it.
-The H step is skipped (nothing published, so the control node holds) when no modality is fresh.
+reason (``rejected.<reason>`` in diagnostics) and logged at most once per 5 s per modality.
+Values outside the checkpoint's ``observation.input_ranges`` (a 1e30 taxel, a 1e308 rad joint)
+are rejected like malformed ones (``rejected.out_of_range``), so the last good reading stays.
+Each H step is ``core.context_step.ContextStep``: a modality that is missing, stale, future-stamped
+or invalid is masked (``masked.<state>`` counts and ``mask_reason`` in diagnostics); the step is
+skipped (nothing published, so the control node holds) when nothing usable is left or the latent
+comes out non-finite, and a skipped step never keeps the temporal state it produced.
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 
 import rclpy
 import torch
@@ -59,6 +68,8 @@ from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 
 from ..core.checkpoint import CheckpointError, load_checkpoint, model_hash
+from ..core.config import range_problem
+from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, Reading, TorchHBackend
 from ..core.observation import Observation
 from . import convert
 from .diagnostics import RateMeter, RollingStats, diagnostic_array, status
@@ -66,7 +77,9 @@ from .node_main import BackgroundLoader, DeclaredParams, Throttle, check_checkpo
 from .qos import declare_qos
 from .sensor_cache import AudioWindow, SensorCache
 
-MODALITIES = ("camera", "depth", "audio", "tactile", "joint_states")
+MODALITIES = INPUTS
+_TOPIC_PARAMS = ("camera_topic", "depth_topic", "audio_topic", "tactile_topic", "joint_states_topic",
+                 "latent_topic")
 
 
 @dataclass
@@ -107,7 +120,8 @@ class ContextNode(DeclaredParams, LifecycleNode):
         p("tactile_topic", "/tactile/array", "tactile array (std_msgs/Float32MultiArray)")
         p("joint_states_topic", "/joint_states", "joint states (sensor_msgs/JointState, matched by name)")
         p("latent_topic", "/sage/latent", "published latent z (sensor_msgs/Image 32FC1, 1 x 256)")
-        p("observation_timeout_s", 0.5, "observations older than this (header stamp vs node clock) are masked")
+        p("observation_timeout_s", 0.5, "observations older than this (by arrival or header stamp) are masked")
+        p("clock_skew_tolerance_s", 0.05, "header stamps further ahead of the node clock than this are masked")
         p("expected_image_width_px", 0, "0 = accept any camera width; otherwise other widths are rejected")
         p("expected_image_height_px", 0, "0 = accept any camera height; otherwise other heights are rejected")
         p("diagnostics_period_s", 1.0, "period of /diagnostics messages [s]")
@@ -124,7 +138,6 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._loader = BackgroundLoader(self, self._load_job, on_done=self._note_reload, name="sage_context_loader")
         self._reload_note = ""  # last reload outcome, for diagnostics
         self._reload_failed = False
-        self._state = None
         self._active = False
         self._subs: list = []
         self._pubs: list = []
@@ -134,11 +147,17 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._cache = SensorCache(MODALITIES)
         self._audio: AudioWindow | None = None
         self._decoded: tuple = (None, None)  # (compressed msg, rgb or exception text)
+        self._step: ContextStep | None = None
+        self._step_cfg = ContextStepConfig()
+        self._ranges = None  # the loaded checkpoint's observation.input_ranges
         self._infer_ms = RollingStats(256)
         self._rate = RateMeter()
         self._steps = 0
         self._published = 0
-        self._skipped_no_input = 0
+        self._skipped: Counter = Counter()  # skip kind -> count (see StepResult.skip_kind)
+        self._last_skip_reason = ""
+        self._masked = {name: Counter() for name in MODALITIES}  # mask state -> H steps
+        self._mask_reason = dict.fromkeys(MODALITIES, "")  # why the last H step left it out
         self._step_errors = 0
         self._last_step_error = ""
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -157,11 +176,16 @@ class ContextNode(DeclaredParams, LifecycleNode):
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def _skipped_no_input(self) -> int:
+        return self._skipped["no_input"]
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._configure()
-        except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
-            self._log.error(f"configure failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - rclpy's name errors are not ValueErrors: log every cause
+            cause = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+            self._log.error(f"configure failed: {cause}")
             self._destroy_entities()
             self._loaded = None
             return TransitionCallbackReturn.FAILURE
@@ -179,10 +203,15 @@ class ContextNode(DeclaredParams, LifecycleNode):
                            ("diagnostics_period_s", self._diag_period)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{key} must be > 0, got {value}")
+        self._step_cfg = ContextStepConfig(observation_timeout_s=self._timeout,
+                                           clock_skew_tolerance_s=float(self._get("clock_skew_tolerance_s")))
+        for key in _TOPIC_PARAMS:  # rclpy would raise InvalidTopicNameException without saying which one
+            if not str(self._get(key)).strip():
+                raise ValueError(f"{key} is empty: give it a topic name")
         self._expect_w = int(self._get("expected_image_width_px"))
         self._expect_h = int(self._get("expected_image_height_px"))
         loaded = load_model(self._get("model_dir"))
-        self._loaded = loaded
+        self._use(loaded)
         cfg = loaded.model.cfg.observation
         self._joint_names = loaded.joint_names
         self._tactile_size = int(cfg.tactile_taxels)
@@ -214,7 +243,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._diag_timer = self.create_timer(self._diag_period, self._publish_diagnostics)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._state = self._loaded.model.initial_state(1)
+        self._step.reset()
         self._infer_ms.clear()
         self._rate = RateMeter()
         self._active = True
@@ -318,6 +347,9 @@ class ContextNode(DeclaredParams, LifecycleNode):
             frame = convert.multiarray_to_numpy(msg)
             if frame.size == 0:
                 raise convert.ConversionError("empty audio frame")
+            problem = range_problem(frame, self._ranges.audio_abs_max, "audio")
+            if problem:  # rejected before it enters the window, which it would spoil for a whole window
+                raise convert.ConversionError(problem)
         except (convert.ConversionError, ValueError) as exc:
             self._reject("audio", str(exc), now)
             return
@@ -328,7 +360,11 @@ class ContextNode(DeclaredParams, LifecycleNode):
     def _on_tactile(self, msg: Float32MultiArray) -> None:
         now = self._now_s()
         try:
-            taxels = convert.multiarray_to_numpy(msg, expected_size=self._tactile_size).copy()
+            taxels = convert.multiarray_to_numpy(msg, expected_size=self._tactile_size)
+            problem = range_problem(taxels, self._ranges.tactile_abs_max, "tactile")
+            if problem:
+                raise convert.ConversionError(problem)
+            taxels = taxels.copy()
         except (convert.ConversionError, ValueError) as exc:
             self._reject("tactile", str(exc), now)
             return
@@ -337,20 +373,22 @@ class ContextNode(DeclaredParams, LifecycleNode):
     def _on_joints(self, msg: JointState) -> None:
         now = self._now_s()
         try:
-            pos, vel = convert.joint_state_to_arrays(msg, self._joint_names)
+            pos, vel = convert.joint_state_to_arrays(msg, self._joint_names, self._ranges)
         except (convert.ConversionError, ValueError) as exc:
             self._reject("joint_states", str(exc), now)
             return
         self._cache.put("joint_states", (pos, vel), msg.header.stamp, now)
 
     # ------------------------------------------------------------------ H loop
-    def _camera_rgb(self, value, now_s: float):
-        if not isinstance(value, CompressedImage):
-            return value
+    def _camera_reading(self, reading: Reading | None, now_s: float) -> Reading | None:
+        """Decode a cached compressed frame (once per frame, only the newest one is ever decoded)."""
+        if reading is None or not isinstance(reading.value, CompressedImage):
+            return reading
+        msg = reading.value
         cached_msg, cached = self._decoded
-        if cached_msg is not value:
+        if cached_msg is not msg:
             try:
-                rgb = convert.compressed_image_to_rgb(value)
+                rgb = convert.compressed_image_to_rgb(msg)
                 if not rgb.flags.writeable:
                     rgb = rgb.copy()  # torch.from_numpy warns on read-only arrays
                 problem = self._check_size(rgb.shape[1], rgb.shape[0])
@@ -359,9 +397,18 @@ class ContextNode(DeclaredParams, LifecycleNode):
                 cached = rgb
             except (convert.ConversionError, ValueError) as exc:
                 self._reject("camera", str(exc), now_s)
-                cached = None
-            self._decoded = (value, cached)
-        return cached
+                cached = f"compressed frame unusable: {exc}"
+            self._decoded = (msg, cached)
+        if isinstance(cached, str):
+            return replace(reading, value=None, problem=cached)
+        return replace(reading, value=cached)
+
+    def _use(self, loaded: LoadedModel) -> None:
+        """Run ``loaded`` from the next H step on, from a fresh temporal state (the old one
+        belongs to the old model); its input ranges apply to the callbacks from now on."""
+        self._loaded = loaded
+        self._step = ContextStep(TorchHBackend(loaded.model), self._step_cfg)
+        self._ranges = loaded.model.cfg.observation.input_ranges
 
     def _h_step(self) -> None:
         if not self._active:
@@ -378,46 +425,34 @@ class ContextNode(DeclaredParams, LifecycleNode):
 
     def _h_step_inner(self) -> None:
         pending = self._pending
-        if pending is not None:  # swap between H steps; temporal state belongs to the old model
+        if pending is not None:  # swap between H steps
             self._pending = None
-            self._loaded = pending
-            self._state = pending.model.initial_state(1)
-        loaded = self._loaded
+            self._use(pending)
         now = self._now_s()
         self._rate.tick(time.monotonic())
         self._steps += 1
-        cache, timeout = self._cache, self._timeout
-        fresh = {name: cache.fresh(name, now, timeout) for name in MODALITIES}
-        if fresh["camera"] is not None:
-            fresh["camera"] = self._camera_rgb(fresh["camera"], now)  # decodes compressed frames
-        used = [name for name, value in fresh.items() if value is not None]
-        if not used:  # nothing fresh: publish nothing, so the control node holds
-            self._skipped_no_input += 1
+        readings = self._cache.snapshot()
+        readings["camera"] = self._camera_reading(readings["camera"], now)
+        audio = readings["audio"]
+        if audio is not None:
+            readings["audio"] = replace(audio, value=audio.value.samples())
+        result = self._step(readings, now)
+        for name in result.used:
+            self._mask_reason[name] = ""
+        for name, mask in result.masked.items():
+            self._masked[name][mask.state] += 1
+            self._mask_reason[name] = mask.reason
+            if mask.state in ("future", "invalid") and self._throttle.allow(f"mask.{name}"):
+                self._log.warning(f"{name}: masked in the H step: {mask.reason}")
+        if result.z is None:  # nothing published, so the control node holds
+            self._skipped[result.skip_kind] += 1
+            self._last_skip_reason = result.skip_reason
+            if result.skip_kind != "no_input" and self._throttle.allow("h_skip"):
+                self._log.error(f"H step skipped ({sum(self._skipped.values())} so far): {result.skip_reason}")
             return
-        joints, audio = fresh["joint_states"], fresh["audio"]
-        obs = Observation(image=fresh["camera"], depth=fresh["depth"],
-                          audio=audio.samples() if audio is not None else None, tactile=fresh["tactile"],
-                          joint_position=joints[0] if joints is not None else None,
-                          joint_velocity=joints[1] if joints is not None else None,
-                          stamps_s={name: cache.slots[name].stamp_s for name in used})
-        # The latent carries the newest header stamp among the modalities used; audio and tactile
-        # have no header, so their arrival time counts only when nothing stamped is fresh.
-        stamped = [cache.slots[n] for n in used if cache.slots[n].stamp_msg is not None]
-        if stamped:
-            stamp = max(stamped, key=lambda slot: slot.stamp_s).stamp_msg
-        else:
-            stamp = convert.seconds_to_stamp(max(cache.slots[n].stamp_s for n in used))
-        model = loaded.model
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            batch, problems = model.schema.prepare(obs)
-            z, _, self._state = model.encode(batch, self._state)
-        self._infer_ms.add((time.perf_counter() - t0) * 1e3)
-        for modality, reason in problems.items():
-            if reason != "missing":  # masked for a reason the callbacks did not catch
-                name = _SCHEMA_TO_TOPIC.get(modality, modality)
-                self._reject(name, f"schema: {reason}", now)
-        self._latent_pub.publish(convert.latent_to_msg(z[0].numpy(), stamp, frame_id="sage"))
+        self._infer_ms.add(result.infer_ms)
+        stamp = result.stamp if result.stamp is not None else convert.seconds_to_stamp(result.stamp_s)
+        self._latent_pub.publish(convert.latent_to_msg(result.z, stamp, frame_id="sage"))
         self._published += 1
 
     # ------------------------------------------------------------------ reload
@@ -433,7 +468,8 @@ class ContextNode(DeclaredParams, LifecycleNode):
                                       f"{current.latent_dim} (the control node consumes it)")
         self._pending = new
         if not self._active:  # no H step to swap it in
-            self._loaded, self._pending = new, None
+            self._pending = None
+            self._use(new)
         return f"loaded {new.model_dir} (sha256 {new.sha256[:12]}) in {new.load_ms:.0f} ms"
 
     async def _on_reload_srv(self, request, response):
@@ -481,7 +517,9 @@ class ContextNode(DeclaredParams, LifecycleNode):
         out = [status(f"{name}: H loop", h_level, h_msg, {
             "rate_hz": rate, "target_hz": self._h_rate, "inference_p50_ms": infer["p50"],
             "inference_p99_ms": infer["p99"], "inference_max_ms": infer["max"], "steps": self._steps,
-            "latents_published": self._published, "skipped_no_fresh_input": self._skipped_no_input,
+            "latents_published": self._published, "skipped_no_fresh_input": self._skipped["no_input"],
+            "skipped_non_finite": self._skipped["non_finite_latent"] + self._skipped["non_finite_state"],
+            "last_skip_reason": self._last_skip_reason,
             "step_errors": self._step_errors, "last_step_error": self._last_step_error,
         })]
         m_level = "error" if self._reload_failed else "ok"
@@ -493,19 +531,26 @@ class ContextNode(DeclaredParams, LifecycleNode):
             "last_reload": self._reload_note,
         }))
         for modality, slot in self._cache.slots.items():
-            st = slot.state(now, self._timeout)
-            values = {"state": st, "age_ms": slot.age_s(now) * 1e3, "received": slot.received,
-                      "accepted": slot.accepted, "rejected": slot.rejected, "unstamped": slot.unstamped,
-                      "last_reason": slot.last_reason}
+            st, clock = slot.state(now, self._step_cfg)
+            fresh = slot.freshness(now, self._step_cfg)
+            values = {"state": st, "stale_clock": clock, "age_ms": fresh.age_s * 1e3 if fresh else math.nan,
+                      "arrival_age_ms": (now - slot.arrival_s) * 1e3 if slot.arrival_s is not None else math.nan,
+                      "stamp_age_ms": (now - slot.stamp_s) * 1e3 if slot.stamp_s is not None else math.nan,
+                      "received": slot.received, "accepted": slot.accepted, "rejected": slot.rejected,
+                      "unstamped": slot.unstamped, "last_reason": slot.last_reason,
+                      "mask_reason": self._mask_reason[modality]}
             for reason, count in sorted(slot.reasons.items()):
                 values[f"rejected.{reason}"] = count
-            msg = st if not slot.last_reason or st == "ok" else f"{st}: {slot.last_reason}"
+            for mask_state, count in sorted(self._masked[modality].items()):
+                values[f"masked.{mask_state}"] = count
+            if st == "ok":
+                msg = st
+            elif st in ("stale", "future"):
+                msg = f"{st} ({fresh.reason})"
+            else:
+                msg = f"{st}: {slot.last_reason}" if slot.last_reason else st
             out.append(status(f"{name}: {modality}", "ok" if st == "ok" else "warn", msg, values))
         return out
-
-
-_SCHEMA_TO_TOPIC = {"visual": "camera", "depth": "depth", "audio": "audio", "tactile": "tactile",
-                    "proprio": "joint_states"}
 
 
 def main(args=None) -> None:

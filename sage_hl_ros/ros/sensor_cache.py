@@ -1,25 +1,28 @@
 """Latest-message cache per modality: value, header stamp, arrival time, validity and reject reasons.
 
-Pure Python (no rclpy): the context node's callbacks ``put``/``reject`` into it and the H loop
-reads ``fresh`` values from it. Staleness follows header stamps (DESIGN §4: context assembly
-uses header stamps), compared with the node clock, so it is also right under ``use_sim_time``.
-An unstamped message (stamp 0) falls back to its arrival time, so a sensor driver that forgets
-to stamp still works (its ``unstamped`` count shows it).
+Pure Python (no rclpy): the context node's callbacks ``put``/``reject`` into it and the H step
+takes a ``snapshot`` of ``Reading``s from it. Freshness is ``core.context_step.freshness``: age by
+header stamp and by arrival, both on the node clock (so it is also right under ``use_sim_time``);
+the diagnostics here use the same function, so they name the same clock as the H step's masks.
+An unstamped message (stamp 0) counts by arrival only, so a sensor driver that forgets to stamp
+still works (its ``unstamped`` count shows it).
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..core.context_step import ContextStepConfig, Freshness, Reading, freshness
+
 __all__ = ["AudioWindow", "SensorCache", "Slot", "classify_reason"]
 
 # Reject categories reported in diagnostics as ``rejected.<category>``.
 _CATEGORIES = (
+    ("out of range", "out_of_range"),
     ("encoding", "wrong_encoding"),
     ("missing configured joints", "missing_joint"),
     ("more than once", "duplicate_joint"),
@@ -46,7 +49,7 @@ class Slot:
 
     name: str
     value: Any = None
-    stamp_s: float | None = None  # header stamp of the accepted value (or arrival if unstamped)
+    stamp_s: float | None = None  # header stamp of the accepted value (None if unstamped)
     stamp_msg: Any = None  # the header stamp message itself (exact, for re-stamping outputs)
     arrival_s: float | None = None
     received: int = 0
@@ -57,20 +60,30 @@ class Slot:
     last_reason: str = ""
     last_reject_arrival_s: float | None = None
 
-    def age_s(self, now_s: float) -> float:
-        return math.nan if self.stamp_s is None else now_s - self.stamp_s
+    def freshness(self, now_s: float, cfg: ContextStepConfig) -> Freshness | None:
+        """None when nothing was ever accepted."""
+        if self.arrival_s is None:
+            return None
+        return freshness(self.arrival_s, self.stamp_s, now_s, cfg)
 
-    def state(self, now_s: float, timeout_s: float) -> str:
-        """ok | missing | stale | invalid (the newest message was rejected and nothing fresh is held)."""
-        if self.stamp_s is not None and abs(now_s - self.stamp_s) <= timeout_s:
-            return "ok"
+    def state(self, now_s: float, cfg: ContextStepConfig) -> tuple[str, str]:
+        """(ok | missing | stale | future | invalid, clock): invalid = the newest message was
+        rejected and nothing fresh is held; clock names what made it stale or future."""
+        f = self.freshness(now_s, cfg)
+        if f is not None and f.ok:
+            return "ok", ""
         if self.last_reject_arrival_s is not None and (
             self.arrival_s is None or self.last_reject_arrival_s >= self.arrival_s
         ):
-            return "invalid"
-        if self.stamp_s is None:
-            return "missing"
-        return "stale"
+            return "invalid", ""
+        if f is None:
+            return "missing", ""
+        return f.state, f.clock
+
+    def reading(self) -> Reading | None:
+        if self.arrival_s is None:
+            return None
+        return Reading(self.value, self.arrival_s, self.stamp_s, self.stamp_msg)
 
 
 class SensorCache:
@@ -86,7 +99,7 @@ class SensorCache:
             stamp_s = stamp_msg.sec + stamp_msg.nanosec * 1e-9
         if not stamp_s:
             slot.unstamped += 1
-            stamp_s, stamp_msg = arrival_s, None
+            stamp_s, stamp_msg = None, None
         slot.value, slot.stamp_s, slot.stamp_msg, slot.arrival_s = value, stamp_s, stamp_msg, arrival_s
 
     def reject(self, name: str, reason: str, arrival_s: float) -> int:
@@ -99,12 +112,9 @@ class SensorCache:
         slot.last_reject_arrival_s = arrival_s
         return slot.rejected
 
-    def fresh(self, name: str, now_s: float, timeout_s: float) -> Any:
-        """The latest accepted value if its stamp is within ``timeout_s`` of now, else None."""
-        slot = self.slots[name]
-        if slot.stamp_s is None or abs(now_s - slot.stamp_s) > timeout_s:
-            return None
-        return slot.value
+    def snapshot(self) -> dict[str, Reading | None]:
+        """The latest accepted reading of every modality (None: nothing accepted yet)."""
+        return {name: slot.reading() for name, slot in self.slots.items()}
 
     def clear(self) -> None:
         for name in list(self.slots):
