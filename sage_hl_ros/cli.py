@@ -4,6 +4,7 @@
     sage-hl demo [--workdir runs/x] [--quick] [--demos N] [--eval-episodes M] [--set wake.steps=800]
     sage-hl demo --evaluate runs/sim_demo_<date>_<time>/models/round0
     sage-hl runtime-demo [--duration-s 20] [--quick]
+    sage-hl export MODEL_DIR [--precision fp32 fp16 int8] [--calibration-bags BAG ...]
 
 Node executables have their own entry points (``ros2 run sage_hl_ros <node>``); see README.
 """
@@ -92,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="short run with a smaller model (for tests)")
     p.add_argument("--workdir", default="runs/demo", help="where the checkpoint, logs and report go")
     p.set_defaults(func=_runtime_demo)
+
+    from .tools import export_cli
+
+    p = sub.add_parser("export", help="ONNX export of the H path (fp32 / fp16 / int8 QDQ) + L step, checked "
+                                      "against torch on held-out observations; writes MODEL_DIR/exports/<hash>/")
+    export_cli.add_arguments(p)
+    p.set_defaults(func=export_cli.run)
 
     args = parser.parse_args(argv)
     return args.func(args)
