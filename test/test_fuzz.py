@@ -43,6 +43,11 @@ def test_check_commands_counts_limit_nonfinite_and_speed_by_stamp_gap():
     assert verdict["speed_violations"] == 1 and verdict["pairs"] == 3
     assert verdict["max_speed_ratio"] == pytest.approx(5.0)
     assert verdict["nonfinite"] == 1 and verdict["violations"] == 0
+    # The node sizes steps from float epoch seconds: 0.5 us of clock slack passes, 10 us does not.
+    step = np.array([[0.0, 0.0], [1.0 * 5.0005e-3, 0.0]])
+    assert check_commands(stamps[:2], step, LOWER, UPPER, VMAX)["speed_violations"] == 0
+    step[1, 0] = 1.0 * 5.01e-3
+    assert check_commands(stamps[:2], step, LOWER, UPPER, VMAX)["speed_violations"] == 1
     verdict = check_commands(stamps[:2], np.array([[0.0, 0.0], [0.0, 1.01]]), LOWER, UPPER, VMAX)
     assert verdict["violations"] == 1  # 1.01 > upper
     assert verdict["speed_violations"] == 1  # and 1.01 rad in 5 ms
@@ -50,13 +55,14 @@ def test_check_commands_counts_limit_nonfinite_and_speed_by_stamp_gap():
 
 def test_recovery_is_the_end_of_the_last_holding_interval_or_inf():
     # (stamp s, ticks, holding ticks) every 0.1 s; burst ends at 1.0, the next starts at 3.0.
-    def diag(holding_until_s: float | None, stop_ticking_at_s: float = math.inf):
+    def diag(holding_until_s: float | None, stop_ticking_at_s: float = math.inf, later_hold=(math.inf, math.inf)):
         out, ticks, holding = [], 0, 0
         for k in range(31):
             t = 0.1 * k
             if t <= stop_ticking_at_s:
                 ticks += 20
-                if holding_until_s is not None and 1.0 < t <= holding_until_s + 1e-9:
+                if (holding_until_s is not None and 1.0 < t <= holding_until_s + 1e-9) or \
+                        later_hold[0] < t <= later_hold[1] + 1e-9:
                     holding += 20
             out.append((t, ticks, holding))
         return out
@@ -68,6 +74,11 @@ def test_recovery_is_the_end_of_the_last_holding_interval_or_inf():
     assert recovery_times([(1.0, 3.0)], diag(None, stop_ticking_at_s=2.0), stamps) == [math.inf]  # loop stopped
     assert recovery_times([(1.0, 3.0)], diag(1.4), stamps[stamps < 1.2]) == [math.inf]  # no command arrived
     assert recovery_times([(1.0, 3.0)], [], stamps) == [math.inf]  # no diagnostics at all
+    # Sustained: a hold after commands flowed for 0.3 s does not count; never flowing is still inf.
+    late_hold = diag(1.4, later_hold=(2.0, 2.5))  # e.g. a latent late on a loaded machine
+    assert recovery_times([(1.0, 3.0)], late_hold, stamps) == [pytest.approx(1.5)]
+    assert recovery_times([(1.0, 3.0)], late_hold, stamps, sustained=3) == [pytest.approx(0.4)]
+    assert recovery_times([(1.0, 3.0)], diag(3.0), stamps, sustained=3) == [math.inf]
 
 
 def test_generators_cover_every_subscribed_topic_and_build_real_messages():
@@ -114,10 +125,16 @@ def test_fuzz_both_node_processes(tmp_path):
         f"(worst {r.max_speed_ratio:.2f}x; gap floored at one period {r.max_speed_ratio_period_floor:.2f}x; "
         f"late ticks {r.late_tick_fraction:.1%})")
     # Recovery is an upper bound at the control diagnostics' 0.1 s resolution. On a loaded machine
-    # (the loop itself runs late) a scheduler stall may delay it; never resuming is inf and fails.
-    bound_s = 1.0 if r.late_tick_fraction < 0.02 else 2.0
-    rec = np.array(r.recovery_s)
-    assert len(rec) == r.bursts and np.all(np.isfinite(rec)), f"commands did not resume after bursts: {rec}"
-    assert np.median(rec) <= 1.0 and rec.max() <= bound_s, (
-        f"recovery p50 {np.median(rec):.2f} s, max {rec.max():.2f} s (bound {bound_s:g} s): {np.round(rec, 2)}; "
-        f"context H loop: {counters.get('sage_context: H loop')}")
+    # (the nodes' own records: late control ticks, a slow H loop) latents come late and the control
+    # node holds for that reason too, so there every burst must be followed by commands flowing
+    # (0.3 s of ticks that all commanded) within 2 s; never resuming is inf and always fails.
+    loaded = r.late_tick_fraction >= 0.02 or not r.h_rate_hz >= 8.0
+    rec, resume = np.array(r.recovery_s), np.array(r.resume_s)
+    detail = (f"recovery {np.round(rec, 2)}, resume {np.round(resume, 2)}; late ticks {r.late_tick_fraction:.1%}, "
+              f"H loop {r.h_rate_hz:.1f} Hz; context: {counters.get('sage_context: H loop')}")
+    assert len(rec) == r.bursts and np.all(np.isfinite(resume)), f"commands did not resume after bursts: {detail}"
+    assert np.median(rec) <= 1.0, detail
+    if loaded:
+        assert resume.max() <= 2.0, detail
+    else:
+        assert rec.max() <= 1.0, detail

@@ -86,7 +86,10 @@ class FuzzConfig:
     joint_limits_file: str = ""  # "" = config/joint_limits.yaml
     startup_timeout_s: float = 120.0
     answer_timeout_s: float = 5.0  # no /diagnostics from a node for this long = it stopped answering
-    speed_tolerance_rad: float = 1e-9  # float slack on |step| <= velocity_max * stamp gap
+    speed_tolerance_rad: float = 1e-9  # float slack on |step| <= velocity_max * (stamp gap + speed_tolerance_s)
+    # Clock slack: the node sizes a step from float seconds since the epoch (2.4e-7 s apart today),
+    # the stamps here are integer nanoseconds.
+    speed_tolerance_s: float = 1e-6
     workdir: str = ""  # "" = a temporary directory, removed afterwards
 
     def __post_init__(self) -> None:
@@ -98,7 +101,7 @@ class FuzzConfig:
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"FuzzConfig.{key} must be finite and > 0, got {value}")
-        for key in ("message_gap_s", "speed_tolerance_rad"):
+        for key in ("message_gap_s", "speed_tolerance_rad", "speed_tolerance_s"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"FuzzConfig.{key} must be finite and >= 0, got {value}")
@@ -127,6 +130,10 @@ class FuzzResult:
     # than one period (a late tick then an on-time one), > 1 for a step too large even for that.
     max_speed_ratio_period_floor: float = 0.0
     recovery_s: list[float] = field(default_factory=list)  # one per burst; inf = did not resume
+    # One per burst: until the first 0.3 s in which every tick commanded (inf: none in the window).
+    # Looser than recovery_s: holds after that (a loaded machine's late latents) do not count.
+    resume_s: list[float] = field(default_factory=list)
+    h_rate_hz: float = math.nan  # median H loop rate the context node reported (machine load)
     bursts: int = 0
     estop_bursts: int = 0
     node_counters: dict[str, dict[str, str]] = field(default_factory=dict)  # last diagnostics per status
@@ -154,13 +161,13 @@ class FuzzResult:
 
 
 def check_commands(stamps_ns: np.ndarray, positions: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                   velocity_max: np.ndarray, tolerance_rad: float = 1e-9) -> dict:
+                   velocity_max: np.ndarray, tolerance_rad: float = 1e-9, tolerance_s: float = 1e-6) -> dict:
     """Judge a command stream (receive order) against the limits.
 
     ``positions`` (N, J). Violations count commands with any joint outside [lower, upper];
     non-finite counts commands with any non-finite value (those are not also judged for speed).
     A speed violation is a consecutive pair whose step on some joint exceeds velocity_max times
-    the gap between their stamps (the tick times), plus ``tolerance_rad``.
+    the gap between their stamps (the tick times) plus ``tolerance_s``, plus ``tolerance_rad``.
     """
     positions = np.asarray(positions, dtype=np.float64).reshape(len(stamps_ns), -1)
     finite = np.isfinite(positions).all(axis=1)
@@ -177,13 +184,14 @@ def check_commands(stamps_ns: np.ndarray, positions: np.ndarray, lower: np.ndarr
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(step > 0, step / allowed, 0.0)
     out["pairs"] = int(both.sum())
-    out["speed_violations"] = int((step > allowed + tolerance_rad).any(axis=1).sum())
+    slack = tolerance_s * velocity_max[None, :] + tolerance_rad
+    out["speed_violations"] = int((step > allowed + slack).any(axis=1).sum())
     out["max_speed_ratio"] = float(np.nanmax(ratio)) if ratio.size else 0.0
     return out
 
 
 def recovery_times(bursts: list[tuple[float, float]], diag: list[tuple[float, int, int]],
-                   command_stamps_s: np.ndarray) -> list[float]:
+                   command_stamps_s: np.ndarray, sustained: int = 0) -> list[float]:
     """Per burst (end, next burst's start) in node-clock seconds: how long until commands flowed again.
 
     ``diag``: (stamp, ticks, holding ticks) of the control loop's diagnostics, in order, where
@@ -193,6 +201,8 @@ def recovery_times(bursts: list[tuple[float, float]], diag: list[tuple[float, in
     spuriously). The burst recovered at the end of the last interval, ending inside its window,
     in which a tick held or the loop did not tick; inf when that is the window's last interval,
     when no interval ends in the window, or when no command stamped after that point arrived.
+    ``sustained`` > 0: instead, the end of the last holding interval before the first run of
+    that many all-commanding intervals (the first time commands flowed for a while).
     """
     d = np.array(diag, dtype=np.float64).reshape(-1, 3)
     out = []
@@ -202,6 +212,18 @@ def recovery_times(bursts: list[tuple[float, float]], diag: list[tuple[float, in
             out.append(math.inf)
             continue
         bad = [k for k in idx if d[k, 1] <= d[k - 1, 1] or d[k, 2] > d[k - 1, 2]]
+        if sustained > 0:
+            good_run, first_bad = 0, []
+            for k in idx:
+                good_run = 0 if k in bad else good_run + 1
+                if good_run >= sustained:
+                    break
+                if k in bad:
+                    first_bad.append(k)
+            if good_run < sustained:
+                out.append(math.inf)
+                continue
+            bad = first_bad
         if bad and bad[-1] == idx[-1]:
             out.append(math.inf)  # still holding when the window closed
             continue
@@ -519,6 +541,7 @@ class _Listener:
         self.last_seen: dict[str, float] = {}  # node -> monotonic time of its last diagnostics
         self.latest: dict[str, dict[str, str]] = {}  # status name -> values (+ "_message", "_level")
         self.late_ticks = (0, 0)  # (missed ticks, ticks) from the control loop
+        self.h_rates: list[float] = []  # the context node's H loop rate, per diagnostics message
 
     def on_command(self, msg: JointState) -> None:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
@@ -546,6 +569,11 @@ class _Listener:
                                       if k.startswith("ticks.") and k != "ticks.ok")
                         self.control.append((stamp, ticks, holding))
                         self.late_ticks = (int(values.get("missed_ticks", "0")), ticks)
+                    except ValueError:
+                        pass
+                elif st.name.endswith(": H loop") and "rate_hz" in values:
+                    try:
+                        self.h_rates.append(float(values["rate_hz"]))
                     except ValueError:
                         pass
 
@@ -747,8 +775,9 @@ def _judge(listener: _Listener, limits, bursts: list[tuple[float, float]], cfg: 
         result.node_counters = dict(listener.latest)
         missed, ticks = listener.late_ticks
         bad_shape = listener.bad_shape
+        h_rates = [x for x in listener.h_rates[2:] if math.isfinite(x)]  # the first ones cover start-up
     verdict = check_commands(stamps, positions, limits.lower, limits.upper, limits.velocity_max,
-                             cfg.speed_tolerance_rad)
+                             cfg.speed_tolerance_rad, cfg.speed_tolerance_s)
     result.commands = len(stamps) + bad_shape
     result.violations = verdict["violations"] + bad_shape
     result.nonfinite = verdict["nonfinite"]
@@ -763,3 +792,6 @@ def _judge(listener: _Listener, limits, bursts: list[tuple[float, float]], cfg: 
     result.late_tick_fraction = missed / ticks if ticks else 0.0
     result.burst_windows_s, result.control_diag = bursts, control
     result.recovery_s = recovery_times(bursts, control, stamps * 1e-9)
+    periods = max(1, round(0.3 / cfg.control_diagnostics_period_s))
+    result.resume_s = recovery_times(bursts, control, stamps * 1e-9, sustained=periods)
+    result.h_rate_hz = float(np.median(h_rates)) if h_rates else math.nan
