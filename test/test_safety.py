@@ -87,6 +87,8 @@ def test_yaml_round_trip_in_configured_order(tmp_path):
     np.testing.assert_array_equal(lim.acceleration_max, [10.0, 3.0, 5.0])
     for arr in (lim.lower, lim.upper, lim.velocity_max, lim.acceleration_max):
         assert arr.dtype == np.float64
+    # The project's own format: every limit is data, nothing assumed.
+    assert lim.source == str(path) and lim.acceleration_defaulted == ()
     # Round trip: dump what we loaded and load it again.
     dumped = {j.name: _entry(j.position_min_rad, j.position_max_rad, j.velocity_max_rad_s,
                              j.acceleration_max_rad_s2) for j in lim.joints}
@@ -203,8 +205,11 @@ def test_urdf_parse(tmp_path):
     np.testing.assert_array_equal(lim.upper, [0.04, 1.25, np.inf])
     np.testing.assert_array_equal(lim.velocity_max, [0.1, 2.5, 3.0])
     np.testing.assert_array_equal(lim.acceleration_max, [10.0, 10.0, 10.0])
+    assert lim.acceleration_defaulted == ("slider", "shoulder", "wrist") and "assumed for" in lim.source
     lim2 = JointLimits.from_urdf(path, ["shoulder"], default_acceleration_max_rad_s2=4.0)
     assert lim2.acceleration_max.tolist() == [4.0]
+    # The same URDF as the robot_description string gives the same limits.
+    assert JointLimits.from_urdf(URDF, ["slider", "shoulder", "wrist"]) == lim
 
 
 def test_urdf_errors(tmp_path):
