@@ -24,6 +24,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sage_hl_ros.tools.fuzz import FuzzConfig, ros_isolation_env, run_fuzz  # noqa: E402
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  sage_control ticks: {ticks}; late ticks {r.late_tick_fraction:.2%}")
     print(f"bursts {r.bursts} ({r.estop_bursts} with e-stop floods); recovery p50 {r.recovery_percentile(50):.2f} s, "
           f"p99 {r.recovery_percentile(99):.2f} s, max {r.recovery_max_s:.2f} s "
-          f"(upper bounds at the {cfg.control_diagnostics_period_s:g} s diagnostics period)")
+          f"(upper bounds at the {cfg.control_diagnostics_period_s:g} s diagnostics period); first 0.3 s of "
+          f"commanding after a burst: p50 {np.percentile(r.resume_s, 50):.2f} s, max {max(r.resume_s):.2f} s; "
+          f"H loop median {r.h_rate_hz:.1f} Hz")
     print(f"speed: {r.speed_violations} of {r.speed_pairs} consecutive command pairs above velocity_max x stamp gap; "
           f"worst {r.max_speed_ratio:.2f}x (gap floored at the nominal period: {r.max_speed_ratio_period_floor:.2f}x)")
     if r.dead_detail:
