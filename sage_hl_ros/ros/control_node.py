@@ -43,7 +43,12 @@ Parameters (read at configure unless marked runtime)
                                      checkpoint's joint set.
     joint_limits_file (str, "")      YAML with ``joint_limits: {joint: {position_min_rad, position_max_rad,
                                      velocity_max_rad_s, acceleration_max_rad_s2}}``
-    urdf_file (str, "")              optional URDF; limits = YAML tightened by URDF (either alone also works).
+    urdf_file (str, "")              optional URDF file, or the robot_description XML string; each limit is the
+                                     tighter of YAML and URDF, one only one gives is taken from it (either
+                                     alone works; continuous joints: no position limit, velocity enforced).
+                                     joint_limits_file may be the ros2_control / MoveIt joint_limits.yaml.
+    default_acceleration_max_rad_s2 (float, 0.0)  where no source gives an acceleration limit; 0 = 10.0
+                                     (stated in the limits line of the log and diagnostics)
                                      Without any limits the node runs dry (publishes nothing) and
                                      enable_control cannot be set.
     latent_topic, joint_states_topic topic names (see above)
@@ -177,7 +182,9 @@ class ControlNode(DeclaredParams, LifecycleNode):
         p("control_rate_hz", 200.0, "control loop rate [Hz]")
         p("joint_names", [], "command joint order; [] = the checkpoint's order (must be the same joint set)")
         p("joint_limits_file", "", "joint limits YAML (joint_limits: {name: {position_min_rad, ...}})")
-        p("urdf_file", "", "optional URDF whose <limit>s tighten the YAML limits")
+        p("urdf_file", "", "optional URDF file (or robot_description XML string) whose <limit>s tighten the YAML")
+        p("default_acceleration_max_rad_s2", 0.0,
+          "acceleration limit where neither YAML nor URDF gives one (URDF never does) [rad/s^2]; 0 = 10.0")
         p("latent_topic", "/sage/latent", "latent from sage_context (sensor_msgs/Image 32FC1)")
         p("joint_states_topic", "/joint_states", "joint states (sensor_msgs/JointState)")
         p("latent_timeout_s", 0.5, "hold when the latent is older than this (arrival or header stamp) [s]")
@@ -361,12 +368,17 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._start_order_check()
 
     def _load_limits(self, names: list[str]) -> JointLimits | None:
-        yaml_file, urdf_file = str(self._get("joint_limits_file")), str(self._get("urdf_file"))
-        limits = JointLimits.from_yaml(yaml_file, names) if yaml_file else None
-        if urdf_file:
-            urdf = JointLimits.from_urdf(urdf_file, names)
-            limits = urdf if limits is None else limits.tightened_by(urdf)
-        self._limits_source = " + ".join(f for f in (yaml_file, urdf_file) if f)
+        """URDF (file or robot_description XML) and/or YAML (ros2_control/MoveIt or ours): the tighter wins."""
+        yaml_file, urdf = str(self._get("joint_limits_file")), str(self._get("urdf_file"))
+        self._limits_source = ""
+        if not (yaml_file or urdf):
+            return None
+        acc = float(self._get("default_acceleration_max_rad_s2"))
+        limits = JointLimits.from_sources(names, yaml_path=yaml_file, urdf=urdf,
+                                          default_acceleration_max_rad_s2=acc if acc > 0.0 else None)
+        self._limits_source = limits.source
+        if limits.acceleration_defaulted:
+            self._log.warning(f"joint limits: {limits.source}")
         return limits
 
     # ------------------------------------------------------------------ controller joint order
