@@ -545,8 +545,10 @@ class ContextNode(DeclaredParams, LifecycleNode):
                 values[f"masked.{mask_state}"] = count
             if st == "ok":
                 msg = st
-            elif st in ("stale", "future"):
-                msg = f"{st} ({fresh.reason})"
+            elif st == "stale":
+                msg = fresh.reason  # "stale by header stamp: ..." / "stale by arrival time: ..."
+            elif st == "future":
+                msg = f"future: {fresh.reason}"
             else:
                 msg = f"{st}: {slot.last_reason}" if slot.last_reason else st
             out.append(status(f"{name}: {modality}", "ok" if st == "ok" else "warn", msg, values))
