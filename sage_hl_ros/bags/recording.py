@@ -775,7 +775,9 @@ class BagWriter:
     def _add_to_file(self, conn: Connection) -> None:
         f = self._file
         assert f is not None
-        if conn.msgdef and conn.msgtype not in self._schema_ids:
+        # A known type gets a schema even when its definition is empty (std_msgs/Empty): rosbags
+        # skips the messages of a channel without one.
+        if (conn.msgdef or conn.digest) and conn.msgtype not in self._schema_ids:
             sid = len(self._schema_ids) + 1
             self._schema_ids[conn.msgtype] = sid
             if isinstance(f, McapFile):
