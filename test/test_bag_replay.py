@@ -293,3 +293,72 @@ def test_replay_drives_runtime_nodes_on_sim_time(graph, recorded, tmp_path):
     assert stamps, "no diagnostics from sage_control during the replay"
     assert all(start <= s <= end + 500_000_000 for s in stamps), (start, end, stamps[:3])
     assert time.time_ns() - end > 2_000_000_000  # wall time is well past the bag: the check above means something
+
+
+def test_replay_never_commands_the_robot_unless_asked(graph, tmp_path):
+    """A bag holding what the recorder stores by default: the command topics, the e-stop pair and
+    /diagnostics beside joint states. Default replay publishes none of the former (no publisher
+    even exists, and the log names each skipped topic); ``--include-commands`` replays them all and
+    warns, naming them."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Bool, Empty, Float64MultiArray
+    from std_srvs.srv import Trigger
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from sage_hl_ros.bags.recording import BagWriter
+
+    node = graph.node
+    n = 20
+    unsafe = {
+        "/forward_position_controller/commands": (Float64MultiArray, Float64MultiArray(data=[0.1] * 7)),
+        "/forward_position_controller/joint_trajectory": (JointTrajectory, JointTrajectory(
+            joint_names=JOINTS, points=[JointTrajectoryPoint(positions=[0.1] * 7)])),
+        "/joint_command": (JointState, JointState(name=JOINTS, position=[0.1] * 7)),
+        "/e_stop": (Bool, Bool(data=True)),
+        "/e_stop/reset": (Empty, Empty()),
+        "/diagnostics": (DiagnosticArray, DiagnosticArray(status=[DiagnosticStatus(name="fake", message="ok")])),
+    }
+    topics = {**unsafe, "/joint_states": (JointState, JointState(name=JOINTS, position=[0.2] * 7))}
+    bag = tmp_path / "bag"
+    with BagWriter(bag) as writer:
+        ids = {t: writer.add_connection(t, f"{cls.__module__.split('.')[0]}/msg/{cls.__name__}")
+               for t, (cls, _msg) in topics.items()}
+        for i in range(n):
+            for t, (_cls, msg) in topics.items():
+                writer.write(ids[t], 1_700_000_000_000_000_000 + i * 10_000_000, serialize_message(msg))
+
+    def replay(name, *flags):
+        logs = {t: RawLog(node, cls, t, _reliable()) for t, (cls, _msg) in topics.items()}
+        proc = start_process([script("sage-hl-bag"), "replay", str(bag), "--start-paused", "--no-clock", *flags,
+                              "--ros-args", "-r", f"__node:={name}"], tmp_path / f"{name}.log")
+        try:
+            listening = [t for t in topics if t not in unsafe or flags]
+            wait_for(lambda: all(logs[t].sub.get_publisher_count() >= 1 for t in listening), 30.0,
+                     what="the replayer's publishers")
+            def resumed():
+                assert proc.poll() is None, read_log(proc)
+                try:
+                    return graph.call(Trigger, f"/{name}/resume", timeout_s=5.0).success
+                except AssertionError:  # service not up yet on a busy machine
+                    return False
+
+            wait_for(resumed, 60.0, what="resume")
+            assert proc.wait(60) == 0, read_log(proc)
+        finally:
+            stop_process(proc)
+        publishers = {t: node.count_publishers(t) for t in unsafe}
+        counts = {t: len(log.snapshot()) for t, log in logs.items()}
+        for log in logs.values():
+            node.destroy_subscription(log.sub)
+        return counts, read_log(proc), publishers
+
+    counts, log, _ = replay("replay_safe")
+    assert counts == {**dict.fromkeys(unsafe, 0), "/joint_states": n}, counts
+    assert "not replaying 6 topic(s) that would act on a live robot" in log, log
+    assert all(t in log for t in unsafe) and "--include-commands" in log
+    counts, log, _ = replay("replay_commands", "--include-commands")
+    assert counts == dict.fromkeys(topics, n), counts
+    warning = next(line for line in log.splitlines() if "REPLAYING COMMAND / E-STOP / DIAGNOSTICS TOPICS" in line)
+    assert all(t in warning for t in unsafe), warning

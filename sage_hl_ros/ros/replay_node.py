@@ -17,6 +17,19 @@ When ``loop`` restarts the bag, ``/clock`` jumps back to the start (as with ``ro
 The node exits when the bag is done (unless ``loop``), after waiting up to ``ack_timeout_s``
 for reliable subscribers to acknowledge the last messages.
 
+Replay never commands the robot by default: command outputs (``/forward_position_controller/
+commands``, ``.../joint_trajectory``, ``/joint_command``, any ``/<controller>/commands`` or
+``/<controller>/joint_trajectory``, any JointTrajectory), ``/e_stop``, ``/e_stop/reset`` and
+``/diagnostics`` are recorded by default, and republishing them would move the arm past the live
+safety filter, latch or release the e-stop, or fake the robot's health. They are skipped, and the
+log names each one and why (``sage_hl_ros.bags.recording.replay_hazard`` decides);
+``include_commands:=true`` replays them too, with a warning naming them.
+
+A damaged bag fails loudly: before the first message every storage file is checked (MCAP chunk
+CRCs and summary, sqlite3 ``quick_check``; ``verify:=false`` skips it); a bag that fails, or a
+read error during playback, ends the node with an error naming the storage file and the problem
+(exit code 2 before playing, 1 during playback).
+
 Services (std_srvs/Trigger): ``~/pause`` and ``~/resume``. While paused nothing is published
 and ``/clock`` holds still. ``start_paused:=true`` waits for ``~/resume`` before the first
 message (as ``ros2 bag play --start-paused``): the way to start a replay only once the nodes
@@ -37,12 +50,15 @@ Parameters
     start_delay_s (float, 0.5)     wait after creating the publishers (discovery) before playing
     start_paused (bool, false)     wait for ~/resume before playing
     ack_timeout_s (float, 2.0)
+    include_commands (bool, false) also replay command, e-stop and /diagnostics topics (see above)
+    verify (bool, true)            check the storage files before playing
 """
 
 from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -53,7 +69,9 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosgraph_msgs.msg import Clock
 from std_srvs.srv import Trigger
 
-from .recorder_node import message_class
+from ..bags.recording import replay_hazard
+from ..bags.verify import read_failure, require_intact
+from .msg_types import message_class
 
 _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
@@ -86,6 +104,9 @@ class ReplayNode(Node):
         self.start_delay_s = float(p("start_delay_s", 0.5, "wait for discovery before playing [s]"))
         self.ack_timeout_s = float(p("ack_timeout_s", 2.0, "wait for acknowledgements at the end [s]"))
         start_paused = bool(p("start_paused", False, "wait for ~/resume before playing"))
+        include_commands = bool(p("include_commands", False,
+                                  "also replay command, e-stop and /diagnostics topics (drives a live robot)"))
+        verify = bool(p("verify", True, "check every storage file (chunk CRCs, sqlite3) before playing"))
         if not self.bag_path:
             raise ValueError("parameter 'bag' is empty: set it to a bag directory")
         if not (math.isfinite(self.rate) and self.rate > 0):
@@ -98,18 +119,26 @@ class ReplayNode(Node):
         from rosbags.rosbag2 import Reader
 
         path = Path(self.bag_path)
+        self._path = path
         if not path.exists():
             raise ValueError(f"bag {path} does not exist")
+        if verify:  # nothing is published from a bag that fails its check
+            require_intact(path)
         self._reader = Reader(path)
         try:
             self._reader.open()
         except Exception as exc:
-            raise ValueError(f"cannot open bag {path}: {exc} (a killed recording needs `sage-hl-bag repair`)") from exc
+            raise read_failure(path, exc) from None
         self._log = self.get_logger()
         self._pubs = {}
         self._conns = []
+        held_back: dict[str, str] = {}
         for conn in self._reader.connections:
             if topics and conn.topic not in topics:
+                continue
+            hazard = replay_hazard(conn.topic, conn.msgtype)
+            if hazard and not include_commands:
+                held_back[conn.topic] = hazard
                 continue
             key = (conn.topic, conn.msgtype)
             if key not in self._pubs:
@@ -131,8 +160,18 @@ class ReplayNode(Node):
                                  reliability=rel or ReliabilityPolicy.RELIABLE, durability=dur)
                 self._pubs[key] = (cls, self.create_publisher(cls, conn.topic, qos))
             self._conns.append(conn)
+        if held_back:
+            self._log.warning(
+                f"not replaying {len(held_back)} topic(s) that would act on a live robot: "
+                + ", ".join(f"{t} ({why})" for t, why in sorted(held_back.items()))
+                + "; pass include_commands:=true (sage-hl-bag replay --include-commands) to replay them")
+        unsafe = sorted({c.topic for c in self._conns if replay_hazard(c.topic, c.msgtype)})
+        if unsafe:
+            self._log.warning(f"REPLAYING COMMAND / E-STOP / DIAGNOSTICS TOPICS (include_commands): "
+                              f"{', '.join(unsafe)}: a robot listening on them will act on the recording")
+        self.held_back = sorted(held_back)
         if topics:
-            missing = sorted(set(topics) - {c.topic for c in self._conns})
+            missing = sorted(set(topics) - {c.topic for c in self._conns} - set(held_back))
             if missing:
                 self._log.warning(f"topics not in the bag: {', '.join(missing)}")
         self._clock_pub = self.create_publisher(
@@ -142,6 +181,7 @@ class ReplayNode(Node):
         self.end_ns = self._reader.end_time - 1 if self._reader.message_count else 0
         self.published = 0
         self.loops_done = 0
+        self.error = ""  # why playback stopped early (read failure); exit code 1
         self.done = threading.Event()
         self._stop = threading.Event()
         self._pass = (0, 0.0)  # (bag time, wall time) the pass is anchored at; one attribute, swapped atomically
@@ -266,8 +306,9 @@ class ReplayNode(Node):
                     except Exception:
                         pass
             self._log.info(f"replay done: {self.published} messages")
-        except Exception as exc:  # report, then exit cleanly
-            self._log.error(f"replay failed: {exc}")
+        except Exception as exc:  # a damaged bag: say which file and why, exit non-zero
+            self.error = str(read_failure(self._path, exc))
+            self._log.error(f"replay stopped after {self.published} messages: {self.error}")
         finally:
             self.done.set()
 
@@ -299,7 +340,8 @@ class ReplayNode(Node):
 
 
 def run(args=None) -> int:
-    """Play the bag given by the ``bag`` parameter; returns the exit code (0 done, 2 bad parameters)."""
+    """Play the bag given by the ``bag`` parameter; returns the exit code: 0 done, 1 the bag could
+    not be read to its end, 2 bad parameters or a bag that fails its check (nothing published)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -313,12 +355,15 @@ def run(args=None) -> int:
     try:
         try:
             node = ReplayNode()
-        except ValueError as exc:
-            print(f"[sage_replay] error: {exc}", flush=True)
+        except ValueError as exc:  # BagError too: it names the storage file
+            print(f"[sage_replay] error: {exc}", file=sys.stderr, flush=True)
             return 2
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok() and not node.done.is_set():
             executor.spin_once(timeout_sec=0.1)
+        if node.error:
+            print(f"[sage_replay] error: {node.error}", file=sys.stderr, flush=True)
+            code = 1
     except KeyboardInterrupt:
         pass
     finally:
