@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ros_harness import ros_args, ros_env, script, start_process, stop_process, wait_for
+from ros_harness import read_log, ros_args, ros_env, script, start_process, stop_process, wait_for
 
 from sage_hl_ros.bags.recording import (
     BagWriter,
@@ -668,3 +668,92 @@ def test_full_disk_through_graph_tmpfs(graph, tmp_path):
             stop_process(proc)
         node.destroy_publisher(pub)
         subprocess.run(["umount", str(mnt)], capture_output=True, timeout=20)
+
+
+@pytest.mark.ros
+def test_topic_type_and_best_effort_camera_record_everything_after_ready(graph, tmp_path):
+    """Publishers run from before the recorder exists: a best-effort camera, reliable joint states
+    and a topic only ``--topic-type`` names. The recorder runs from the CLI with ``--topic-type``
+    (which used to replace the default types, so runtime topics waited for a discovery tick) and
+    a discovery period longer than the test, so only the subscriptions made at activation can
+    record: the camera's must be best-effort from the start (a reliable one is refused by a
+    best-effort publisher). Every message published after the recorder reported ready (its
+    diagnostics: ``ready`` and each topic matched, in two consecutive reports) is in the bag, in
+    order, and the mcap package (CRCs validated) reads what rosbags reads."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float64MultiArray
+
+    node = graph
+    name = "rec_ready"
+    types = {"/camera/image_raw": Image, "/joint_states": JointState, "/test/typed": Float64MultiArray}
+    qos = {"/camera/image_raw": QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)}
+    pubs = {t: node.create_publisher(cls, t, qos.get(t, _reliable())) for t, cls in types.items()}
+    sent: dict[str, list[int]] = {t: [] for t in types}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def publish_from_t0():
+        i = 0
+        while not stop.is_set():
+            with lock:
+                pubs["/joint_states"].publish(JointState(name=["joint1"], position=[float(i)]))
+                sent["/joint_states"].append(i)
+                if i % 3 == 0:
+                    img = Image(height=4, width=4, encoding="mono8", step=4, data=bytes([i % 256]) * 16)
+                    img.header.frame_id = str(i)
+                    pubs["/camera/image_raw"].publish(img)
+                    sent["/camera/image_raw"].append(i)
+                    pubs["/test/typed"].publish(Float64MultiArray(data=[float(i)]))
+                    sent["/test/typed"].append(i)
+            i += 1
+            time.sleep(0.01)
+
+    publisher = threading.Thread(target=publish_from_t0, daemon=True)
+    publisher.start()
+    bag = tmp_path / "bag"
+    proc = start_process([script("sage-hl-bag"), "record", str(bag), "--topics", *types,
+                          "--topic-type", "/test/typed:std_msgs/msg/Float64MultiArray", "--flush-period-s", "0.5",
+                          "--ros-args", "-p", "discovery_period_s:=600.0", "-p", "diagnostics_period_s:=0.2",
+                          "-p", "fsync:=false", "-r", f"__node:={name}"], tmp_path / "recorder.log")
+    try:
+        def ready_reports():
+            with node.diag._lock:
+                return [v for n, _lvl, _m, v in node.diag.history if n == f"sage_recorder: {name}"]
+
+        def is_ready(v):
+            return v.get("ready") == "true" and all(int(v.get(f"matched {t}", "0")) >= 1 for t in types)
+
+        def ready_twice():
+            assert proc.poll() is None, read_log(proc)
+            reports = ready_reports()
+            return any(is_ready(a) and is_ready(b) for a, b in zip(reports, reports[1:], strict=False))
+
+        wait_for(ready_twice, 60.0, interval_s=0.05, what="the recorder reporting ready")
+        with lock:
+            after = {t: len(v) for t, v in sent.items()}  # messages from here on must all be recorded
+        wait_for(lambda: len(sent["/camera/image_raw"]) >= after["/camera/image_raw"] + 40, 60.0,
+                 what="40 more camera frames")
+        stop.set()
+        publisher.join(5.0)
+        for t in types:
+            wait_for(lambda t=t: node.diag.received(name, t) >= len(sent[t]) - after[t], 30.0,
+                     what=f"the recorder receiving {t}")
+        code, killed = stop_process(proc, grace_s=20.0)
+        assert code == 0 and not killed, read_log(proc)
+    finally:
+        stop.set()
+        stop_process(proc)
+        for pub in pubs.values():
+            node.destroy_publisher(pub)
+    recorded = read_rosbags(bag)
+    assert read_independent(bag) == {t: [d for _t, d in v] for t, v in recorded.items()}
+    decode = {"/camera/image_raw": lambda m: int(m.header.frame_id), "/joint_states": lambda m: int(m.position[0]),
+              "/test/typed": lambda m: int(m.data[0])}
+    for t, cls in types.items():
+        got = [decode[t](deserialize_message(d, cls)) for _t, d in recorded.get(t, [])]
+        must = sent[t][after[t]:]
+        assert got == sorted(got), f"{t}: out of order"
+        missing = sorted(set(must) - set(got))
+        assert not missing, f"{t}: {len(missing)} of {len(must)} messages published after ready are not in the bag"

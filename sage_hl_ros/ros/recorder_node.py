@@ -18,24 +18,36 @@ SIGINT/SIGTERM close the bag cleanly (every queued message is written first).
 
 Topics and types
     ``topics`` (default: the runtime's topics, incl. ``/sage/episode`` and ``/teacher/joint_command``;
-    ``[]`` = every topic in the graph). Types come from ``topic_types`` entries
-    ``"topic:pkg/msg/Type"`` (the defaults cover the runtime's topics, so those are subscribed at
-    once and the first messages are kept) or from the graph: every ``discovery_period_s`` the
-    recorder looks at each wanted topic's publishers and subscribes to each type it sees
-    (a topic published with two types is recorded as two connections, like rosbag2).
+    ``[]`` = every topic in the graph). Types come from the runtime's defaults
+    (``DEFAULT_TOPIC_TYPES``) plus ``topic_types`` entries ``"topic:pkg/msg/Type"`` (added to the
+    defaults, an entry for a default topic replaces its type), so all of those are subscribed at
+    activation and the first messages are kept; other types come from the graph: every
+    ``discovery_period_s`` the recorder looks at each wanted topic's publishers and subscribes to
+    each type it sees (a topic published with two types is recorded as two connections, like rosbag2).
     A topic is added to the bag with its first message, together with the QoS profiles its
     publishers offer at that moment (``offered_qos_profiles``, as rosbag2 records them).
 QoS (per subscription)
     ``reliability`` auto (default): reliable unless a publisher offers best-effort (then
     best-effort, which matches both) — what rosbag2 does, so reliable publishers are recorded
-    without loss and best-effort sensor streams (DESIGN §4) are still matched. A subscription
-    made before any publisher exists starts reliable and is re-created best-effort when a
-    best-effort publisher appears. ``durability`` auto: transient-local when every publisher
+    without loss and best-effort sensor streams (DESIGN §4) are still matched. A sensor stream
+    (image, compressed image, point cloud, scan, camera info types; the runtime's audio and
+    tactile topics) subscribed before any publisher is known starts best-effort, so a
+    best-effort camera is matched from its first message; a best-effort subscription is never
+    re-created reliable (that would open a gap). Other topics subscribed before a publisher is
+    known start reliable and are re-created best-effort when a best-effort publisher appears.
+    ``durability`` auto: transient-local when every publisher
     offers it (late-joining recorder gets latched data), else volatile. Depth (2 s of data, so a
     scheduling stall on a busy machine costs latency, not messages): ``sensor_queue_depth`` (60)
     for image/point-cloud types, ``queue_depth`` (1000) otherwise. DESIGN §4's shallow sensor
     queues are right for controllers (freshness) but wrong for a recorder (completeness).
     ``qos_overrides`` entries ``"topic:reliability[:depth[:durability]]"`` fix them per topic.
+Ready
+    ``/diagnostics`` carries ``matched <topic>`` (publishers each subscription has matched, where
+    the rclpy has ``Subscription.get_publisher_count``) and ``ready``: true once recording and every
+    wanted topic that has publishers in the graph is subscribed and matched to all of them;
+    messages published after that are in the bag. "In the graph" means known to this node: a
+    publisher not yet discovered is not waited for (check ``matched <topic>`` for the ones you
+    expect). The log says "ready" each time more publishers are matched.
 Throughput (bench/bench_record.py, 2 cores shared with other work)
     2 x 640x480 rgb8 + 640x480 32FC1 at 30 Hz + joint states at 500 Hz for 60 s: nothing lost,
     92 MB/s to disk, ~35-40% of one core. Each callback also drains whatever else is queued on
@@ -84,7 +96,6 @@ Only rclpy APIs that ROS 2 Humble has are used.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import queue
@@ -103,42 +114,22 @@ from std_srvs.srv import Trigger
 from ..bags.recording import (
     DEFAULT_TOPIC_TYPES,
     EPISODE_TOPIC,
+    SENSOR_TYPES,
     BagError,
     BagWriter,
     encode_cdr_string,
+    is_sensor_stream,
     make_qos,
 )
 from .diagnostics import RateMeter, diagnostic_array, status
+from .msg_types import message_class
 from .node_main import DeclaredParams
 
 DEFAULT_TOPICS = list(DEFAULT_TOPIC_TYPES)
-SENSOR_TYPES = {"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/PointCloud2",
-                "sensor_msgs/msg/LaserScan"}
 IGNORED_TOPICS = {"/rosout", "/parameter_events"}
 MAX_DRAIN = 256  # messages taken per callback beyond the first (bounded: other subscriptions get their turn)
 _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 _DURABILITY = {"volatile": DurabilityPolicy.VOLATILE, "transient_local": DurabilityPolicy.TRANSIENT_LOCAL}
-
-
-def message_class(msgtype: str):
-    """Python class of ``pkg/msg/Type`` (or ``pkg/Type``); raises ValueError if not importable."""
-    parts = msgtype.split("/")
-    if len(parts) == 2:
-        parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3 or not all(parts):
-        raise ValueError(f"bad message type {msgtype!r} (expected pkg/msg/Type)")
-    try:
-        from rosidl_runtime_py.utilities import get_message  # type: ignore[import-not-found]
-
-        return get_message("/".join(parts))
-    except ImportError:
-        pass
-    except (AttributeError, ModuleNotFoundError, ValueError) as exc:
-        raise ValueError(f"message type {msgtype!r} is not installed: {exc}") from exc
-    try:
-        return getattr(importlib.import_module(f"{parts[0]}.{parts[1]}"), parts[2])
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"message type {msgtype!r} is not installed: {exc}") from exc
 
 
 def _ns(duration) -> int | None:
@@ -346,8 +337,8 @@ class RecorderNode(DeclaredParams, LifecycleNode):
         p("storage", "mcap", "mcap | sqlite3")
         p("humble_compatible", True, "metadata.yaml version 8 (readable by ROS 2 Humble); false: version 9")
         p("topics", DEFAULT_TOPICS, "topics to record; [] = every topic in the graph")
-        p("topic_types", [f"{t}:{ty}" for t, ty in DEFAULT_TOPIC_TYPES.items()],
-          "'topic:pkg/msg/Type' for topics to subscribe before they are advertised")
+        p("topic_types", [""], "'topic:pkg/msg/Type' for topics to subscribe before they are advertised "
+          "(added to the runtime's topic types)")
         p("qos_overrides", [""], "'topic:reliability[:depth[:durability]]' (reliability/durability may be auto)")
         p("queue_depth", 1000, "subscription keep-last depth (non-image topics; 2 s at 500 Hz)")
         p("sensor_queue_depth", 60, "subscription keep-last depth for image / point-cloud topics (2 s at 30 Hz)")
@@ -381,6 +372,7 @@ class RecorderNode(DeclaredParams, LifecycleNode):
         self._srvs: list = []
         self._unavailable: set = set()
         self._drain_ok = True
+        self._ready_logged = -1  # matched publishers when 'ready' was last logged
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self._get("diagnostics_period_s"))
         self._diag_timer = self.create_timer(period if period > 0 else 1.0, self._publish_diagnostics)
@@ -425,7 +417,8 @@ class RecorderNode(DeclaredParams, LifecycleNode):
         if not (size_mb >= 0 and dur_s >= 0):
             raise ValueError("max_bag_size_mb and max_bag_duration_s must be >= 0 (0 = no split)")
         self._topics = [t for t in (self._get("topics") or []) if t]
-        self._types = parse_topic_types([e for e in (self._get("topic_types") or []) if e])
+        # Added to the defaults, never instead of them: the runtime's topics are subscribed at once.
+        self._types = {**DEFAULT_TOPIC_TYPES, **parse_topic_types([e for e in (self._get("topic_types") or []) if e])}
         self._overrides = parse_qos_overrides([e for e in (self._get("qos_overrides") or []) if e])
         self._depth = int(self._get("queue_depth"))
         self._sensor_depth = int(self._get("sensor_queue_depth"))
@@ -512,6 +505,8 @@ class RecorderNode(DeclaredParams, LifecycleNode):
             rel = _RELIABILITY[o.reliability]
         elif any(int(p.qos_profile.reliability) == int(ReliabilityPolicy.BEST_EFFORT) for p in publishers):
             rel = ReliabilityPolicy.BEST_EFFORT
+        elif not publishers and is_sensor_stream(topic, msgtype):
+            rel = ReliabilityPolicy.BEST_EFFORT  # matches whichever publisher comes, from its first message
         else:
             rel = ReliabilityPolicy.RELIABLE
         if o.durability:
@@ -531,6 +526,9 @@ class RecorderNode(DeclaredParams, LifecycleNode):
         if sub is not None and sub.handle is not None:
             if (sub.reliability, sub.durability) == (rel, dur):
                 return
+            if (sub.durability == dur and sub.reliability == ReliabilityPolicy.BEST_EFFORT
+                    and not self._overrides.get(topic, QosOverride()).reliability):
+                return  # best-effort already matches reliable publishers; re-creating it would lose messages
             # A publisher appeared that our subscription cannot match: re-create it.
             self._log.info(f"{topic}: re-subscribing {rel.name.lower()}/{dur.name.lower()} to match its publishers")
             self.destroy_subscription(sub.handle)
@@ -705,6 +703,41 @@ class RecorderNode(DeclaredParams, LifecycleNode):
         return response
 
     # ------------------------------------------------------------------ diagnostics
+    @staticmethod
+    def _matched(sub: _Sub) -> int | None:
+        count = getattr(sub.handle, "get_publisher_count", None)  # not in every rclpy (Humble)
+        try:
+            return int(count()) if count is not None else None
+        except Exception:  # subscription being destroyed
+            return None
+
+    def _readiness(self) -> tuple[bool, dict[str, int]]:
+        """(ready, matched publishers per topic): ready = recording, and every wanted topic that
+        has publishers in the graph is subscribed (each of its types) and matched to all of them."""
+        matched: dict[str, int] = {}
+        for sub in self._subs.values():
+            n = self._matched(sub) if sub.handle is not None else None
+            if n is not None:
+                matched[sub.topic] = matched.get(sub.topic, 0) + n
+        if not self._active or self._error:
+            return False, matched
+        try:
+            wanted = self._topics or [t for t, _ in self.get_topic_names_and_types() if t not in IGNORED_TOPICS]
+        except Exception:
+            return False, matched
+        for topic in wanted:
+            publishers = self._graph_publishers(topic)
+            for msgtype in {p.topic_type for p in publishers}:
+                if (topic, msgtype) in self._unavailable:
+                    continue  # not installed: said once in the log, cannot be recorded
+                sub = self._subs.get((topic, msgtype))
+                if sub is None or sub.handle is None:
+                    return False, matched
+                n = self._matched(sub)
+                if n is not None and n < sum(1 for p in publishers if p.topic_type == msgtype):
+                    return False, matched
+        return True, matched
+
     def _publish_diagnostics(self) -> None:
         self._check_writer()
         now = time.monotonic()
@@ -732,6 +765,14 @@ class RecorderNode(DeclaredParams, LifecycleNode):
         for sub in sorted(self._subs.values(), key=lambda x: (x.topic, x.msgtype)):
             key = f"received {sub.topic}"
             values[key] = values.get(key, 0) + sub.count
+        ready, matched = self._readiness()
+        values["ready"] = ready
+        for topic, n in sorted(matched.items()):
+            values[f"matched {topic}"] = n
+        if ready and self._ready_logged != sum(matched.values()):  # again when more publishers are matched
+            self._ready_logged = sum(matched.values())
+            self._log.info(f"ready: {values['topics_subscribed']} subscription(s), every publisher in the graph "
+                           f"matched ({self._ready_logged})")
         if self._error:
             level, message = "error", self._error
             values["error"] = self._error
