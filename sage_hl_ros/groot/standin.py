@@ -153,6 +153,8 @@ class StandinServer:
         }
 
     def _get_action(self, data: Any) -> bytes:
+        if self.delay_s > 0 and self.fault == "slow":
+            time.sleep(self.delay_s)
         video, state, language = protocol.parse_observation(self.version, data)
         for cam in self.map.cameras:
             frame = video.get(cam)
@@ -178,8 +180,6 @@ class StandinServer:
             rows.append(q)
         by_name = dict(zip(self._joint_names, np.array(rows).T, strict=True))
         actions = {key: np.stack([by_name[j] for j in joints], axis=1) for key, joints in self.map.action.items()}
-        if self.delay_s > 0 and self.fault == "slow":
-            time.sleep(self.delay_s)
         return self._with_fault(actions)
 
     def _with_fault(self, actions: dict[str, np.ndarray]) -> bytes:
