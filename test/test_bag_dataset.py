@@ -26,15 +26,17 @@ from sage_hl_ros.bags.dataset import (
     load_shard,
 )
 from sage_hl_ros.bags.decode import DecodeError, command_positions, compressed_image_to_rgb, depth_to_meters
-from sage_hl_ros.core.config import ConfigError, ObservationConfig
+from sage_hl_ros.core.config import ConfigError, InputRanges, ObservationConfig
 from sage_hl_ros.paths import config_file
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 T = TS.types
 JOINTS = ["j1", "j2", "j3"]
+# Joint positions in these bags encode the message time (e.g. 200 rad at 200 ms) so every value is
+# traceable; the plausibility bound is widened for them (the default masks |q| > 100 rad as corrupt).
 OBS = ObservationConfig(joint_names=JOINTS, image_height_px=16, image_width_px=16, depth_height_px=16,
                         depth_width_px=16, audio_window_samples=64, audio_n_fft=32, audio_hop_samples=16,
-                        audio_n_mels=8, tactile_taxels=4)
+                        audio_n_mels=8, tactile_taxels=4, input_ranges=InputRanges(joint_position_abs_max_rad=1e6))
 S = NS  # ns per second
 BASE = 1000 * S  # bag times start here (t0 = 1000 s)
 
