@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from .config import ConfigError, ObservationConfig
+from .freshness import Freshness
+from .freshness import freshness as _freshness
 from .observation import Observation, ObservationBatch, ObservationSchema
 
 __all__ = ["ContextStep", "ContextStepConfig", "Freshness", "HBackend", "Mask", "Reading", "StepResult",
@@ -112,35 +114,10 @@ class Reading:
     problem: str = ""
 
 
-@dataclass(frozen=True)
-class Freshness:
-    ok: bool
-    state: str  # ok | stale | future
-    clock: str  # "stamp" | "arrival": the clock that made it stale/future ("" when ok)
-    age_s: float  # max(arrival age, stamp age)
-    reason: str = ""
-
-
-_CLOCK_WORDS = {"stamp": "header stamp", "arrival": "arrival time"}
-
-
 def freshness(arrival_s: float, stamp_s: float | None, now_s: float, cfg: ContextStepConfig) -> Freshness:
-    """Is a reading usable now? Age counts by both clocks; the worse one decides and is named."""
-    arrival_age = now_s - arrival_s
-    stamp_age = arrival_age if stamp_s is None else now_s - stamp_s
-    skew = cfg.clock_skew_tolerance_s
-    clocks = (("stamp", stamp_age),) if stamp_s is not None else ()
-    for clock, age in clocks + (("arrival", arrival_age),):
-        if age < -skew:  # a stamp from the future, or the node clock jumped back (sim time reset)
-            return Freshness(False, "future", clock, max(arrival_age, stamp_age),
-                             f"{_CLOCK_WORDS[clock]} {-age:.3f} s ahead of the node clock "
-                             f"(clock_skew_tolerance_s {skew:g})")
-    clock = "stamp" if stamp_s is not None and stamp_age >= arrival_age else "arrival"
-    age = max(arrival_age, stamp_age)
-    if age > cfg.observation_timeout_s:
-        return Freshness(False, "stale", clock, age, f"stale by {_CLOCK_WORDS[clock]}: {age:.3f} s old "
-                                                      f"> observation_timeout_s {cfg.observation_timeout_s:g}")
-    return Freshness(True, "ok", "", age)
+    """Is a reading usable now? The shared rule (core/freshness.py) with the context's timeout."""
+    return _freshness(arrival_s, stamp_s, now_s, cfg.observation_timeout_s, cfg.clock_skew_tolerance_s,
+                      "observation_timeout_s")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.freshness import freshness
 from ..core.smoothing import ActionSmoother
 from .estop import EStopLatch
 from .filter import SafetyFilter, SafetyStatus
@@ -73,6 +74,7 @@ class LoadedPolicy:
     perm: np.ndarray | None  # command order = model order [perm]; None when identical
     latent_dim: int
     load_ms: float = 0.0
+    input_ranges: object = None  # the checkpoint's plausible joint ranges (core.config.InputRanges)
 
 
 @dataclass(frozen=True)
@@ -103,27 +105,12 @@ class TickResult:
 
 
 def _staleness(now_s: float, stamp_s: float, arrival_s: float, timeout_s: float, skew_s: float,
-               require_stamps: bool) -> tuple[str, str]:
-    """('' , '') when fresh, else (reason, clock that made it stale)."""
-    arrival_age = now_s - arrival_s
-    if not (math.isfinite(arrival_age) and math.isfinite(stamp_s)):
-        return "non-finite time", "arrival"
-    if arrival_age < -skew_s:  # the node clock went backwards (sim reset): nothing before it counts
-        return f"arrived {-arrival_age * 1e3:.1f} ms in the future (clock reset?)", "arrival"
-    if stamp_s == 0.0:
-        if require_stamps:
-            return "has no header stamp (require_stamps is true)", "stamp"
-        stamp_age = arrival_age
-    else:
-        stamp_age = now_s - stamp_s
-        if stamp_age < -skew_s:
-            return (f"header stamp {-stamp_age * 1e3:.1f} ms in the future "
-                    f"(clock skew tolerance {skew_s * 1e3:.1f} ms)"), "stamp"
-    if stamp_age > timeout_s and stamp_age >= arrival_age:
-        return f"age {stamp_age * 1e3:.1f} ms by header stamp exceeds {timeout_s * 1e3:.1f} ms", "stamp"
-    if arrival_age > timeout_s:
-        return f"age {arrival_age * 1e3:.1f} ms since arrival exceeds {timeout_s * 1e3:.1f} ms", "arrival"
-    return "", ""
+               require_stamps: bool, name: str) -> tuple[str, str]:
+    """('', '') when fresh, else (reason, clock that made it stale). A zero stamp is "unstamped"."""
+    if stamp_s == 0.0 and require_stamps:
+        return "has no header stamp (require_stamps is true)", "stamp"
+    f = freshness(arrival_s, None if stamp_s == 0.0 else stamp_s, now_s, timeout_s, skew_s, name)
+    return ("", "") if f.ok else (f.reason, f.clock)
 
 
 class ControlStep:
@@ -167,10 +154,10 @@ class ControlStep:
         cfg = self.cfg
         latent_problem, latent_clock = ("never received", "") if latent is None else _staleness(
             now_s, latent.stamp_s, latent.arrival_s, cfg.latent_timeout_s, cfg.clock_skew_tolerance_s,
-            cfg.require_stamps)
+            cfg.require_stamps, "latent_timeout_s")
         joint_problem, joint_clock = ("never received", "") if joints is None else _staleness(
             now_s, joints.stamp_s, joints.arrival_s, cfg.joint_state_timeout_s, cfg.clock_skew_tolerance_s,
-            cfg.require_stamps)
+            cfg.require_stamps, "joint_state_timeout_s")
         target = None
         if policy is not None and not latent_problem and not joint_problem:
             if latent.z.shape == (policy.latent_dim,) and joints.position.shape == (len(policy.model_names),):
