@@ -609,3 +609,40 @@ def test_reads_split_bag_from_the_recorder_writer(tmp_path):
     assert (ep.task, ep.outcome) == ("pick", "success")
     seqs = all_seqs(ds)
     assert [float(s.obs.joint_position[0, 0]) for s in seqs] == [float(t) for t in range(0, 1001, 100)]
+
+
+def test_sim_bags_convert_with_one_command(tmp_path, capsys):
+    """A bag on the sim bridge's topics (/rgb, /depth, /joint_command) with the sim model's
+    observation (64x64 images, 4 taxels) converts with ``--config config/sim_dataset.yaml`` alone:
+    the file names its model config, so nobody merges observation sections by hand (the package's
+    model.yaml expects 16 taxels and failed with "multiarray has 4 values, expected 16")."""
+    from rosbags.rosbag2 import Reader
+
+    from sage_hl_ros.bags.recording import BagWriter
+    from sage_hl_ros.bags.synthetic import SyntheticBagSpec, write_synthetic_bag
+    from sage_hl_ros.core.config import SageConfig
+    from sage_hl_ros.tools import bag_cli
+
+    sim_obs = SageConfig.from_yaml(config_file("sim_model.yaml")).observation
+    src = write_synthetic_bag(tmp_path / "synthetic", sim_obs, SyntheticBagSpec(episodes=2, steps_per_episode=6))
+    rename = {"/camera/image_raw": "/rgb", "/camera/depth/image_raw": "/depth",
+              "/forward_position_controller/commands": "/joint_command"}
+    bag = tmp_path / "sim_bag"
+    with Reader(src) as reader, BagWriter(bag) as writer:
+        ids = {c.id: writer.add_connection(rename.get(c.topic, c.topic), c.msgtype) for c in reader.connections}
+        for conn, t, data in reader.messages():
+            writer.write(ids[conn.id], t, bytes(data))
+    assert bag_cli.main(["convert", str(bag), "--out", str(tmp_path / "a"), "--config",
+                         str(config_file("sim_dataset.yaml"))]) == 0, capsys.readouterr().err
+    index = json.loads((tmp_path / "a" / "index.json").read_text())
+    assert index["observation"]["tactile_taxels"] == 4 and index["observation"]["image_height_px"] == 64
+    assert index["counts"]["train"]["sequences"] + index["counts"]["val"]["sequences"] > 0
+    # The same from an explicit model config, with a dataset file that names none.
+    plain = tmp_path / "dataset.yaml"
+    plain.write_text("\n".join(line for line in config_file("sim_dataset.yaml").read_text().splitlines()
+                               if not line.startswith("model_config:")) + "\n")
+    assert bag_cli.main(["convert", str(bag), "--out", str(tmp_path / "b"), "--config", str(plain)]) == 1
+    assert "4 values" in capsys.readouterr().err  # the package's model.yaml: 16 taxels
+    assert bag_cli.main(["convert", str(bag), "--out", str(tmp_path / "b"), "--config", str(plain),
+                         "--model-config", str(config_file("sim_model.yaml"))]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "index.json").read_text())["counts"] == index["counts"]
