@@ -393,3 +393,12 @@ def test_standin_cli_serves_and_stops_on_kill():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_groot_package_is_pure():
+    """sage_hl_ros.groot never imports rclpy: the client and stand-in run on a GPU host without ROS."""
+    code = ("import sys, sage_hl_ros.groot.protocol, sage_hl_ros.groot.client, sage_hl_ros.groot.modality_map, "
+            "sage_hl_ros.groot.standin; print('rclpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
