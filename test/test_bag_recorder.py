@@ -284,6 +284,21 @@ def test_output_dir_must_be_new_or_empty(tmp_path):
     assert (tmp_path / "new" / "nested" / "bag" / "metadata.yaml").exists()
 
 
+def test_replay_hazard_covers_every_command_output_and_nothing_else_recorded_by_default():
+    """Replay skips what would act on a robot: every command topic the recorder stores by default,
+    any controller's commands / joint_trajectory, any JointTrajectory, the e-stop pair, /diagnostics;
+    sensors, joint states, latents, episode markers and teacher labels replay."""
+    from sage_hl_ros.bags.recording import DEFAULT_TOPIC_TYPES, replay_hazard
+
+    hazards = {t for t, ty in DEFAULT_TOPIC_TYPES.items() if replay_hazard(t, ty)}
+    assert hazards == {"/forward_position_controller/commands", "/forward_position_controller/joint_trajectory",
+                       "/joint_command", "/e_stop", "/diagnostics"}
+    assert replay_hazard("/e_stop/reset") == "e-stop"
+    assert replay_hazard("/arm_controller/joint_trajectory") == replay_hazard("/arm/commands") == "robot command"
+    assert replay_hazard("/anything", "trajectory_msgs/msg/JointTrajectory") == "robot command"
+    assert replay_hazard("/teacher/joint_trajectory", "trajectory_msgs/msg/JointTrajectory") == ""
+
+
 # ----------------------------------------------------------------------------- through the ROS graph
 
 

@@ -113,6 +113,7 @@ __all__ = [
 
 EPISODE_TOPIC = "/sage/episode"
 TEACHER_TOPIC = "/teacher/joint_command"
+TEACHER_NAMESPACE = "/teacher/"
 
 # Topics whose messages move or stop the robot, or speak for its health: republishing them from a
 # bag would drive the robot past the live safety filter (a recorded command reaches the controller
@@ -158,7 +159,10 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 def replay_hazard(topic: str, msgtype: str = "") -> str:
     """Why republishing ``topic`` could act on a live robot ("" if it cannot): command outputs
     (the runtime's three, any ``/<controller>/commands`` or ``/<controller>/joint_trajectory``,
-    any JointTrajectory), the e-stop topics and /diagnostics."""
+    any JointTrajectory), the e-stop topics and /diagnostics. Teacher labels (``/teacher/...``,
+    e.g. ``/teacher/joint_trajectory``) are training data no controller listens to: not a hazard."""
+    if topic.startswith(TEACHER_NAMESPACE) and topic not in COMMAND_TOPICS:
+        return ""
     if topic in COMMAND_TOPICS or msgtype in COMMAND_TYPES or topic.endswith(("/commands", "/joint_trajectory")):
         return "robot command"
     if topic in E_STOP_TOPICS or topic.endswith(("/e_stop", "/e_stop/reset")):
