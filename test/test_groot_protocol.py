@@ -402,3 +402,25 @@ def test_groot_package_is_pure():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+class _NoModalityConfig(StandinServer):
+    """An N1.6 PolicyServer whose policy has no get_modality_config answers {}."""
+
+    def modality_configs(self):
+        return {}
+
+
+def test_explicit_protocol_works_without_a_modality_config(sim_map, expert):
+    server = _NoModalityConfig(sim_map, N16).start()
+    client = GrootClient(server.endpoint, 5.0)
+    try:
+        with pytest.raises(ProtocolError, match="empty"):
+            GrootTeacher(client, sim_map, "auto").connect()
+        teacher = GrootTeacher(client, sim_map, N16)
+        chunk = teacher.query({"ego_view": IMAGE}, HOME, {"target": TARGET})
+        assert teacher.version == N16 and teacher.horizon == 16
+        np.testing.assert_allclose(chunk, _expected_chunk(expert, HOME, TARGET), atol=1e-5)
+    finally:
+        client.close()
+        server.stop()

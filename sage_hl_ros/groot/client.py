@@ -154,7 +154,8 @@ class GrootTeacher:
     """Observation (camera frames, joint positions, points) -> action chunk (K, N) by joint name.
 
     ``connect`` resolves the protocol (``auto``: from the server's modality config) and checks the
-    map against the server; it raises like :meth:`GrootClient.call` and can simply be called again.
+    map against the server; it raises like :meth:`GrootClient.call` and can simply be called again
+    (after the server was down, it should be: the server may have come back with another model).
     """
 
     def __init__(self, client: GrootClient, mmap: ModalityMap, protocol_version: str = "auto"):
@@ -170,20 +171,21 @@ class GrootTeacher:
         self.connected = False
 
     def connect(self) -> None:
+        note = ""
         try:
             configs = self.client.get_modality_config()
-        except ServerError as exc:
+        except (ServerError, ProtocolError) as exc:  # a timeout propagates: nothing to check against
             if self.requested == "auto":
-                raise ServerError(f"protocol auto needs get_modality_config, which failed ({exc}); "
-                                  "set protocol to n1.5 or n1.6") from None
-            configs = {}
+                raise type(exc)(f"protocol auto needs get_modality_config, which failed ({exc}); "
+                                "set protocol to n1.5 or n1.6") from None
+            configs, note = {}, f"no usable modality config from the server ({exc}); keys not checked"
         if self.requested == "auto":
             if not configs:
                 raise ProtocolError("protocol auto: the server's modality config is empty; set protocol")
             self.version = protocol.detect_version(configs)
         self.server_configs = configs
         assert self.version is not None
-        self.problems = map_problems(self.map, configs, self.version) if configs else []
+        self.problems = map_problems(self.map, configs, self.version) if configs else ([note] if note else [])
         self.horizon = self.map.action_horizon or protocol.action_horizon(configs)
         self.connected = True
 

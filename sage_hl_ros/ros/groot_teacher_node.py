@@ -227,6 +227,7 @@ class GrootTeacherNode(DeclaredParams, Node):
                 self._on_connected()
             chunk = self.teacher.query(images, positions, {k: xyz for k, (_, xyz) in points.items()})
         except GrootTimeout as exc:
+            self.teacher.connected = False  # handshake again when it answers: it may be another server now
             self._fail("timeouts", f"server down or slow: {exc}")
             return
         except ServerError as exc:
