@@ -207,9 +207,10 @@ def test_labels_answer_their_observation(harness, teacher, expert):
     import time
 
     t0 = time.monotonic()
-    st = _diag(harness, lambda s: _count(s, "labels") >= 5, timeout_s=60.0)
+    # OK level: labelling, and the map agrees with the server's modality config
+    st = _diag(harness, lambda s: _count(s, "labels") >= 5 and s[0] == 0, timeout_s=60.0)
     assert st[2]["protocol"] == teacher.version and st[2]["requested_protocol"] == "auto"
-    assert st[0] == 0, st  # OK: labelling, the map agrees with the server
+    assert st[2]["map_problems"] == "" and st[1] == "labelling", st
     rec = harness.recorders["/teacher/joint_command"]
     labels = wait_for(lambda: (lambda got: got if len(got) >= 3 else None)([m for _, m in rec.since(t0)]),
                       10.0, what="labels")
