@@ -92,12 +92,16 @@ def _run_nodes(nodes: NodeProcesses, model_dir: Path, limits: Path, joint_names:
     threading.Thread(target=executor.spin, daemon=True).start()
     try:
         start = time.monotonic()
-        while not monitor.commands.times_s and time.monotonic() - start < 60 and not nodes.exited():
+        # Commands alone are not enough: the control node (torch-free) is up before the context node
+        # and publishes holds until the first latent. Measure once both flow.
+        while not (monitor.commands.times_s and monitor.latents.times_s) and time.monotonic() - start < 90 \
+                and not nodes.exited():
             time.sleep(0.2)
-        if not monitor.commands.times_s:
-            print(f"error: no commands within 60 s; node exits: {nodes.exited()}; see {workdir / 'logs'}")
+        if not (monitor.commands.times_s and monitor.latents.times_s):
+            print(f"error: no commands and latents within 90 s; node exits: {nodes.exited()}; see {workdir / 'logs'}")
             return None, 1
-        print(f"[3/3] commands flowing after {time.monotonic() - start:.1f} s; measuring for {duration_s:g} s",
+        print(f"[3/3] latents and commands flowing after {time.monotonic() - start:.1f} s; "
+              f"measuring for {duration_s:g} s",
               flush=True)
         t0 = time.monotonic()
         rc = 0
