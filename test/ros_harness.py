@@ -363,16 +363,18 @@ class Harness:
         self.node.destroy_node()
 
 
-def wait_diagnostic(harness, key: str, since: float, predicate=None, timeout_s: float = 10.0):
+def wait_diagnostic(harness, key: str, since: float, predicate=None, timeout_s: float = 10.0,
+                    with_stamp: bool = False):
     """Newest ``key`` status (``"<node>: <part>"``) on /diagnostics received after ``since`` that
-    satisfies ``predicate``; returns (level, message, values)."""
+    satisfies ``predicate``; returns (level, message, values), or (header stamp [s] on the publishing
+    node's clock, (level, message, values)) with ``with_stamp``."""
     rec = harness.recorders["/diagnostics"]
 
     def find():
         for _, msg in reversed(rec.since(since)):
             st = diag_statuses(msg).get(key)
             if st is not None and (predicate is None or predicate(st)):
-                return st
+                return (msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, st) if with_stamp else st
         return None
 
     return wait_for(find, timeout_s, interval_s=0.05, what=f"a matching '{key}' diagnostic")

@@ -21,12 +21,12 @@ import pytest
 from ros_harness import (
     Harness,
     Spinner,
-    diag_statuses,
     read_log,
     ros_args,
     ros_env,
     start_process,
     stop_process,
+    wait_diagnostic,
     wait_for,
 )
 
@@ -176,16 +176,7 @@ def teacher(request, harness, tmp_path_factory):
 
 def _diag(harness, predicate=None, timeout_s: float = 20.0, since: float = 0.0):
     """Newest teacher diagnostic (level, message, values) received after ``since`` matching ``predicate``."""
-    rec = harness.recorders["/diagnostics"]
-
-    def find():
-        for _, msg in reversed(rec.since(since)):
-            st = diag_statuses(msg).get(DIAG)
-            if st is not None and (predicate is None or predicate(st)):
-                return st
-        return None
-
-    return wait_for(find, timeout_s, interval_s=0.05, what=f"a matching '{DIAG}' diagnostic")
+    return wait_diagnostic(harness, DIAG, since, predicate, timeout_s)
 
 
 def _count(st, key: str) -> int:

@@ -15,7 +15,6 @@ import pytest
 from ros_harness import (
     Harness,
     Spinner,
-    diag_statuses,
     make_checkpoint,
     read_log,
     ros_args,
@@ -96,19 +95,9 @@ def _diag(harness, part, since, predicate=None, timeout_s=20.0):
 
 
 def _diag_msg(harness, part, since, timeout_s=20.0):
-    """(header stamp [s] on the node's clock, values) of the first ``part`` status after ``since``."""
-    from sage_hl_ros.ros.convert import stamp_to_seconds
-
-    rec = harness.recorders["/diagnostics"]
-
-    def find():
-        for _, msg in rec.since(since):
-            st = diag_statuses(msg).get(part)
-            if st is not None:
-                return stamp_to_seconds(msg.header.stamp), st[2]
-        return None
-
-    return wait_for(find, timeout_s, interval_s=0.05, what=f"a '{part}' diagnostic")
+    """(header stamp [s] on the node's clock, values) of a ``part`` status received after ``since``."""
+    stamp, (_, _, values) = wait_diagnostic(harness, part, since, None, timeout_s, with_stamp=True)
+    return stamp, values
 
 
 def test_commands_flow_end_to_end(stack):

@@ -148,8 +148,13 @@ def verify_weights(directory: str | Path) -> str:
 def load_tensors_numpy(directory: str | Path, prefix: str = "") -> dict[str, np.ndarray]:
     """The tensors whose names start with ``prefix`` (all by default), as numpy arrays; the weights
     file is verified first and must not change while the tensors are read."""
+    return load_verified_tensors_numpy(directory, prefix)[1]
+
+
+def load_verified_tensors_numpy(directory: str | Path, prefix: str = "") -> tuple[str, dict[str, np.ndarray]]:
+    """(verified sha256, tensors): one hash of the file, also when it was written just now."""
     directory = Path(directory)
-    verify_weights(directory)
+    sha = verify_weights(directory)
     weights = directory / WEIGHTS_FILE
     try:
         before = _identity(weights)
@@ -161,7 +166,7 @@ def load_tensors_numpy(directory: str | Path, prefix: str = "") -> dict[str, np.
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"{weights}: not a valid safetensors file ({exc})") from None
-    return tensors
+    return sha, tensors
 
 
 def read_normalizer(directory: str | Path, sizes: Mapping[str, int] | None = None) -> dict[str, dict[str, np.ndarray]]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint_files import CheckpointError, load_tensors_numpy, read_meta, read_normalizer, verify_weights
+from .checkpoint_files import CheckpointError, load_verified_tensors_numpy, read_meta, read_normalizer
 from .config import ConfigError, SageConfig
 
 _SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
@@ -86,8 +86,7 @@ class NumpyLPolicy:
             cfg = SageConfig.from_dict(meta["config"], str(directory / "config.json"))
         except ConfigError as exc:
             raise CheckpointError(str(exc)) from None
-        tensors = load_tensors_numpy(directory, prefix="l_module.net.")  # verifies the weights' hash first
-        sha = verify_weights(directory)  # cached by file identity: no second read
+        sha, tensors = load_verified_tensors_numpy(directory, prefix="l_module.net.")
         weights = directory / "model.safetensors"
         m, o = cfg.model, cfg.observation
         layers: list[tuple[str, tuple[np.ndarray, ...]]] = []
