@@ -1,9 +1,15 @@
-"""Shared test set-up: pinned threads (2 cores: oversubscription gives 100x latency spikes)."""
+"""Shared test set-up: pinned threads (2 cores: oversubscription gives 100x latency spikes), own DDS domain."""
 
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+# Before any test module is imported: this run's own DDS domain, reserved machine-wide, so two
+# suites (or a suite and the fuzz benchmark) at once never see each other's topics.
+from sage_hl_ros.tools.ros_domain import isolate_ros_graph  # noqa: E402
+
+isolate_ros_graph(keep_existing=False)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

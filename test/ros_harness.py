@@ -1,8 +1,8 @@
 """Shared helpers for the ROS graph tests (real rclpy over DDS, localhost only).
 
 - ``ros_env()`` / the ``ros_domain`` fixture: ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and a
-  ``ROS_DOMAIN_ID`` derived from the pytest process id, so parallel test runs on one machine do
-  not see each other. Child processes inherit both.
+  ``ROS_DOMAIN_ID`` reserved machine-wide for this pytest process (tools/ros_domain.py), so
+  parallel test runs on one machine do not see each other. Child processes inherit both.
 - ``make_checkpoint``: a small model whose L-module output is a constant joint delta (``bias``),
   so commands are predictable: with ``bias=0`` a command equals the measured joint position,
   which makes joint ordering and hold behaviour visible from outside.
@@ -26,16 +26,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Domain IDs that stay clear of the Linux ephemeral port range (ROS 2 docs: 0-101, 215-232).
-_SAFE_DOMAIN_IDS = list(range(1, 102)) + list(range(215, 233))
+from sage_hl_ros.tools.ros_domain import isolate_ros_graph
 
 
 def ros_env() -> dict[str, str]:
     """Set (and return) the env that isolates this test process's ROS graph."""
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ.setdefault("ROS_DOMAIN_ID", str(_SAFE_DOMAIN_IDS[os.getpid() % len(_SAFE_DOMAIN_IDS)]))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return {k: os.environ[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
+    return isolate_ros_graph(keep_existing=False)  # conftest reserved it already: the same id
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,11 @@
 """The main job runs end to end: checkpoint, four node processes, commands measured from outside."""
 
-import os
 from pathlib import Path
 
 from sage_hl_ros.tools.demo import run_demo
 
 
-def test_quick_demo_runs_the_stack(tmp_path: Path, capsys, monkeypatch):
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(os.getpid() % 100 + 110))
+def test_quick_demo_runs_the_stack(tmp_path: Path, capsys):
     rc = run_demo(duration_s=3.0, quick=True, workdir=tmp_path)
     out = capsys.readouterr().out
     assert rc == 0, out

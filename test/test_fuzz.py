@@ -119,6 +119,7 @@ def test_fuzz_both_node_processes(tmp_path):
     assert int(loop["rejected.latent"]) > 0 and int(loop["rejected.joint_states"]) > 0, loop
     assert int(loop["e_stop_triggers"]) > 0 and loop["e_stop_latched"] == "false", loop  # floods, then resets
 
+    assert r.command_publishers == 1, f"{r.command_publishers} publishers on the command topic: a shared domain"
     assert r.violations == 0 and r.nonfinite == 0, (r.violations, r.nonfinite)
     assert r.speed_violations == 0, (
         f"{r.speed_violations} of {r.speed_pairs} consecutive commands exceed velocity_max by their stamp gap "

@@ -10,7 +10,6 @@ every parameter name against the parameters the real node classes declare.
 """
 
 import ast
-import os
 import runpy
 import sys
 import types
@@ -149,7 +148,6 @@ def console_scripts() -> set[str]:
 
 def declared_parameters() -> dict[str, set[str]]:
     """Parameter names each launched node class declares (a real rclpy node, no graph needed)."""
-    os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 100))
     import rclpy
     from rclpy.context import Context
     from rclpy.parameter import Parameter

@@ -5,8 +5,7 @@ Everything except declare_qos works on message classes alone (no rclpy.init, no 
 
 import os
 
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", "77")
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # the domain id: conftest reserves one per run
 
 import math  # noqa: E402
 

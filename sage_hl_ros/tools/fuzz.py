@@ -49,6 +49,7 @@ from ..launch_table import RUNTIME_NODES
 from ..paths import config_file
 from ..ros import convert
 from .bringup import NodeProcesses, node_command
+from .ros_domain import isolate_ros_graph
 
 __all__ = ["FuzzConfig", "FuzzResult", "MalformedMessages", "run_fuzz", "check_commands", "recovery_times",
            "make_follow_checkpoint"]
@@ -67,7 +68,6 @@ E_STOP_RESET_TOPIC = "/e_stop/reset"
 LATENT_DIM = 256
 TACTILE_TAXELS = 16
 AUDIO_RATE_HZ = 16000
-_SAFE_DOMAIN_IDS = list(range(1, 102)) + list(range(215, 233))  # clear of Linux ephemeral ports
 
 
 @dataclass
@@ -134,6 +134,7 @@ class FuzzResult:
     # Looser than recovery_s: holds after that (a loaded machine's late latents) do not count.
     resume_s: list[float] = field(default_factory=list)
     h_rate_hz: float = math.nan  # median H loop rate the context node reported (machine load)
+    command_publishers: int = 0  # most publishers seen on the command topic (1: only our control node)
     bursts: int = 0
     estop_bursts: int = 0
     node_counters: dict[str, dict[str, str]] = field(default_factory=dict)  # last diagnostics per status
@@ -523,8 +524,7 @@ def make_follow_checkpoint(directory: Path, joint_names: list[str], image_px: in
 
 def ros_isolation_env() -> None:
     """Keep the fuzz graph on this host and off other runs' domains (children inherit it)."""
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(_SAFE_DOMAIN_IDS[os.getpid() % len(_SAFE_DOMAIN_IDS)]))
+    isolate_ros_graph(keep_existing=True)  # a domain id the user set stays; else one reserved here
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
@@ -690,6 +690,8 @@ def _fuzz(cfg: FuzzConfig, nodes: NodeProcesses, joint_names: list[str], limits,
             ends.append(now_s())
             result.bursts += 1
             result.estop_bursts += estop
+            # Another run on this domain would interleave its commands with ours: say so by name.
+            result.command_publishers = max(result.command_publishers, node.count_publishers(COMMAND_TOPIC))
             if not _window(cfg, nodes, listener, result):
                 break
             if result.bursts % 10 == 0:
