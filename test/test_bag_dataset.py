@@ -93,6 +93,7 @@ TYPES = {
     "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
     "/joint_command": "sensor_msgs/msg/JointState",
     "/teacher/joint_command": "sensor_msgs/msg/JointState",
+    "/teacher/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
     "/sage/episode": "std_msgs/msg/String",
 }
 
@@ -646,3 +647,121 @@ def test_sim_bags_convert_with_one_command(tmp_path, capsys):
     assert bag_cli.main(["convert", str(bag), "--out", str(tmp_path / "b"), "--config", str(plain),
                          "--model-config", str(config_file("sim_model.yaml"))]) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "b" / "index.json").read_text())["counts"] == index["counts"]
+
+
+# ----------------------------------------------------------------------------- teacher chunks (GR00T)
+
+
+def teacher_chunk(stamp_ns, by_joint: dict, step_s=0.1, names=("j3", "j1", "j2")):
+    """A teacher's JointTrajectory chunk as sage_groot_teacher publishes it: point i at (i + 1) x step."""
+    n = len(next(iter(by_joint.values())))
+    points = [T["trajectory_msgs/msg/JointTrajectoryPoint"](
+        positions=np.array([by_joint[j][i] for j in names], np.float64), velocities=np.zeros(0),
+        accelerations=np.zeros(0), effort=np.zeros(0),
+        time_from_start=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=int(round((i + 1) * step_s * 1e9))))
+        for i in range(n)]
+    return T["trajectory_msgs/msg/JointTrajectory"](header=_header(stamp_ns), joint_names=list(names), points=points)
+
+
+CHUNK_SHAPE = np.array([0.0, 10.0, 30.0, 60.0])  # j1 offsets at time_from_start 0.1, 0.2, 0.3, 0.4 s
+
+
+def _chunk_bag(path, bad_times=False):
+    """One 1 s episode: joint states, commands and held teacher labels every 100 ms; teacher chunks
+    (joints in the order j3, j1, j2) stamped 0 ms (base 100) and 500 ms (base 200)."""
+    msgs = [("/sage/episode", ms(0), string("start:reach"))]
+    for t in range(0, 1001, 100):
+        msgs.append(("/joint_states", ms(t), joint_state(ms(t), pos_of(t / 100))))
+        msgs.append(("/forward_position_controller/commands", ms(t), f64(pos_of(1000 + t / 100))))
+        msgs.append(("/teacher/joint_command", ms(t), joint_state(ms(t), pos_of(5000 + t / 100))))
+    for stamp, base in ((0, 100.0), (500, 200.0)):
+        by_joint = {"j1": base + CHUNK_SHAPE, "j2": base + 1 + 2 * CHUNK_SHAPE, "j3": base + 2 + 3 * CHUNK_SHAPE}
+        msg = teacher_chunk(ms(stamp), by_joint)
+        if bad_times:
+            msg.points[2].time_from_start = msg.points[1].time_from_start
+        msgs.append(("/teacher/joint_trajectory", ms(stamp) + 2_000_000, msg))
+    msgs.append(("/sage/episode", ms(1000), string("end:success")))
+    return write_bag(path, msgs)
+
+
+def test_teacher_chunks_give_the_k_step_targets(tmp_path):
+    """K = 3 targets 50 ms apart come from the latest teacher chunk, resampled on its time_from_start
+    (its first point is the command for the observation it answers), joints by name; where the
+    chunk does not cover all K steps the held teacher labels fill in. Hand-computed values."""
+    bag = _chunk_bag(tmp_path / "chunks")
+    ds = BagDataset(bag, OBS, cfg(sequence_steps=1, action_chunk=3, action_chunk_dt_s=0.05))
+    seqs = all_seqs(ds)
+    assert len(seqs) == 11
+    act = np.stack([s.action[0, 0].numpy() for s in seqs])  # (11 grid steps, K, J)
+    # Chunk at 0 ms, j1: grid 0 -> tfs 0.10/0.15/0.20 -> 100, 105, 110; grid 100 -> 110, 120, 130;
+    # grid 200 -> 130, 145, 160 (the last point). Grid 300 would need tfs 0.5: held labels (5003...).
+    np.testing.assert_allclose(act[0, :, 0], [100, 105, 110])
+    np.testing.assert_allclose(act[1, :, 0], [110, 120, 130])
+    np.testing.assert_allclose(act[2, :, 0], [130, 145, 160])
+    np.testing.assert_allclose(act[3, :, 0], [5003, 5003, 5004])
+    np.testing.assert_allclose(act[4, :, 0], [5004, 5004, 5005])
+    np.testing.assert_allclose(act[5, :, 0], [200, 205, 210])  # the chunk at 500 ms
+    np.testing.assert_allclose(act[7, :, 0], [230, 245, 260])
+    np.testing.assert_allclose(act[8, :, 0], [5008, 5008, 5009])
+    # j2 and j3 by name, not by the chunk's column order: base + 1 + 2 x shape, base + 2 + 3 x shape.
+    np.testing.assert_allclose(act[1, :, 1], [121, 141, 161])
+    np.testing.assert_allclose(act[1, :, 2], [132, 162, 192])
+    counts = ds.episodes()[0].counts
+    assert counts["teacher_chunk_steps"] == 6 and counts["teacher_steps"] == 5 and counts["command_steps"] == 0
+    # prefer_teacher false: executed commands first, teacher chunks nowhere.
+    ds2 = BagDataset(bag, OBS, cfg(sequence_steps=1, action_chunk=3, action_chunk_dt_s=0.05, prefer_teacher=False))
+    assert float(all_seqs(ds2)[1].action[0, 0, 0, 0]) == 1001.0
+    assert ds2.episodes()[0].counts["teacher_chunk_steps"] == 0
+    # An independent reader (rosbags' own Reader, no sage code) reads the chunks back as written.
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:
+        conns = [c for c in reader.connections if c.topic == "/teacher/joint_trajectory"]
+        chunks = [TS.deserialize_cdr(raw, c.msgtype) for c, _, raw in reader.messages(connections=conns)]
+    assert [len(c.points) for c in chunks] == [4, 4] and list(chunks[0].joint_names) == ["j3", "j1", "j2"]
+    np.testing.assert_allclose(chunks[1].points[3].positions, [202 + 180, 260, 201 + 120])
+
+
+def test_teacher_chunk_with_non_rising_times_is_an_error_naming_it(tmp_path):
+    bag = _chunk_bag(tmp_path / "badchunks", bad_times=True)
+    with pytest.raises(BagError, match=r"/teacher/joint_trajectory.*time_from_start must rise"):
+        all_seqs(BagDataset(bag, OBS, cfg(sequence_steps=1, action_chunk=3, action_chunk_dt_s=0.05)))
+
+
+def test_sleep_phase_losses_train_k_step_chunks_against_teacher_chunks(tmp_path):
+    """wake / sleep / dream losses with K = 3 on targets from teacher chunks: finite, and wake steps
+    measurably fit the chunk targets (the per-sequence error falls)."""
+    import copy
+    import dataclasses as dc
+
+    from sage_hl_ros.bags.dataset import concat_sequences
+    from sage_hl_ros.core.config import SageConfig
+    from sage_hl_ros.core.system import build_model
+    from sage_hl_ros.training.config import DreamConfig, SleepConfig
+    from sage_hl_ros.training.phases import dream_loss, sleep_loss, wake_loss
+
+    bag = _chunk_bag(tmp_path / "chunks")
+    ds = BagDataset(bag, OBS, cfg(sequence_steps=2, action_chunk=3, action_chunk_dt_s=0.05))
+    base = SageConfig()
+    model = build_model(dc.replace(base, observation=OBS, model=dc.replace(base.model, action_chunk=3)))
+    ds.fit_normalizer(model)
+    batch = concat_sequences(all_seqs(ds))
+    assert batch.action.shape[2:] == (3, 3) and ds.episodes()[0].counts["teacher_chunk_steps"] > 0
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    first = None
+    for _ in range(30):
+        loss, _logs, per = wake_loss(model, batch)
+        first = float(per.mean()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _, _, per = wake_loss(model, batch)
+    assert float(per.mean()) < 0.5 * first
+    gen = torch.Generator().manual_seed(0)
+    replayed = torch.zeros(batch.num_sequences, dtype=torch.bool)
+    for loss, _logs, per in (sleep_loss(model, copy.deepcopy(model).eval(), batch, replayed, SleepConfig()),
+                             dream_loss(model, batch, DreamConfig(), gen, rate_hz=10.0)):
+        assert torch.isfinite(loss) and torch.isfinite(per).all()
+        loss.backward()

@@ -85,6 +85,7 @@ from .decode import (
     image_to_rgb,
     joint_state_to_arrays,
     multiarray_to_numpy,
+    trajectory_chunk,
 )
 from .recording import storage_files
 from .verify import read_failure, require_intact
@@ -131,12 +132,13 @@ ROLE_TYPES: dict[str, frozenset[str]] = {
     "joint_command": _LABEL_TYPES,
     "joint_trajectory": _LABEL_TYPES,
     "teacher": _LABEL_TYPES,
+    "teacher_chunk": frozenset({_TRAJECTORY}),
     "episode": frozenset({_STRING}),
 }
 _IMAGE_ROLES = ("camera", "camera_compressed", "depth")
 _COMMAND_ROLES = ("commands", "joint_command", "joint_trajectory")  # executed commands, in priority order
-_SMALL_ROLES = ("joint_states", "tactile", "audio", "teacher", *_COMMAND_ROLES)
-SOURCE_NONE, SOURCE_COMMAND, SOURCE_TEACHER = 0, 1, 2
+_SMALL_ROLES = ("joint_states", "tactile", "audio", "teacher", "teacher_chunk", *_COMMAND_ROLES)
+SOURCE_NONE, SOURCE_COMMAND, SOURCE_TEACHER, SOURCE_TEACHER_CHUNK = 0, 1, 2, 3
 SPLITS = ("train", "val")
 
 
@@ -157,6 +159,7 @@ class TopicsConfig:
     joint_command: str = "/joint_command"  # Isaac Sim bridge (JointState), second choice
     joint_trajectory: str = "/forward_position_controller/joint_trajectory"  # third choice
     teacher: str = "/teacher/joint_command"
+    teacher_chunk: str = "/teacher/joint_trajectory"  # whole teacher chunks (e.g. GR00T's), preferred
     episode: str = "/sage/episode"
 
     def validate(self, where: str) -> None:
@@ -430,7 +433,7 @@ class _Plan:
     image_index: dict[tuple, int]  # (role, receive ns, raw stamp) -> message index on the topic
     image_stamp: dict[str, np.ndarray]  # modality -> per step stamp (ns) of the held image
     action: np.ndarray  # (G, K, J) float32 absolute targets
-    source: np.ndarray  # (G,) int8: 0 none, 1 command, 2 teacher
+    source: np.ndarray  # (G,) int8: 0 none, 1 command, 2 teacher label, 3 teacher chunk
     usable: np.ndarray  # (G,) bool
     starts: np.ndarray  # sequence start steps
     used: np.ndarray  # sorted steps that belong to some sequence
@@ -811,6 +814,8 @@ class BagDataset:
                 if value.size == 0:
                     raise DecodeError("empty audio frame (expected samples)")
                 extra = None
+            elif role == "teacher_chunk":
+                value, extra = trajectory_chunk(msg, joints), None
             else:
                 value, extra = command_positions(msg, conn.msgtype, joints), None
         except DecodeError as exc:
@@ -902,6 +907,7 @@ class BagDataset:
                        "usable_steps": int(usable.sum()), "sequences": int(starts.size),
                        "used_steps": int(used.size),
                        "teacher_steps": int((source[used] == SOURCE_TEACHER).sum()),
+                       "teacher_chunk_steps": int((source[used] == SOURCE_TEACHER_CHUNK).sum()),
                        "command_steps": int((source[used] == SOURCE_COMMAND).sum())})
         for m in MODALITIES:
             counts[f"present.{m}"] = int(held[m].valid[used].sum())
@@ -924,14 +930,40 @@ class BagDataset:
             vals = h.take(values[keep]).reshape(grid.size, k, j)
             return vals, h.valid.reshape(grid.size, k).all(1)
 
+        def chunk_labels(stream: _Stream, delay_s: float) -> tuple[np.ndarray, np.ndarray]:
+            """The latest chunk stamped <= t + delay (within max_age_s.action), resampled at
+            t + delay + k * dt: its first point is the teacher's command for the observation it
+            answers (time_from_start is when that command is to be reached), point i the command
+            time_from_start[i] - time_from_start[0] later; linear in between. A chunk that does not
+            cover all K steps labels nothing there (held labels or commands fill in)."""
+            vals, valid = np.zeros((grid.size, k, j)), np.zeros(grid.size, bool)
+            if not stream.stamps:
+                return vals, valid
+            stamps = np.array(stream.stamps, np.int64)
+            keep = np.flatnonzero(stamps <= ep.end_ns)
+            query = grid + seconds_to_ns(delay_s)
+            h = hold(stamps[keep], query, cfg.max_age_s.action)
+            for g in np.flatnonzero(h.valid):
+                m = keep[h.index[g]]
+                times, pos = stream.values[m]
+                at = times[0] + (query[g] + offsets - stamps[m]) / NS
+                if at[-1] > times[-1] + 1e-9:
+                    continue
+                vals[g] = np.stack([np.interp(at, times, pos[:, c]) for c in range(j)], axis=1)
+                valid[g] = True
+            return vals, valid
+
+        chunk = chunk_labels(buf.small["teacher_chunk"], cfg.teacher_delay_s)
         teacher = held_labels(buf.small["teacher"], cfg.teacher_delay_s)
         command_role = next((r for r in _COMMAND_ROLES if buf.small[r].stamps), _COMMAND_ROLES[0])
         command = held_labels(buf.small[command_role], cfg.command_delay_s)
-        first, second = (teacher, command) if cfg.prefer_teacher else (command, teacher)
-        src_first, src_second = ((SOURCE_TEACHER, SOURCE_COMMAND) if cfg.prefer_teacher
-                                 else (SOURCE_COMMAND, SOURCE_TEACHER))
-        action = np.where(first[1][:, None, None], first[0], second[0]).astype(np.float32)
-        source = np.where(first[1], src_first, np.where(second[1], src_second, SOURCE_NONE)).astype(np.int8)
+        teachers = [(chunk, SOURCE_TEACHER_CHUNK), (teacher, SOURCE_TEACHER)]
+        order = [*teachers, (command, SOURCE_COMMAND)] if cfg.prefer_teacher else [(command, SOURCE_COMMAND), *teachers]
+        action = np.zeros((grid.size, k, j), np.float32)
+        source = np.full(grid.size, SOURCE_NONE, np.int8)
+        for (vals, valid), src in reversed(order):  # the first choice is written last, over the others
+            action[valid] = vals[valid]
+            source[valid] = src
         return action, source
 
     def _iter_plans_all(self, split: str) -> Iterator[_Plan]:

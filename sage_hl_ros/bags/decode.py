@@ -51,6 +51,7 @@ __all__ = [
     "joint_state_to_arrays",
     "multiarray_to_numpy",
     "stamp_ns",
+    "trajectory_chunk",
 ]
 
 
@@ -223,3 +224,30 @@ def command_positions(msg, msgtype: str, joint_names: Sequence[str]) -> np.ndarr
             raise DecodeError(f"non-finite position for {', '.join(bad)}")
         return pos
     raise DecodeError(f"unsupported command type {msgtype}")
+
+
+def trajectory_chunk(msg, joint_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A teacher's action chunk (``trajectory_msgs/JointTrajectory``, e.g. GR00T's on
+    ``/teacher/joint_trajectory``): ``(time_from_start (P,) float64 s, positions (P, J) float64)``
+    in configured joint order by ``joint_names[]``, or None (not our joints). Times must rise
+    strictly (they are the time axis the chunk is resampled on) and positions be finite."""
+    if not msg.points:
+        raise DecodeError("JointTrajectory has no points")
+    names = list(msg.joint_names)
+    idx = _name_index(names, joint_names, "JointTrajectory")
+    if idx is None:
+        return None
+    times = np.array([int(p.time_from_start.sec) + int(p.time_from_start.nanosec) * 1e-9 for p in msg.points])
+    rows = []
+    for i, point in enumerate(msg.points):
+        positions = np.asarray(point.positions, dtype=np.float64)
+        if positions.size != len(names):
+            raise DecodeError(f"JointTrajectory point {i} has {positions.size} positions for {len(names)} joint_names")
+        rows.append(positions[idx])
+    pos = np.array(rows)
+    if not np.isfinite(pos).all():
+        bad = sorted({joint_names[c] for c in np.flatnonzero(~np.isfinite(pos).all(0))})
+        raise DecodeError(f"non-finite position for {', '.join(bad)}")
+    if times.size > 1 and not (np.diff(times) > 0).all():
+        raise DecodeError("JointTrajectory time_from_start must rise strictly from point to point")
+    return times, pos
