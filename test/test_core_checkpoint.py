@@ -295,3 +295,57 @@ def test_shipped_model_config_loads():
 
     cfg = SageConfig.from_yaml(Path(__file__).parent.parent / "config" / "model.yaml")
     assert cfg == SageConfig()  # the YAML documents exactly the defaults
+
+
+def _flip_tensor_byte(directory, name_prefix):
+    """Flip one data byte of the first tensor whose name starts with ``name_prefix``."""
+    path = directory / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    name = sorted(k for k in header if k.startswith(name_prefix))[0]
+    data[8 + header_len + header[name]["data_offsets"][0] + 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_the_l_step_is_verified_by_its_own_digest_without_hashing_the_file(saved, monkeypatch):
+    """The control node reads ~0.1 MB of a 56 MB file: its tensors are checked, the file is not hashed."""
+    from sage_hl_ros.core.fast_policy import NumpyLPolicy
+
+    _, directory, _ = saved
+    meta = json.loads((directory / "config.json").read_text())
+    assert set(meta["tensor_group_sha256"]) == {checkpoint_files.L_STEP_PREFIX}
+
+    def no_file_hash(path):
+        raise AssertionError(f"hashed the whole {path}")
+
+    monkeypatch.setattr(checkpoint_files, "sha256_file", no_file_hash)
+    checkpoint_files._verified.clear()
+    policy, info = NumpyLPolicy.from_checkpoint(directory)
+    assert info.sha256 == meta["model_sha256"]
+
+
+def test_a_changed_l_tensor_is_refused_and_a_changed_h_tensor_is_the_full_loaders_to_find(saved):
+    from sage_hl_ros.core.fast_policy import NumpyLPolicy
+
+    _, directory, _ = saved
+    path = _flip_tensor_byte(directory, "h_module.")
+    NumpyLPolicy.from_checkpoint(directory)  # the L step it runs is intact
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(directory)  # the context node's load hashes the whole file
+    _flip_tensor_byte(directory, "h_module.")  # restore
+    path = _flip_tensor_byte(directory, checkpoint_files.L_STEP_PREFIX)
+    with pytest.raises(CheckpointError) as info:
+        NumpyLPolicy.from_checkpoint(directory)
+    message = str(info.value)
+    assert str(path) in message and checkpoint_files.L_STEP_PREFIX in message and "tensor_group_sha256" in message
+
+
+def test_a_malformed_group_digest_is_named(saved):
+    _, directory, _ = saved
+    meta = json.loads((directory / "config.json").read_text())
+    meta["tensor_group_sha256"] = {"l_module.net.": "not-a-hash"}
+    (directory / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="tensor_group_sha256"):
+        checkpoint_files.read_meta(directory)

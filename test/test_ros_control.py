@@ -525,9 +525,12 @@ def test_missing_heartbeat_latches_the_estop(graph, make_node):
 def test_twenty_reloads_at_200_hz_miss_no_ticks(graph, make_node, files):
     """Reload = torch-free read of a few small tensors on a worker thread: the loop keeps its ticks.
 
-    Judged from the node's own records: every reload lands (reload log), every tick during the
-    reloads commanded, and the tick log shows no late tick inside a reload window beyond what the
-    same machine shows outside them (a busy CI machine stalls any process now and then).
+    Judged from the node's own records (reload log, tick log). A *missed* tick is a control
+    deadline that passed without a command: a tick gap of two periods or more (the loop then skips
+    the deadline, ``skipped_deadlines``). None may fall in a reload window. Only if the same run
+    also skips deadlines outside the windows (a busy machine stalls any process now and then) is
+    a miss in a window tolerated, and then only at no more than 3x the outside rate. Late ticks
+    (1.5-2 periods: the command still went out in its period) are counted and printed.
     """
     harness, _ = graph
     node = make_node(enable_control=True)
@@ -538,24 +541,32 @@ def test_twenty_reloads_at_200_hz_miss_no_ticks(graph, make_node, files):
         assert result.successful, result.reason
         wait_for(lambda k=k: node._reloads >= k + 1 and not node._loader.busy, 20.0, what=f"reload {k + 1}")
     log = node.reload_log()
+    t_end = node._now_s()
+    # As many ticks again without reloads: the outside rate of this machine's own stalls.
+    wait_for(lambda: node._now_s() - t_end > 1.5, 10.0, interval_s=0.1, what="ticks after the reloads")
     assert len(log) == 20 and not node._reload_failed
     times, statuses = node.tick_log()
     period_ns = 1e9 / 200.0
     gaps = np.diff(times)
-    late = gaps > 1.5 * period_ns
+    late = (gaps > 1.5 * period_ns) & (gaps < 2 * period_ns)
+    missed = np.maximum(np.floor(gaps / period_ns + 1e-6) - 1, 0)  # deadlines without a command per gap
     in_window = np.zeros(len(gaps), dtype=bool)
     for start_ns, swap_ns, _ in log:
         in_window |= (times[1:] >= start_ns) & (times[:-1] <= swap_ns + period_ns)
     first = int(np.searchsorted(times, log[0, 0]))
     assert all(s.value == "ok" for s in statuses[first:]), "a tick during the reloads did not command"
-    late_in, late_out = int(late[in_window].sum()), int(late[~in_window].sum())
-    # A reload that blocked the loop would make (nearly) every reload window late; a busy machine's
-    # random stalls hit only a few of the 20 short windows.
-    windows_late = sum(bool(late[(times[1:] >= a) & (times[:-1] <= b + period_ns)].any()) for a, b, _ in log)
-    print(f"reloads=20 reload_cpu_max_ms={log[:, 2].max():.2f} ticks_in_reload_windows={int(in_window.sum())} "
-          f"late_in={late_in} late_outside={late_out}/{int((~in_window).sum())} reload_windows_late={windows_late}/20")
-    # Reported, not asserted: on a loaded 2-core machine late ticks cluster in reload windows
-    # (measured 13/20 and 17/20 with two test suites running at once, 3/20 with one); see issue 9 notes.
+    outside = ~in_window
+    outside[: max(first - 1, 0)] = False  # start-up ticks before the first reload do not count
+    miss_in, miss_out = int(missed[in_window].sum()), int(missed[outside].sum())
+    n_in, n_out = int(in_window.sum()), int(outside.sum())
+    print(f"reloads=20 reload_cpu_max_ms={log[:, 2].max():.2f} ticks_in_reload_windows={n_in} "
+          f"missed_in={miss_in} missed_outside={miss_out}/{n_out} late_in={int(late[in_window].sum())} "
+          f"late_outside={int(late[outside].sum())}")
+    if miss_out == 0:
+        assert miss_in == 0, f"reloads missed {miss_in} control deadlines in {n_in} ticks; none missed outside"
+    else:
+        assert miss_in / max(n_in, 1) <= 3 * miss_out / n_out, (
+            f"reload windows missed deadlines at {miss_in}/{n_in}, the machine's own stalls {miss_out}/{n_out}")
     # CPU of a reload in the control process: a few ms once the weights' hash is known (a first load
     # also hashes the file, ~40-100 ms of GIL-free hashlib; a torch model build was ~200 ms of GIL).
     assert np.median(log[:, 2]) < 30.0, f"reloads used {np.median(log[:, 2]):.1f} ms of CPU (median)"

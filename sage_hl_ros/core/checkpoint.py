@@ -22,12 +22,14 @@ from .. import __version__
 from .checkpoint_files import (
     CONFIG_FILE,
     FORMAT_VERSION,
+    GROUP_PREFIXES,
     NORMALIZER_FILE,
     WEIGHTS_FILE,
     CheckpointError,
     UnverifiedWeightsWarning,
     read_meta,
     sha256_file,
+    tensor_group_sha256,
     verify_weights,
 )
 from .config import ConfigError, SageConfig
@@ -54,6 +56,9 @@ def save_checkpoint(model: SageHL, directory: str | Path, extra: dict[str, Any] 
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "model_sha256": sha256_file(tmp_weights),
+        "tensor_group_sha256": {prefix: tensor_group_sha256({k: v.numpy() for k, v in tensors.items()
+                                                             if k.startswith(prefix)})
+                                for prefix in GROUP_PREFIXES},
         "config": model.cfg.to_dict(),
         **(extra or {}),
     }

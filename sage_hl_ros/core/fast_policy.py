@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint_files import CheckpointError, load_verified_tensors_numpy, read_meta, read_normalizer
+from .checkpoint_files import L_STEP_PREFIX, CheckpointError, load_verified_tensors_numpy, read_meta, read_normalizer
 from .config import ConfigError, SageConfig
 
 _SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
@@ -32,7 +32,7 @@ class PolicyInfo:
     """What was loaded: shown in diagnostics and used to check a reload against the running model."""
 
     model_dir: str
-    sha256: str  # verified hash of model.safetensors
+    sha256: str  # the model hash config.json records; the L-step tensors checked against it (or their group digest)
     joint_names: tuple[str, ...]  # model input/output order
     latent_dim: int
     action_chunk: int
@@ -86,7 +86,7 @@ class NumpyLPolicy:
             cfg = SageConfig.from_dict(meta["config"], str(directory / "config.json"))
         except ConfigError as exc:
             raise CheckpointError(str(exc)) from None
-        sha, tensors = load_verified_tensors_numpy(directory, prefix="l_module.net.")
+        sha, tensors = load_verified_tensors_numpy(directory, prefix=L_STEP_PREFIX)
         weights = directory / "model.safetensors"
         m, o = cfg.model, cfg.observation
         layers: list[tuple[str, tuple[np.ndarray, ...]]] = []
@@ -94,7 +94,7 @@ class NumpyLPolicy:
         sizes = [m.l_hidden_dim] * m.l_layers + [m.action_chunk * o.num_joints]
 
         def tensor(name: str, shape: tuple[int, ...]) -> np.ndarray:
-            key = f"l_module.net.{name}"
+            key = f"{L_STEP_PREFIX}{name}"
             if key not in tensors:
                 raise CheckpointError(f"{weights}: missing tensor '{key}' (expected shape {shape})")
             arr = tensors[key]
