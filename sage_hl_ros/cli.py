@@ -52,6 +52,10 @@ def _demo(args: argparse.Namespace) -> int:
     for key in ("demos", "eval_episodes", "dagger_rounds"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.teacher is not None:
+        overrides["teacher"] = args.teacher
+    if args.groot_endpoint is not None:
+        overrides["groot_endpoint"] = args.groot_endpoint
     train = (QUICK_TRAIN if args.quick else []) + list(args.set)
     workdir = Path(args.workdir or time.strftime("runs/sim_demo_%Y%m%d_%H%M%S"))
     return run_sim_demo(workdir, config=args.config, overrides=overrides, sleep_overrides=train,
@@ -85,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="only evaluate this checkpoint on the held-out targets (expert, nodes, baselines)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="sleep-training override for every round, e.g. wake.steps=800 (repeatable)")
+    p.add_argument("--teacher", choices=("expert", "groot"), default=None,
+                   help="who labels the demonstrations: the sim's expert, or a GR00T server through "
+                        "sage_groot_teacher (default: the config's, expert)")
+    p.add_argument("--groot-endpoint", default=None, metavar="tcp://HOST:PORT",
+                   help="GR00T policy server for --teacher groot (default: start the protocol stand-in)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("runtime-demo", help="the H and L nodes on synthetic sensors and a loopback arm: rates and "

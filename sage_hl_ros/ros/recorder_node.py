@@ -17,7 +17,8 @@ and starts the writer thread; ``activate`` subscribes (recording); ``deactivate`
 SIGINT/SIGTERM close the bag cleanly (every queued message is written first).
 
 Topics and types
-    ``topics`` (default: the runtime's topics, incl. ``/sage/episode`` and ``/teacher/joint_command``;
+    ``topics`` (default: the runtime's topics, incl. ``/sage/episode`` and the teacher's labels
+    ``/teacher/joint_command`` and chunks ``/teacher/joint_trajectory``, as bags.recording lists them;
     ``[]`` = every topic in the graph). Types come from the runtime's defaults
     (``DEFAULT_TOPIC_TYPES``) plus ``topic_types`` entries ``"topic:pkg/msg/Type"`` (added to the
     defaults, an entry for a default topic replaces its type), so all of those are subscribed at

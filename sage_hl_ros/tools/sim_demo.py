@@ -27,11 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import ConfigError, load_yaml
-from ..launch_table import ALL_NODES
+from ..launch_table import ALL_NODES, NodeSpec
 from ..paths import config_file
 from .bringup import NodeProcesses, node_command
 
 SUMMARY_KEYS = ("expert_success", "learned_success", "mean_final_dist_m", "control_hz", "e2e_p99_ms")
+TEACHER_KEYS = ("teacher", "teacher_success", "learned_success", "learned_vs_teacher", "bag_teacher_chunks")
+TEACHERS = ("expert", "groot")
+TEACHER_CHUNK_TOPIC = "/teacher/joint_trajectory"
 
 
 @dataclass
@@ -58,6 +61,15 @@ class SimDemoConfig:
     sleep_overrides: list[str] = field(default_factory=list)  # e.g. ["wake.steps=1500"]
     dagger_overrides: list[str] = field(default_factory=list)
     phase_timeout_s: float = 600.0  # wall time any one ROS phase may take before it is abandoned
+    # Who labels the recorded demonstrations: the sim's scripted expert, or a GR00T policy server
+    # through sage_groot_teacher (the expert still drives the demos; the teacher never commands).
+    teacher: str = "expert"  # expert | groot
+    groot_endpoint: str = ""  # tcp://HOST:PORT of a GR00T server; "" = start the protocol stand-in
+    groot_modality_map: str = "groot/sim_arm.yaml"
+    groot_protocol: str = "auto"  # the teacher node's protocol (auto | n1.5 | n1.6)
+    groot_standin_protocol: str = "n1.6"  # the stand-in's wire protocol when it is started here
+    groot_rate_hz: float = 10.0  # teacher requests per sim second
+    groot_timeout_s: float = 1.0  # reply timeout per request (wall s)
 
     def validate(self, where: str) -> None:
         for key in ("demos", "eval_episodes"):
@@ -76,6 +88,13 @@ class SimDemoConfig:
             raise ConfigError(f"{where}.expert_noise_rad: must be >= 0, got {self.expert_noise_rad}")
         if self.train_seed == self.eval_seed:
             raise ConfigError(f"{where}.eval_seed: must differ from train_seed (held-out targets)")
+        if self.teacher not in TEACHERS:
+            raise ConfigError(f"{where}.teacher: choose one of {', '.join(TEACHERS)}, got {self.teacher!r}")
+        if self.groot_endpoint and not self.groot_endpoint.startswith(("tcp://", "ipc://")):
+            raise ConfigError(f"{where}.groot_endpoint: expected tcp://HOST:PORT, got {self.groot_endpoint!r}")
+        for key in ("groot_rate_hz", "groot_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(self, key)}")
 
     def path(self, name: str) -> Path:
         p = Path(name)
@@ -165,6 +184,10 @@ class _Graph:
         self._rclpy.try_shutdown()
 
 
+GROOT_TEACHER_SPEC = NodeSpec("sage_groot_teacher", "sage_groot_teacher", "sage_hl_ros.ros.groot_teacher_node",
+                              "GR00T policy server -> teacher labels and chunks (never commands)")
+
+
 def _spec(name: str):
     for spec in ALL_NODES:
         if spec.name == name:
@@ -176,9 +199,10 @@ class _Phase:
     """One run of episodes: which processes, which seed, how fast; returns the episode results."""
 
     def __init__(self, demo: SimDemo, name: str, seed: int, episodes: int, rtf: float, *, expert_drives: bool,
-                 model_dir: Path | None = None, bag_dir: Path | None = None):
+                 model_dir: Path | None = None, bag_dir: Path | None = None, groot_labels: bool = False):
         self.demo, self.name, self.seed, self.episodes, self.rtf = demo, name, seed, episodes, rtf
         self.expert_drives, self.model_dir, self.bag_dir = expert_drives, model_dir, bag_dir
+        self.groot_labels = groot_labels  # sage_groot_teacher labels; the expert's labels go unrecorded
 
     def run(self) -> tuple[list[dict], dict]:
         demo, cfg = self.demo, self.demo.cfg
@@ -192,11 +216,21 @@ class _Phase:
             nodes.start("sim_bridge", node_command(_spec("sim_bridge"), ros_params, {
                 "autostart": False, "episodes": self.episodes, "seed": self.seed, "real_time_factor": self.rtf,
                 "sim_config_file": str(sim_yaml)}))
-            nodes.start("sim_expert", node_command(_spec("sim_expert"), ros_params, {
+            expert_params = {
                 "use_sim_time": True, "drive": self.expert_drives, "sim_config_file": str(sim_yaml),
                 "noise_rad": cfg.expert_noise_rad if (self.expert_drives and self.bag_dir) else 0.0,
-                "seed": self.seed}))
+                "seed": self.seed}
+            if self.groot_labels:  # the teacher labels; the expert's own labels go to a topic nobody records
+                expert_params["teacher_topic"] = "/sim_expert/unrecorded_label"
+            nodes.start("sim_expert", node_command(_spec("sim_expert"), ros_params, expert_params))
             expect_subs = 1  # the expert on /joint_states
+            if self.groot_labels:
+                nodes.start("sage_groot_teacher", node_command(GROOT_TEACHER_SPEC, [], {
+                    "use_sim_time": True, "endpoint": demo.groot_endpoint,
+                    "modality_map_file": str(cfg.path(cfg.groot_modality_map).resolve()),
+                    "protocol": cfg.groot_protocol, "rate_hz": cfg.groot_rate_hz,
+                    "timeout_s": cfg.groot_timeout_s}))
+                expect_subs += 1
             if self.model_dir is not None:
                 params = [config_file("isaac_sim.yaml")]
                 model = str(self.model_dir.resolve())
@@ -235,7 +269,9 @@ class _Phase:
             want[("pub", "/sage/latent")] = 1
             want[("pub", "/joint_command")] = 2  # the expert (silent unless driving) + sage_control
         if self.bag_dir is not None:
-            want[("sub", "/rgb")] = 1 + (self.model_dir is not None)
+            want[("sub", "/rgb")] = 1 + (self.model_dir is not None) + self.groot_labels
+        if self.groot_labels:
+            want[("pub", TEACHER_CHUNK_TOPIC)] = 1
         while True:
             self._check_alive(nodes)
             have = {k: (node.count_subscribers if k[0] == "sub" else node.count_publishers)(k[1]) for k in want}
@@ -323,9 +359,30 @@ class SimDemo:
             "/camera_info": "sensor_msgs/msg/CameraInfo", "/audio/frames": "std_msgs/msg/Float32MultiArray",
             "/tactile/array": "std_msgs/msg/Float32MultiArray", "/joint_states": "sensor_msgs/msg/JointState",
             "/joint_command": "sensor_msgs/msg/JointState", "/teacher/joint_command": "sensor_msgs/msg/JointState",
-            "/sage/episode": "std_msgs/msg/String", "/sim/episode_result": "std_msgs/msg/String"}
+            "/sage/episode": "std_msgs/msg/String", "/sim/episode_result": "std_msgs/msg/String",
+            TEACHER_CHUNK_TOPIC: "trajectory_msgs/msg/JointTrajectory"}
+        self.groot_endpoint = cfg.groot_endpoint
+        self._standin = None
         self.record_qos = [f"{t}:best_effort" for t in ("/rgb", "/depth", "/camera_info", "/audio/frames",
                                                         "/tactile/array")]
+
+    # ------------------------------------------------------------------ GR00T teacher
+    def _start_standin(self) -> None:
+        """The protocol stand-in (NOT GR00T: the sim's IK expert behind GR00T's wire protocol) on a
+        free loopback port, served from a thread of this process for the whole run."""
+        from ..groot.modality_map import load_modality_map
+        from ..groot.standin import StandinServer
+
+        cfg = self.cfg
+        try:
+            mmap = load_modality_map(cfg.path(cfg.groot_modality_map))
+            self._standin = StandinServer(mmap, cfg.groot_standin_protocol,
+                                          sim_config_path=cfg.path(cfg.sim_config)).start()
+        except ValueError as exc:
+            raise ConfigError(f"GR00T protocol stand-in: {exc}") from None
+        self.groot_endpoint = self._standin.endpoint
+        self.log(f"      GR00T protocol STAND-IN (not GR00T; the sim's IK expert) {cfg.groot_standin_protocol} "
+                 f"on {self.groot_endpoint}")
 
     # ------------------------------------------------------------------ steps
     def _train(self, name: str, bags: list[Path], sleep_yaml: str, overrides: list[str], init: Path | None,
@@ -353,12 +410,19 @@ class SimDemo:
 
     def _learn(self, n_steps: int, timings: dict[str, float], dagger: list[dict]) -> Path:
         cfg, wd = self.cfg, self.workdir
-        self.log(f"[1/{n_steps}] recording {cfg.demos} expert demonstrations")
+        groot = cfg.teacher == "groot"
+        self.log(f"[1/{n_steps}] recording {cfg.demos} expert demonstrations"
+                 + (f", labelled by the GR00T teacher at {self.groot_endpoint}" if groot else ""))
         t0 = time.monotonic()
         demo_bag = wd / "bags" / "demos"
         _Phase(self, "record", cfg.train_seed, cfg.demos, cfg.record_real_time_factor, expert_drives=True,
-               bag_dir=demo_bag).run()
+               bag_dir=demo_bag, groot_labels=groot).run()
         timings["record_s"] = time.monotonic() - t0
+        if groot:
+            self.bag_teacher_chunks = count_teacher_chunks(demo_bag)
+            self.log(f"      record: {self.bag_teacher_chunks} teacher chunks on {TEACHER_CHUNK_TOPIC} in {demo_bag}")
+            if self.bag_teacher_chunks == 0:
+                raise RuntimeError(f"record: no teacher chunks in {demo_bag} (see {wd / 'logs' / 'record'})")
 
         self.log(f"[2/{n_steps}] sleep-cycle training on {demo_bag}")
         t0 = time.monotonic()
@@ -370,7 +434,8 @@ class SimDemo:
             t0 = time.monotonic()
             bag = wd / "bags" / f"dagger{k}"
             results, _ = _Phase(self, f"dagger{k}", cfg.train_seed + k, cfg.dagger_episodes,
-                                cfg.eval_real_time_factor, expert_drives=False, model_dir=model, bag_dir=bag).run()
+                                cfg.eval_real_time_factor, expert_drives=False, model_dir=model, bag_dir=bag,
+                                groot_labels=cfg.teacher == "groot").run()
             dagger.append(_success_stats(results))
             # DAgger proper: the aggregate of every bag so far is the wake data (the on-policy
             # states with their teacher labels next to the demonstrations), not the new bag alone.
@@ -399,6 +464,8 @@ class SimDemo:
         dagger: list[dict] = []
         self.graph = _Graph(joint_names)
         try:
+            if cfg.teacher == "groot" and not self.groot_endpoint:
+                self._start_standin()
             if evaluate is None:
                 n_steps = 4 + cfg.dagger_rounds
                 model = self._learn(n_steps, timings, dagger)
@@ -413,8 +480,18 @@ class SimDemo:
                                      cfg.eval_real_time_factor, expert_drives=False, model_dir=model,
                                      bag_dir=wd / "bags" / "eval").run()
             timings["eval_s"] = time.monotonic() - t0
+            teacher = None
+            if cfg.teacher == "groot":
+                self.log(f"      eval_teacher: the GR00T teacher at {self.groot_endpoint} on the same "
+                         f"{cfg.eval_episodes} targets (in process, through the protocol client)")
+                t0 = time.monotonic()
+                teacher = teacher_policy(cfg.path(cfg.sim_config), cfg.eval_seed, cfg.eval_episodes,
+                                         self.groot_endpoint, cfg)
+                timings["eval_teacher_s"] = time.monotonic() - t0
         finally:
             self.graph.close()
+            if self._standin is not None:
+                self._standin.stop()
         self.log(f"[{n_steps}/{n_steps}] baselines on the same targets (in process) and the report")
         baselines = baseline_policies(cfg.path(cfg.sim_config), cfg.eval_seed, cfg.eval_episodes)
         timings["total_s"] = time.monotonic() - t_all
@@ -424,6 +501,15 @@ class SimDemo:
             "timing": timing, "durations_s": timings, "model": str(model),
             "episodes": {"expert": expert, "learned": learned, **baselines},
         }
+        if teacher is not None:
+            t_rate, l_rate = _success_stats(teacher)["success_rate"], summary["learned"]["success_rate"]
+            summary["teacher"] = _success_stats(teacher)
+            summary["episodes"]["teacher"] = teacher
+            summary["teacher_line"] = {
+                "teacher": "groot-standin" if self._standin is not None else "groot",
+                "teacher_success": f"{t_rate:.2f}", "learned_success": f"{l_rate:.2f}",
+                "learned_vs_teacher": f"{l_rate / t_rate if t_rate > 0 else float('nan'):.2f}",
+                "bag_teacher_chunks": str(getattr(self, "bag_teacher_chunks", 0))}
         summary["line"] = {
             "expert_success": f"{summary['expert']['success_rate']:.2f}",
             "learned_success": f"{summary['learned']['success_rate']:.2f}",
@@ -467,6 +553,58 @@ def baseline_policies(sim_yaml: Path, seed: int, episodes: int, control_dt_s: fl
     return out
 
 
+def teacher_policy(sim_yaml: Path, seed: int, episodes: int, endpoint: str, cfg: SimDemoConfig,
+                   control_dt_s: float = 0.01) -> list[dict]:
+    """The GR00T teacher's own success on the targets a bridge with ``seed`` draws (as
+    ``baseline_policies``): in process, through the same protocol client as sage_groot_teacher, a
+    request every 1 / ``groot_rate_hz`` s with the rendered camera, joints and points of the map; the
+    chunk's ``label_step`` row (what the teacher labels) is held until the next answer. A failed
+    exchange holds the last command. This is the reference the learned policy is measured against."""
+    from ..groot.client import API_TOKEN_ENV, GrootClient, GrootTeacher
+    from ..groot.modality_map import load_modality_map
+    from ..sim.world import ReachWorld, SimConfig
+
+    mmap = load_modality_map(cfg.path(cfg.groot_modality_map))
+    teacher = GrootTeacher(GrootClient(endpoint, cfg.groot_timeout_s, os.environ.get(API_TOKEN_ENV, "")),
+                           mmap, cfg.groot_protocol)
+    world = ReachWorld(dataclasses.replace(SimConfig.from_yaml(sim_yaml), seed=seed))
+    period = max(1, int(round(1.0 / (cfg.groot_rate_hz * control_dt_s))))
+    results, failures = [], 0
+    try:
+        for ep in range(episodes):
+            world.reset()
+            command, tick = world.joint_positions(), 0
+            while not world.episode_over():
+                if tick % period == 0:
+                    images = {key: world.render_rgb() for key in mmap.cameras}
+                    points = {key: world.target_position() for key in mmap.state_points}
+                    try:
+                        command = teacher.query(images, world.joint_positions(), points)[mmap.label_step]
+                    except (OSError, ValueError, RuntimeError):  # timeout, protocol or server error: hold
+                        failures += 1
+                world.set_command(command)
+                world.step(control_dt_s)
+                tick += 1
+            results.append({"episode": ep, "success": world.success(), "final_distance_m": world.distance_m(),
+                            "teacher_failures": failures})
+    finally:
+        teacher.client.close()
+        world.close()
+    return results
+
+
+def count_teacher_chunks(bag: Path) -> int:
+    """Teacher chunks (``/teacher/joint_trajectory`` messages with points) in ``bag``, read back with
+    rosbags (an independent reader: not the recorder's own writer)."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    with AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
+        conns = [c for c in reader.connections if c.topic == TEACHER_CHUNK_TOPIC]
+        return sum(1 for c, _, raw in reader.messages(connections=conns)
+                   if reader.deserialize(raw, c.msgtype).points)
+
+
 def write_report(wd: Path, summary: dict, cfg: SimDemoConfig) -> None:
     import matplotlib
 
@@ -497,6 +635,11 @@ def write_report(wd: Path, summary: dict, cfg: SimDemoConfig) -> None:
         st = s[name] if name in ("expert", "learned") else s["baselines"][name]
         rows.append((f"{name}: mean / median final distance, m",
                      f"{st['mean_final_dist_m']:.3f} / {st['median_final_dist_m']:.3f}"))
+    if "teacher" in s:
+        rows.append(("GR00T teacher success rate (same targets, in process)",
+                     f"{s['teacher']['success_rate']:.2f}; learned / teacher "
+                     f"{s['teacher_line']['learned_vs_teacher']} (goal >= 0.80); "
+                     f"{s['teacher_line']['bag_teacher_chunks']} teacher chunks in bags/demos"))
     for k, st in enumerate(s["dagger"], 1):
         rows.append((f"DAgger round {k} rollouts (training targets): success", f"{st['success_rate']:.2f}"))
     t = s["timing"]
@@ -537,4 +680,6 @@ def run_sim_demo(workdir: Path, config: str | None = None, overrides: dict | Non
         return 1
     print(f"report: {workdir / 'report.md'}")
     print("demo: " + " ".join(f"{k}={summary['line'][k]}" for k in SUMMARY_KEYS), flush=True)
+    if "teacher_line" in summary:
+        print("demo_teacher: " + " ".join(f"{k}={summary['teacher_line'][k]}" for k in TEACHER_KEYS), flush=True)
     return 0
