@@ -85,9 +85,10 @@ tick = st.fixed_dictionaries({
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(tick, min_size=1, max_size=80), st.booleans())
-def test_any_input_sequence_gives_safe_commands(ticks, heartbeat):
-    cs = _step(e_stop_heartbeat_timeout_s=0.1 if heartbeat else 0.0)
+@given(st.lists(tick, min_size=1, max_size=80), st.booleans(), st.booleans())
+def test_any_input_sequence_gives_safe_commands(ticks, heartbeat, chunked):
+    """Also with K = 3 chunks played between latents (chunk_dt_s > 0): the same guarantees."""
+    cs = _step(e_stop_heartbeat_timeout_s=0.1 if heartbeat else 0.0, chunk_dt_s=0.02 if chunked else 0.0)
     estop = cs.estop
     fast = ScriptedPolicy()
     policy = _policy(fast)
@@ -108,7 +109,8 @@ def test_any_input_sequence_gives_safe_commands(ticks, heartbeat):
             estop.reset()
         if heartbeat and t["estop"] != "trigger":  # the trigger ticks also stand for a lost heartbeat
             hb = now
-        fast.next = np.array([t["target"][: t["target_size"]] + [0.0] * max(0, t["target_size"] - 3)])
+        row = t["target"][: t["target_size"]] + [0.0] * max(0, t["target_size"] - 3)
+        fast.next = np.array([row, row[::-1], [0.5 * v for v in row]] if chunked else [row])
         if t["new_latent"]:
             z = np.full(t["latent_dim"], math.nan if t["latent_nan"] else 0.1, dtype=np.float32)
             latent = LatentInput(z, 0.0 if t["unstamped"] else now - t["latent_stamp_age"], now)

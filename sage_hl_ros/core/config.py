@@ -156,6 +156,7 @@ class ModelConfig:
     )
     action_mode: str = "delta"  # "delta" (target = position + action) or "absolute"
     action_chunk: int = 1  # steps of joint targets predicted per L-module call
+    action_chunk_dt_s: float = 0.0  # spacing of those steps (what the data was aligned at); 0 = not recorded
     l_hidden_dim: int = 256
     l_layers: int = 2
 

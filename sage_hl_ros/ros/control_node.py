@@ -63,6 +63,12 @@ Parameters (read at configure unless marked runtime)
     joint_command_topic (str, "/joint_command")  topic of the joint_state interface
     trajectory_time_from_start_s (float, 0.05)  time_from_start of the JointTrajectory point
     smoothing_alpha (float, 1.0)     ActionSmoother alpha in (0, 1]; 1 = no smoothing
+    chunk_execution (str, "auto")    "play": a K-step chunk is played between latents (time-indexed
+                                     from the latent's stamp, cross-faded into the next one);
+                                     "receding": every tick takes the first step of a fresh L step;
+                                     "auto": play when the checkpoint has K > 1 and a chunk spacing
+    action_chunk_dt_s (float, 0.0)   spacing of the chunk's steps [s]; 0 = the checkpoint's
+                                     model.action_chunk_dt_s
     e_stop_topic (str, "/e_stop"), e_stop_reset_topic (str, "/e_stop/reset")
     e_stop_msg_type (str, "bool")    "bool" (std_msgs/Bool, data=true triggers) or "empty" (std_msgs/Empty)
     e_stop_heartbeat_topic (str, "")  "" = no heartbeat; else a dead-man topic that must keep arriving
@@ -198,6 +204,8 @@ class ControlNode(DeclaredParams, LifecycleNode):
         p("joint_command_topic", "/joint_command", "topic of the joint_state command interface (Isaac Sim)")
         p("trajectory_time_from_start_s", 0.05, "time_from_start of the JointTrajectory point [s]")
         p("smoothing_alpha", 1.0, "first-order smoothing of targets, (0, 1]; 1 = none")
+        p("chunk_execution", "auto", "auto | play | receding: how a K-step action chunk is executed")
+        p("action_chunk_dt_s", 0.0, "spacing of the chunk's steps [s]; 0 = the checkpoint's model.action_chunk_dt_s")
         p("e_stop_topic", "/e_stop", "e-stop trigger topic")
         p("e_stop_reset_topic", "/e_stop/reset", "e-stop reset topic (std_msgs/Empty)")
         p("e_stop_msg_type", "bool", "bool (std_msgs/Bool, data=true triggers) | empty (std_msgs/Empty)")
@@ -308,14 +316,16 @@ class ControlNode(DeclaredParams, LifecycleNode):
         names_param = list(g("joint_names") or [])
         if not all(isinstance(n, str) and n for n in names_param):
             raise ValueError(f"joint_names must be a list of non-empty strings, got {names_param}")
+        policy = load_policy(g("model_dir"), names_param or None)
+        self._chunk_dt_s = self._chunk_spacing(policy)
         step_cfg = ControlStepConfig(
             period_s=self._period_s, latent_timeout_s=float(g("latent_timeout_s")),
             joint_state_timeout_s=float(g("joint_state_timeout_s")),
             clock_skew_tolerance_s=float(g("clock_skew_tolerance_s")),
             e_stop_heartbeat_timeout_s=float(g("e_stop_heartbeat_timeout_s")) if hb_topic else 0.0,
-            require_stamps=bool(g("require_stamps")), smoothing_alpha=float(g("smoothing_alpha")))
+            require_stamps=bool(g("require_stamps")), smoothing_alpha=float(g("smoothing_alpha")),
+            chunk_dt_s=self._chunk_dt_s)
 
-        policy = load_policy(g("model_dir"), names_param or None)
         self._command_names = names_param or list(policy.model_names)
         limits = self._load_limits(self._command_names)
         if limits is None and self._enabled:
@@ -666,6 +676,25 @@ class ControlNode(DeclaredParams, LifecycleNode):
         return self._reload_log[idx].copy()
 
     # ------------------------------------------------------------------ reload
+    def _chunk_spacing(self, policy: LoadedPolicy) -> float:
+        """The chunk spacing ControlStep plays at (0 = receding horizon), from parameters + checkpoint."""
+        mode = str(self._get("chunk_execution")).lower()
+        if mode not in ("auto", "play", "receding"):
+            raise ValueError(f"chunk_execution {mode!r}: choose 'auto', 'play' or 'receding'")
+        dt = float(self._get("action_chunk_dt_s"))
+        if not (math.isfinite(dt) and dt >= 0.0):
+            raise ValueError(f"action_chunk_dt_s must be >= 0, got {dt}")
+        model = policy.fast.cfg.model
+        dt = dt or float(model.action_chunk_dt_s)
+        if mode == "receding" or model.action_chunk == 1:
+            return 0.0
+        if dt <= 0.0:
+            if mode == "play":
+                raise ValueError(f"chunk_execution is 'play' but {policy.model_dir} records no "
+                                 "model.action_chunk_dt_s: set action_chunk_dt_s")
+            return 0.0
+        return dt
+
     def _load_job(self, path: str) -> str:
         start_ns = self.get_clock().now().nanoseconds
         cpu0 = time.thread_time()
@@ -678,6 +707,10 @@ class ControlNode(DeclaredParams, LifecycleNode):
                                   f"{list(current.model_names)}; reconfigure the node to change robots")
         if new.latent_dim != current.latent_dim:
             raise CheckpointError(f"{path}: latent_dim {new.latent_dim} differs from the running {current.latent_dim}")
+        if self._chunk_spacing(new) != self._chunk_dt_s:
+            raise CheckpointError(f"{path}: its action chunk (K={new.fast.cfg.model.action_chunk}, dt "
+                                  f"{new.fast.cfg.model.action_chunk_dt_s} s) is played at another spacing than the "
+                                  f"running model's ({self._chunk_dt_s} s); reconfigure the node to change it")
         self._policy = new  # atomic swap: the next tick uses it
         cpu_ms = (time.thread_time() - cpu0) * 1e3
         self._reload_log[self._reloads % RELOAD_LOG_SIZE] = (start_ns, self.get_clock().now().nanoseconds, cpu_ms)
@@ -755,6 +788,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
             "rate_hz": rate, "target_hz": getattr(self, "_rate_hz", math.nan),
             "period_p50_ms": per["p50"] * 1e3, "period_p99_ms": per["p99"] * 1e3, "period_max_ms": per["max"] * 1e3,
             "missed_ticks": self._missed, "skipped_deadlines": loop.skipped if loop else 0,
+            "chunk_execution": f"play (dt {self._chunk_dt_s:g} s)" if self._chunk_dt_s else "receding horizon",
             "compute_p50_us": comp["p50"] * 1e6, "compute_p99_us": comp["p99"] * 1e6,
             "compute_max_us": comp["max"] * 1e6, "ticks": ticks, "commands_published": self._published,
             "latent_age_ms": (now - latent.arrival_s) * 1e3 if latent is not None else math.nan,

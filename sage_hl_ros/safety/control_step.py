@@ -14,6 +14,13 @@ than ``clock_skew_tolerance_s`` in the future is rejected (a publisher on anothe
 reset). An all-zero stamp means "unstamped": judged by arrival time unless ``require_stamps``.
 The reason a tick held, and which clock made an input stale, come back with the result.
 
+Action chunks: with ``chunk_dt_s > 0`` and a policy predicting K > 1 steps, the L step runs once
+per new latent (on the joint state of that tick) and the chunk is played between latents,
+time-indexed from the latent's header stamp (arrival time when unstamped) and cross-faded into
+the next chunk (core/chunk_player.py). With ``chunk_dt_s = 0`` (or K = 1) every tick runs the L
+step on the latest latent and joint state and takes its first point (receding horizon). Either
+way the target goes through the same smoother and SafetyFilter.
+
 The e-stop heartbeat (a dead-man): with ``e_stop_heartbeat_timeout_s > 0`` the tick latches the
 e-stop whenever no heartbeat arrived within the timeout (counted from activation until the first
 one). Only an explicit reset releases it, as for any e-stop.
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.chunk_player import ChunkPlayer
 from ..core.freshness import freshness
 from ..core.smoothing import ActionSmoother
 from .estop import EStopLatch
@@ -47,13 +55,14 @@ class ControlStepConfig:
     require_stamps: bool = False
     smoothing_alpha: float = 1.0
     max_step_periods: float = 2.0
+    chunk_dt_s: float = 0.0  # spacing of a K-step chunk's points; 0 = receding horizon (first point only)
 
     def __post_init__(self) -> None:
         for key in ("period_s", "latent_timeout_s", "joint_state_timeout_s"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{key} must be a finite number > 0, got {value!r}")
-        for key in ("clock_skew_tolerance_s", "e_stop_heartbeat_timeout_s"):
+        for key in ("clock_skew_tolerance_s", "e_stop_heartbeat_timeout_s", "chunk_dt_s"):
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
@@ -127,13 +136,50 @@ class ControlStep:
             max_step_periods=cfg.max_step_periods)
         self._smoother = ActionSmoother(cfg.smoothing_alpha)
         self._active_since: float | None = None
+        self._player = ChunkPlayer(cfg.chunk_dt_s) if cfg.chunk_dt_s > 0 else None
+        self._played: tuple[object, object] | None = None  # (latent, policy) the current chunk came from
+
+    @property
+    def chunks_played(self) -> int:
+        """Chunks started since the last reset (0 in receding-horizon mode)."""
+        return self._player.chunks if self._player is not None else 0
 
     def reset(self) -> None:
         """Activation: the first command starts from the measured position; the heartbeat clock restarts."""
         if self.filter is not None:
             self.filter.reset()
         self._smoother.reset()
+        self._reset_chunks()
         self._active_since = None
+
+    def _reset_chunks(self) -> None:
+        if self._player is not None:
+            self._player.reset()
+        self._played = None
+
+    def _target(self, now_s: float, policy: LoadedPolicy, latent: LatentInput, joints: JointInput):
+        """The unsmoothed (J,) target in command order, or None when the L step fails."""
+        player = self._player
+        played = self._played  # identity, not equality: a new message is a new chunk even if equal
+        if player is not None and played is not None and played[0] is latent and played[1] is policy \
+                and player.has_chunk:
+            return player.sample(now_s)  # between latents: play the chunk
+        try:
+            chunk = policy.fast.act(latent.z, joints.position, joints.velocity)
+        except (ValueError, FloatingPointError):
+            return None
+        chunk = np.asarray(chunk)
+        if chunk.ndim != 2 or chunk.shape[0] < 1:
+            return None
+        if policy.perm is not None:
+            if chunk.shape[1] != len(policy.perm):
+                return None
+            chunk = chunk[:, policy.perm]
+        if player is None or chunk.shape[0] == 1:
+            return chunk[0]
+        player.push(chunk, latent.stamp_s if latent.stamp_s != 0.0 else latent.arrival_s, now_s)
+        self._played = (latent, policy)
+        return player.sample(now_s)
 
     def _check_heartbeat(self, now_s: float, heartbeat_s: float | None) -> None:
         timeout = self.cfg.e_stop_heartbeat_timeout_s
@@ -161,12 +207,9 @@ class ControlStep:
         target = None
         if policy is not None and not latent_problem and not joint_problem:
             if latent.z.shape == (policy.latent_dim,) and joints.position.shape == (len(policy.model_names),):
-                try:
-                    step = policy.fast.act(latent.z, joints.position, joints.velocity)[0]
-                except (ValueError, FloatingPointError):
-                    step = None
+                step = self._target(now_s, policy, latent, joints)
                 if step is not None:
-                    target = self._smoother(step if policy.perm is None else step[policy.perm])
+                    target = self._smoother(step)
         filt = self.filter
         if filt is None:
             return TickResult(None, None, SafetyStatus.DISABLED, "dry run: no joint limits configured", "")
@@ -174,6 +217,7 @@ class ControlStep:
                         joint_problem=joint_problem, latent_problem=latent_problem)
         if res.status is not SafetyStatus.OK:
             self._smoother.reset()
+            self._reset_chunks()
         clock = ""
         if res.status is SafetyStatus.HOLD_STALE_JOINTS:
             clock = joint_clock

@@ -12,6 +12,7 @@ on its domain. Ids come from the ranges the ROS 2 docs give as clear of Linux's 
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import tempfile
@@ -37,6 +38,7 @@ def reserve_domain_id(lock_dir: str | Path | None = None) -> int:
             handle.close()
             continue
         _held[domain] = handle
+        atexit.register(handle.close)  # the kernel drops the lock with the process anyway
         return domain
     raise RuntimeError(f"every safe ROS domain id is reserved by another run (lock files in {directory})")
 
