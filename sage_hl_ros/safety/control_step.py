@@ -139,11 +139,6 @@ class ControlStep:
         self._player = ChunkPlayer(cfg.chunk_dt_s) if cfg.chunk_dt_s > 0 else None
         self._played: tuple[object, object] | None = None  # (latent, policy) the current chunk came from
 
-    @property
-    def chunks_played(self) -> int:
-        """Chunks started since the last reset (0 in receding-horizon mode)."""
-        return self._player.chunks if self._player is not None else 0
-
     def reset(self) -> None:
         """Activation: the first command starts from the measured position; the heartbeat clock restarts."""
         if self.filter is not None:
@@ -159,10 +154,9 @@ class ControlStep:
 
     def _target(self, now_s: float, policy: LoadedPolicy, latent: LatentInput, joints: JointInput):
         """The unsmoothed (J,) target in command order, or None when the L step fails."""
-        player = self._player
-        played = self._played  # identity, not equality: a new message is a new chunk even if equal
-        if player is not None and played is not None and played[0] is latent and played[1] is policy \
-                and player.has_chunk:
+        player, played = self._player, self._played
+        # Identity, not equality: a new latent message starts a new chunk even if its values repeat.
+        if played is not None and played[0] is latent and played[1] is policy:
             return player.sample(now_s)  # between latents: play the chunk
         try:
             chunk = policy.fast.act(latent.z, joints.position, joints.velocity)

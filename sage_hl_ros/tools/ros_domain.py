@@ -20,25 +20,25 @@ from pathlib import Path
 
 SAFE_DOMAIN_IDS = tuple(range(1, 102)) + tuple(range(215, 233))
 
-_held: dict[int, object] = {}  # domain id -> open lock file, kept for the process's lifetime
+_held: dict[Path, int] = {}  # lock directory -> the domain id this process holds there
 
 
 def reserve_domain_id(lock_dir: str | Path | None = None) -> int:
-    """The first free safe domain id from a pid-dependent start, locked for this process."""
-    directory = Path(lock_dir or tempfile.gettempdir())
+    """This process's domain id: the first free safe id from a pid-dependent start, locked once."""
+    directory = Path(lock_dir or tempfile.gettempdir()).resolve()
+    if directory in _held:
+        return _held[directory]
     start = os.getpid() % len(SAFE_DOMAIN_IDS)
     for k in range(len(SAFE_DOMAIN_IDS)):
         domain = SAFE_DOMAIN_IDS[(start + k) % len(SAFE_DOMAIN_IDS)]
-        if domain in _held:
-            return domain
         handle = open(directory / f"sage_hl_ros-ros-domain-{domain}.lock", "a")  # noqa: SIM115 (held)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
             continue
-        _held[domain] = handle
-        atexit.register(handle.close)  # the kernel drops the lock with the process anyway
+        _held[directory] = domain
+        atexit.register(handle.close)  # keeps the lock open until exit (the kernel drops it then anyway)
         return domain
     raise RuntimeError(f"every safe ROS domain id is reserved by another run (lock files in {directory})")
 
@@ -51,7 +51,5 @@ def isolate_ros_graph(keep_existing: bool = False) -> dict[str, str]:
     """
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     if not (keep_existing and os.environ.get("ROS_DOMAIN_ID")):
-        current = os.environ.get("ROS_DOMAIN_ID", "")
-        if not (current.isdigit() and int(current) in _held):
-            os.environ["ROS_DOMAIN_ID"] = str(reserve_domain_id())
+        os.environ["ROS_DOMAIN_ID"] = str(reserve_domain_id())  # the same id on every call
     return {k: os.environ[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
