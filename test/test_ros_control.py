@@ -380,7 +380,7 @@ def _assert_flowing(harness, node, t0, n_ticks):
     times, statuses = node.tick_log()
     recent = statuses[-(node._ticks - n_ticks):]
     assert recent and set(s.value for s in recent) == {"ok"}, set(s.value for s in recent)
-    assert len(_commands(harness, t0)) > 10
+    wait_for(lambda: len(_commands(harness, t0)) > 10, 10.0, what="commands arriving since the reload")
 
 
 def test_configure_failures_are_clear(graph, files):
@@ -528,28 +528,33 @@ def test_missing_heartbeat_latches_the_estop(graph, make_node):
 
 
 def test_twenty_reloads_at_200_hz_miss_no_ticks(graph, make_node, files):
-    """Reload = torch-free read of a few small tensors on a worker thread: the loop keeps its ticks.
+    """Reload = load, verify and warm up in the node's helper process; this interpreter only swaps.
 
     Judged from the node's own records (reload log, tick log). A *missed* tick is a control
     deadline that passed without a command: a tick gap of two periods or more (the loop then skips
-    the deadline, ``skipped_deadlines``). None may fall in a reload window. Only if the same run
-    also skips deadlines outside the windows (a busy machine stalls any process now and then) is
-    a miss in a window tolerated, and then only at no more than 3x the outside rate. Late ticks
-    (1.5-2 periods: the command still went out in its period) are counted and printed.
+    the deadline, ``skipped_deadlines``). The control thread runs SCHED_FIFO where allowed (the
+    documented setting for a loaded machine), so what remains is mostly this process's own
+    contention. On an idle machine no reload window misses a deadline. A busy machine stalls any
+    process now and then, so the windows are compared with 3 s of ticks right after the reloads:
+    their miss rate may not exceed 3x the outside rate's upper bound ((misses + 3) / ticks, which
+    covers an outside count of 0). A reload that blocked the loop (the original bug: 175 ms, 35
+    deadlines per reload; hashing the whole file on a thread: 2-19 per 20 reloads idle) fails it.
+    Late ticks (1.5-2 periods: the command still went out in its period) are counted and printed.
     """
     harness, _ = graph
-    node = make_node(enable_control=True, **_PATIENT_INPUTS)
+    node = make_node(enable_control=True, realtime_priority=10, **_PATIENT_INPUTS)
     _wait_status(node, "ok")
     for k in range(20):
         path = str(files / ("plus" if k % 2 == 0 else "zero"))
         result = harness.set_params(node.get_name(), {"model_dir": path})[0]
         assert result.successful, result.reason
-        wait_for(lambda k=k: node._reloads >= k + 1 and not node._loader.busy, 20.0, what=f"reload {k + 1}")
+        wait_for(lambda k=k: node._reloads >= k + 1 and not node._loader.busy, 60.0, what=f"reload {k + 1}")
     log = node.reload_log()
     t_end = node._now_s()
-    # As many ticks again without reloads: the outside rate of this machine's own stalls.
-    wait_for(lambda: node._now_s() - t_end > 1.5, 10.0, interval_s=0.1, what="ticks after the reloads")
+    wait_for(lambda: node._now_s() - t_end > 3.0, 20.0, interval_s=0.1, what="ticks after the reloads")
     assert len(log) == 20 and not node._reload_failed
+    worker = node._reload_worker
+    assert (worker.calls, worker.starts) == (20, 1), "every reload ran in the one helper process"
     times, statuses = node.tick_log()
     period_ns = 1e9 / 200.0
     gaps = np.diff(times)
@@ -564,17 +569,17 @@ def test_twenty_reloads_at_200_hz_miss_no_ticks(graph, make_node, files):
     outside[: max(first - 1, 0)] = False  # start-up ticks before the first reload do not count
     miss_in, miss_out = int(missed[in_window].sum()), int(missed[outside].sum())
     n_in, n_out = int(in_window.sum()), int(outside.sum())
-    print(f"reloads=20 reload_cpu_max_ms={log[:, 2].max():.2f} ticks_in_reload_windows={n_in} "
-          f"missed_in={miss_in} missed_outside={miss_out}/{n_out} late_in={int(late[in_window].sum())} "
+    assert n_out > 400, f"only {n_out} ticks outside the reload windows"
+    allowed = 3.0 * n_in * (miss_out + 3.0) / n_out
+    print(f"reloads=20 rt={node._loop.rt_status!r} parent_cpu_max_ms={log[:, 2].max():.2f} "
+          f"ticks_in_reload_windows={n_in} missed_in={miss_in} (allowed {allowed:.1f}) "
+          f"missed_outside={miss_out}/{n_out} late_in={int(late[in_window].sum())} "
           f"late_outside={int(late[outside].sum())}")
-    if miss_out == 0:
-        assert miss_in == 0, f"reloads missed {miss_in} control deadlines in {n_in} ticks; none missed outside"
-    else:
-        assert miss_in / max(n_in, 1) <= 3 * miss_out / n_out, (
-            f"reload windows missed deadlines at {miss_in}/{n_in}, the machine's own stalls {miss_out}/{n_out}")
-    # CPU of a reload in the control process: a few ms once the weights' hash is known (a first load
-    # also hashes the file, ~40-100 ms of GIL-free hashlib; a torch model build was ~200 ms of GIL).
-    assert np.median(log[:, 2]) < 30.0, f"reloads used {np.median(log[:, 2]):.1f} ms of CPU (median)"
+    assert miss_in <= allowed, (f"reload windows missed {miss_in} deadlines in {n_in} ticks; the machine's own "
+                                f"stalls outside them: {miss_out} in {n_out}")
+    # This interpreter's CPU per reload: unpickling the helper's result and the checks (~3 ms);
+    # loading in the control process itself was 12-16 ms (and ~200 ms for a torch model build).
+    assert np.median(log[:, 2]) < 10.0, f"reloads used {np.median(log[:, 2]):.1f} ms of CPU (median)"
 
 
 def test_controller_joint_order_is_checked(graph, make_node):

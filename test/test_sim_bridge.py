@@ -296,10 +296,13 @@ class TestStreaming:
         for m in frames:
             pcm = multiarray_to_numpy(m, expected_size=int(16000 / AUDIO_HZ))
             assert np.abs(pcm).max() <= 1.0
-        # Audio frames cover sim time: about AUDIO_HZ frames per sim second of the window.
+        # Audio and tactile follow sim time: at most their rate per sim second of the window (never a
+        # burst), and most of it arrives. Both are best-effort (sensor QoS), so a loaded receiver drops
+        # some: 144 of 176 tactile messages arrived in one run on a busy 2-core machine.
         sim_s = (js[-1] - js[0]) * 1e-9
-        assert abs(len(frames) - AUDIO_HZ * sim_s) <= 2 + 0.1 * AUDIO_HZ * sim_s, (len(frames), sim_s)
-        assert abs(len(window["tactile"]) - TACTILE_HZ * sim_s) <= 2 + 0.1 * TACTILE_HZ * sim_s
+        for key, hz in (("audio", AUDIO_HZ), ("tactile", TACTILE_HZ)):
+            expected = hz * sim_s
+            assert 0.5 * expected <= len(window[key]) <= expected + 2 + 0.05 * expected, (key, len(window[key]), sim_s)
 
     def test_joint_command_moves_the_arm_by_name(self, harness, streaming):
         from sensor_msgs.msg import JointState

@@ -12,8 +12,10 @@ SafetyFilter (limits per elapsed time, stale-input hold, latching e-stop, enable
 (nothing when the step says so; holds repeat the last command, never zeros). Staleness uses both
 clocks: age = max(now - arrival, now - header stamp); stamps in the future beyond
 ``clock_skew_tolerance_s`` are rejected. This process never imports torch: the L step is read
-from the checkpoint's safetensors with numpy, which also keeps a hot reload to a few
-milliseconds of interpreter time (a torch model build stalled the loop for ~175 ms).
+from the checkpoint's safetensors with numpy. A hot reload loads, verifies and warms up the new
+checkpoint in a helper process (ros/worker_process.py, started on the first reload, nice +19);
+this interpreter only unpickles the result and swaps it in between ticks (a torch model build in
+the loop's process stalled it for ~175 ms; a numpy load on a thread still cost deadlines).
 
 Subscribed topics (QoS overridable via ``qos.<name>.{reliability,depth,durability}``)
     /sage/latent       sensor_msgs/Image 32FC1 1xD (from sage_context)         qos.latent: reliable
@@ -32,7 +34,7 @@ Published topics
     ~/e_stop_state     std_msgs/Bool, transient-local: true while the e-stop is latched (on every change)
     /diagnostics       diagnostic_msgs/DiagnosticArray every diagnostics_period_s
 Services
-    ~/reload_model     std_srvs/Trigger: load the checkpoint at ``model_dir`` on a worker thread,
+    ~/reload_model     std_srvs/Trigger: load the checkpoint at ``model_dir`` in the helper process,
                        validate (same joint names and latent size), warm up, swap between ticks.
                        A bad checkpoint -> success=false + reason; commands keep flowing.
     ~/reset_e_stop     std_srvs/Trigger: release the e-stop latch
@@ -123,7 +125,6 @@ from std_msgs.msg import Bool, Empty
 from std_srvs.srv import Trigger
 
 from ..core.checkpoint_files import CheckpointError
-from ..core.fast_policy import NumpyLPolicy
 from ..safety import (
     ControlStep,
     ControlStepConfig,
@@ -134,44 +135,18 @@ from ..safety import (
     LoadedPolicy,
     SafetyStatus,
 )
+from ..safety.policy_loader import load_policy
 from . import commands, convert
 from .diagnostics import RollingStats, diagnostic_array, status
 from .node_main import BackgroundLoader, ClockLoop, DeclaredParams, Throttle, check_checkpoint_dir, run_node
 from .qos import declare_qos
+from .worker_process import WorkerProcess
 
 STATUS_CODES = {s: i for i, s in enumerate(SafetyStatus)}  # tick log: status -> small int
 _STATUS_BY_CODE = list(SafetyStatus)
 TICK_LOG_SIZE = 8192  # ring of (tick time, status) for diagnostics and tests
 RELOAD_LOG_SIZE = 256  # (start ns, swap ns, cpu ms) of recent reloads, node clock
-_WARMUP_CALLS = 20
 _HOLDS = (SafetyStatus.HOLD_STALE_LATENT, SafetyStatus.HOLD_STALE_JOINTS, SafetyStatus.HOLD_INVALID_TARGET)
-
-
-def load_policy(model_dir: str, command_names: list[str] | None) -> LoadedPolicy:
-    """Torch-free load (weights hash verified), joint set checked against ``command_names``
-    (None = use the checkpoint's order), warmed up."""
-    t0 = time.perf_counter()
-    if not model_dir:
-        raise CheckpointError("model_dir is empty: set the model_dir parameter to a checkpoint directory")
-    fast, info = NumpyLPolicy.from_checkpoint(model_dir)
-    names = info.joint_names
-    perm = None
-    if command_names:
-        if len(set(command_names)) != len(command_names):
-            raise ValueError(f"joint_names has duplicates: {command_names}")
-        missing = [n for n in names if n not in command_names]
-        extra = [n for n in command_names if n not in names]
-        if missing or extra:
-            raise ValueError(f"joint_names {list(command_names)} is not the checkpoint's joint set {list(names)}"
-                             f" (missing {missing}, unknown {extra})")
-        if tuple(command_names) != names:
-            perm = np.array([names.index(n) for n in command_names], dtype=np.intp)
-    z = np.zeros(info.latent_dim, dtype=np.float32)
-    q = np.zeros(len(names))
-    for _ in range(_WARMUP_CALLS):
-        fast.act(z, q, q)
-    return LoadedPolicy(fast, info.model_dir, info.sha256, names, perm, info.latent_dim,
-                        (time.perf_counter() - t0) * 1e3, fast.cfg.observation.input_ranges)
 
 
 def _best_effort(profile: QoSProfile) -> QoSProfile:
@@ -233,6 +208,8 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._filter = None  # the step's SafetyFilter (None: no limits, dry run)
         self._loop: ClockLoop | None = None
         self._loader = BackgroundLoader(self, self._load_job, on_done=self._note_reload, name="sage_control_loader")
+        # Reloads load, verify and warm up in a helper process: this interpreter only unpickles the result.
+        self._reload_worker = WorkerProcess("sage_hl_ros.safety.policy_loader:load_policy", "model reload")
         self._reload_failed, self._reload_note = False, ""
         self._reload_log = np.zeros((RELOAD_LOG_SIZE, 3))
         self._reloads = 0
@@ -464,12 +441,14 @@ class ControlNode(DeclaredParams, LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_loop()
         self._destroy_entities()
+        self._reload_worker.close()
         self._policy = self._step = self._filter = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_loop()
         self._destroy_entities()
+        self._reload_worker.close()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -483,6 +462,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
 
     def destroy_node(self):
         self.release()
+        self._reload_worker.close()
         return super().destroy_node()
 
     def _stop_loop(self) -> None:
@@ -701,7 +681,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         current = self._policy
         if current is None:
             raise CheckpointError("not configured")
-        new = load_policy(path, list(self._command_names))
+        new = self._reload_worker.call(path, list(self._command_names))
         if new.model_names != current.model_names:
             raise CheckpointError(f"{path}: joint names {list(new.model_names)} differ from the running model's "
                                   f"{list(current.model_names)}; reconfigure the node to change robots")
