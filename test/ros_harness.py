@@ -64,15 +64,20 @@ def small_config_dict(joint_names: list[str]) -> dict:
     }
 
 
-def make_checkpoint(directory: Path, joint_names: list[str], bias: float | None = 0.0) -> Path:
-    """Save a small checkpoint. ``bias`` not None: the L-module outputs the constant delta ``bias``."""
+def make_checkpoint(directory: Path, joint_names: list[str], bias: float | None = 0.0,
+                    model: dict | None = None) -> Path:
+    """Save a small checkpoint. ``bias`` not None: the L-module outputs the constant delta ``bias``.
+    ``model``: overrides of the model config (e.g. ``{"action_chunk": 4}``)."""
     import torch
 
     from sage_hl_ros.core.checkpoint import save_checkpoint
     from sage_hl_ros.core.config import SageConfig
     from sage_hl_ros.core.system import build_model
 
-    model = build_model(SageConfig.from_dict(small_config_dict(joint_names)))
+    cfg = small_config_dict(joint_names)
+    if model:
+        cfg["model"] = dict(model)
+    model = build_model(SageConfig.from_dict(cfg))
     if bias is not None:
         last = model.l_module.net[-1]
         with torch.no_grad():

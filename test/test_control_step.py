@@ -87,8 +87,13 @@ tick = st.fixed_dictionaries({
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(tick, min_size=1, max_size=80), st.booleans(), st.booleans())
 def test_any_input_sequence_gives_safe_commands(ticks, heartbeat, chunked):
-    """Also with K = 3 chunks played between latents (chunk_dt_s > 0): the same guarantees."""
-    cs = _step(e_stop_heartbeat_timeout_s=0.1 if heartbeat else 0.0, chunk_dt_s=0.02 if chunked else 0.0)
+    """Also with K = 3 chunks played between latents (chunk_dt_s > 0): the same guarantees, also for
+    every look-ahead point of a trajectory command (point to point by the chunk's spacing), and the
+    look-ahead never changes the commands (a twin without it commands the same)."""
+    hb_timeout = 0.1 if heartbeat else 0.0
+    cs = _step(e_stop_heartbeat_timeout_s=hb_timeout, chunk_dt_s=0.02 if chunked else 0.0, trajectory_preview=True)
+    twin = _step(e_stop_heartbeat_timeout_s=hb_timeout, chunk_dt_s=0.02 if chunked else 0.0)
+    twin.estop = twin.filter.estop = cs.estop
     estop = cs.estop
     fast = ScriptedPolicy()
     policy = _policy(fast)
@@ -122,6 +127,13 @@ def test_any_input_sequence_gives_safe_commands(ticks, heartbeat, chunked):
                                 0.0 if t["unstamped"] else now - t["joint_stamp_age"], now)
         was_latched = estop.latched
         res = cs.step(now, policy, latent, joints, t["enabled"], hb if heartbeat else None)
+        twin_res = twin.step(now, policy, latent, joints, t["enabled"], hb if heartbeat else None)
+        assert twin_res.status is res.status
+        if res.command is not None:
+            np.testing.assert_array_equal(twin_res.command, res.command)
+        if res.preview_positions is not None:
+            assert chunked and res.status is SafetyStatus.OK
+            _assert_preview_safe(res, 0.02)
         if estop.latched and not was_latched:
             latched_since_reset = True
         if t["estop"] == "reset":
@@ -153,6 +165,16 @@ def test_any_input_sequence_gives_safe_commands(ticks, heartbeat, chunked):
             assert (vel == 0).all()
         last_cmd, last_vel, last_t = cmd, vel, now
         last_ok = res.status is SafetyStatus.OK
+
+
+def _assert_preview_safe(res, dt):
+    """Every look-ahead point inside the limits, within speed and acceleration of the one before."""
+    pos = np.vstack([res.command, res.preview_positions])
+    vel = np.vstack([res.velocity, res.preview_velocities])
+    assert np.isfinite(pos).all() and np.isfinite(vel).all()
+    assert (pos >= LOWER).all() and (pos <= UPPER).all()
+    assert (np.abs(np.diff(pos, axis=0)) <= VMAX * dt * (1 + 1e-9) + 1e-12).all()
+    assert (np.abs(np.diff(vel, axis=0)) <= AMAX * dt * (1 + 1e-9) + 1e-6).all()
 
 
 # --------------------------------------------------------------------------- examples
@@ -294,3 +316,39 @@ def test_control_step_and_numpy_policy_do_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_trajectory_preview_follows_the_chunk_and_brakes_at_the_limit():
+    """Far from the limits the look-ahead points are the chunk's; a chunk that runs into a position
+    limit is cut to a stop inside it, and the real commands are unchanged by the look-ahead."""
+    cs = _step(chunk_dt_s=0.02, trajectory_preview=True)
+    fast = ScriptedPolicy()
+    # A chunk that speeds up within the acceleration limits (from rest: v 0.1/0.2/0.3 rad/s on j1, ...).
+    fast.next = np.array([[0.0, 0.0, 0.0], [0.002, 0.004, 0.001], [0.006, 0.012, 0.003], [0.012, 0.024, 0.006]])
+    policy = _policy(fast)
+    latent, joints = _fresh_inputs(cs, 0.0, None)
+    res = cs.step(0.0, policy, latent, joints, True)
+    assert res.status is SafetyStatus.OK and res.preview_positions.shape == (3, 3)
+    np.testing.assert_allclose(res.preview_positions, fast.next[1:], atol=1e-12)
+    np.testing.assert_allclose(res.preview_velocities, np.diff(fast.next, axis=0) / 0.02, atol=1e-9)
+    res2 = cs.step(PERIOD, policy, latent, joints, True)  # a quarter of the way to the next point
+    assert res2.preview_positions.shape == (2, 3)
+    _assert_preview_safe(res2, 0.02)
+
+    cs = _step(chunk_dt_s=0.02, trajectory_preview=True)
+    fast.next = np.array([[0.95, 0.0, 0.0], [1.5, 0.0, 0.0], [2.0, 0.0, 0.0], [2.5, 0.0, 0.0]])
+    m = np.array([0.95, 0.0, 0.0])
+    latent = LatentInput(np.zeros(D, np.float32), 0.0, 0.0)
+    joints = JointInput(m.astype(np.float32), np.zeros(3, np.float32), m, 0.0, 0.0)
+    res = cs.step(0.0, policy, latent, joints, True)
+    _assert_preview_safe(res, 0.02)
+    x, v = res.preview_positions[-1, 0], res.preview_velocities[-1, 0]
+    assert x < 1.0 and v * v / (2 * AMAX[0]) <= 1.0 - x + 1e-12, "the last point can still stop inside the limit"
+
+
+def test_no_preview_without_a_played_chunk():
+    cs = _step(trajectory_preview=True)  # receding horizon: nothing is played, nothing previewed
+    fast = ScriptedPolicy()
+    fast.next = np.array([[0.1, 0.1, 0.1], [0.2, 0.2, 0.2]])
+    latent, joints = _fresh_inputs(cs, 0.0, None)
+    assert cs.step(0.0, _policy(fast), latent, joints, True).preview_positions is None

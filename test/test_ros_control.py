@@ -34,6 +34,7 @@ def files(tmp_path_factory):
     make_checkpoint(root / "zero", CKPT_ORDER, bias=0.0)
     make_checkpoint(root / "plus", CKPT_ORDER, bias=0.05)
     make_checkpoint(root / "other_robot", ["a", "b", "c", "d"], bias=0.0)
+    make_checkpoint(root / "chunked", CKPT_ORDER, bias=0.0, model={"action_chunk": 4, "action_chunk_dt_s": 0.05})
     shutil.copytree(root / "zero", root / "corrupt")
     (root / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage, not safetensors" * 10)
     write_limits(root / "limits.yaml", LIMITS)
@@ -323,6 +324,33 @@ def test_three_output_interfaces(graph, make_node):
     assert isinstance(j, JointState) and list(j.name) == COMMAND_ORDER
     np.testing.assert_allclose(np.array(j.position), EXPECTED, atol=1e-6)
     assert j.header.stamp.sec > 0
+
+
+def test_joint_trajectory_carries_the_played_chunk(graph, make_node, files):
+    """K = 4 chunk, 0.05 s apart: each JointTrajectory has the command plus the chunk's points still
+    ahead, 0.05 s apart, every one inside the limits (the safety filter's look-ahead)."""
+    from trajectory_msgs.msg import JointTrajectory
+
+    harness, _ = graph
+    traj = harness.record(JointTrajectory, "/forward_position_controller/joint_trajectory")
+    node = make_node(enable_control=True, control_rate_hz=100.0, command_interface="joint_trajectory",
+                     model_dir=str(files / "chunked"), trajectory_time_from_start_s=0.02)
+    assert node._chunk_dt_s == 0.05
+    wait_for(lambda: sum(len(m.points) > 1 for _, m in traj.snapshot()) > 10, 15.0, what="multi-point trajectories")
+    lower = np.array([LIMITS[n][0] for n in COMMAND_ORDER])
+    upper = np.array([LIMITS[n][1] for n in COMMAND_ORDER])
+    counts = set()
+    for _, msg in traj.snapshot():
+        counts.add(len(msg.points))
+        assert 1 <= len(msg.points) <= 4 and list(msg.joint_names) == COMMAND_ORDER
+        times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        np.testing.assert_allclose(np.diff(times), 0.05, atol=1e-9)
+        assert times[0] == pytest.approx(0.02)
+        for p in msg.points:
+            pos = np.array(p.positions)
+            assert np.all(pos >= lower - 1e-12) and np.all(pos <= upper + 1e-12) and len(p.velocities) == 4
+    assert counts & {2, 3, 4}, counts
+    np.testing.assert_allclose(np.array(traj.last().points[-1].positions), EXPECTED, atol=1e-6)
 
 
 def test_reload_swaps_model_and_rejects_bad_checkpoints(graph, make_node, files, tmp_path):

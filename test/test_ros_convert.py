@@ -398,6 +398,14 @@ def test_joint_trajectory_msg():
         commands.joint_trajectory_msg(JOINTS, np.zeros(4), np.zeros(2), stamp, 0.1)
     with pytest.raises(ValueError, match="time_from_start_s"):
         commands.joint_trajectory_msg(JOINTS, np.zeros(4), None, stamp, -1.0)
+    # An action chunk: the command, then the look-ahead points preview_dt_s apart.
+    ahead = np.arange(8.0).reshape(2, 4)
+    msg = commands.joint_trajectory_msg(JOINTS, np.zeros(4), np.zeros(4), None, 0.02, ahead, -ahead, 0.05)
+    assert [list(p.positions) for p in msg.points] == [[0.0] * 4, list(ahead[0]), list(ahead[1])]
+    assert list(msg.points[2].velocities) == list(-ahead[1])
+    assert [p.time_from_start.nanosec for p in msg.points] == [20_000_000, 70_000_000, 120_000_000]
+    with pytest.raises(ValueError, match="preview_dt_s"):
+        commands.joint_trajectory_msg(JOINTS, np.zeros(4), None, None, 0.02, ahead, None, 0.0)
 
 
 def test_joint_state_command_msg():

@@ -77,14 +77,27 @@ class ChunkPlayer:
 
     def sample(self, now_s: float) -> np.ndarray | None:
         """The (J,) target at ``now_s``, or None before the first chunk."""
+        target = self.peek(now_s)
+        if self._old is not None and not (now_s - self._switch_s) / self.blend_s < 1.0:
+            self._old = None  # faded out (or NaN): only the new chunk from now on
+        return target
+
+    def peek(self, time_s: float) -> np.ndarray | None:
+        """The (J,) target at ``time_s`` without changing the player (for look-ahead points)."""
         if self._chunk is None:
             return None
-        target = sample_chunk(self._chunk, self._t0, self.dt_s, now_s)
+        target = sample_chunk(self._chunk, self._t0, self.dt_s, time_s)
         if self._old is not None:
-            w = (now_s - self._switch_s) / self.blend_s
-            if not w < 1.0:  # faded out (or NaN): only the new chunk from now on
-                self._old = None
-            else:
+            w = (time_s - self._switch_s) / self.blend_s
+            if w < 1.0:
                 w = max(w, 0.0)
-                target = w * target + (1.0 - w) * sample_chunk(self._old, self._old_t0, self.dt_s, now_s)
+                target = w * target + (1.0 - w) * sample_chunk(self._old, self._old_t0, self.dt_s, time_s)
         return target
+
+    def remaining_points(self, now_s: float) -> int:
+        """How many of the chunk's ``dt_s``-spaced points still lie ahead of ``now_s`` (0 past its end)."""
+        if self._chunk is None:
+            return 0
+        end = self._t0 + (self._chunk.shape[0] - 1) * self.dt_s
+        ahead = (end - now_s) / self.dt_s
+        return int(min(max(math.floor(ahead + 1e-9), 0), self._chunk.shape[0] - 1)) if ahead > 0 else 0

@@ -23,6 +23,12 @@ class ActionSmoother:
     def reset(self, value: np.ndarray | None = None) -> None:
         self._last = None if value is None else np.array(value, dtype=np.float64)
 
+    def fork(self) -> ActionSmoother:
+        """An independent copy in the same state (to look ahead without touching this one)."""
+        twin = ActionSmoother(self.alpha)
+        twin.reset(self._last)
+        return twin
+
     def __call__(self, target: np.ndarray) -> np.ndarray:
         if self._last is None or self.alpha >= 1.0:
             self._last = np.array(target, dtype=np.float64)

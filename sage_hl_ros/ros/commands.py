@@ -55,31 +55,50 @@ def position_array_msg(positions: np.ndarray) -> Float64MultiArray:
     return msg
 
 
+def _duration(seconds: float) -> Duration:
+    sec = math.floor(seconds)
+    return Duration(sec=int(sec), nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
+
+
+def _point(names: Sequence[str], positions, velocities, time_from_start_s: float) -> JointTrajectoryPoint:
+    _check_len("positions", positions, names)
+    point = JointTrajectoryPoint()
+    point.positions = _f64(positions)
+    if velocities is not None and len(velocities):
+        _check_len("velocities", velocities, names)
+        point.velocities = _f64(velocities)
+    point.time_from_start = _duration(time_from_start_s)
+    return point
+
+
 def joint_trajectory_msg(
     names: Sequence[str],
     positions: np.ndarray,
     velocities: np.ndarray | None,
     stamp,
     time_from_start_s: float,
+    preview_positions: np.ndarray | None = None,
+    preview_velocities: np.ndarray | None = None,
+    preview_dt_s: float = 0.0,
 ) -> JointTrajectory:
-    """JointTrajectory with one point (positions + velocities) reached ``time_from_start_s``
-    after ``stamp``; a zero stamp means "start now" for joint_trajectory_controller."""
-    _check_len("positions", positions, names)
+    """JointTrajectory whose first point (positions + velocities) is reached ``time_from_start_s``
+    after ``stamp`` (a zero stamp means "start now" for joint_trajectory_controller). With
+    ``preview_positions`` (M, J), M more points follow, ``preview_dt_s`` apart: an action chunk
+    the controller interpolates between messages."""
     if not (math.isfinite(time_from_start_s) and time_from_start_s >= 0.0):
         raise ValueError(f"time_from_start_s must be finite and >= 0, got {time_from_start_s}")
-    point = JointTrajectoryPoint()
-    point.positions = _f64(positions)
-    if velocities is not None and len(velocities):
-        _check_len("velocities", velocities, names)
-        point.velocities = _f64(velocities)
-    sec = math.floor(time_from_start_s)
-    nanosec = min(int(round((time_from_start_s - sec) * 1e9)), 999_999_999)
-    point.time_from_start = Duration(sec=int(sec), nanosec=nanosec)
+    points = [_point(names, positions, velocities, time_from_start_s)]
+    if preview_positions is not None and len(preview_positions):
+        if not (math.isfinite(preview_dt_s) and preview_dt_s > 0.0):
+            raise ValueError(f"preview_dt_s must be finite and > 0, got {preview_dt_s}")
+        for m, pos in enumerate(preview_positions, start=1):
+            vel = preview_velocities[m - 1] if preview_velocities is not None else None
+            points.append(_point(names, pos, vel, time_from_start_s + m * preview_dt_s))
     msg = JointTrajectory()
     if stamp is not None:
         msg.header.stamp = stamp
     msg.joint_names = list(names)
-    msg.points = [point]
+    msg.points = points
     return msg
 
 

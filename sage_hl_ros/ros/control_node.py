@@ -28,7 +28,9 @@ Subscribed topics (QoS overridable via ``qos.<name>.{reliability,depth,durabilit
 Published topics
     command_interface position_array:   std_msgs/Float64MultiArray  /<controller_name>/commands
                       joint_trajectory: trajectory_msgs/JointTrajectory /<controller_name>/joint_trajectory
-                                        (one point: positions + velocities, time_from_start)
+                                        (the command: positions + velocities at time_from_start;
+                                        while a chunk plays, its remaining points follow
+                                        action_chunk_dt_s apart, each safety-filtered)
                       joint_state:      sensor_msgs/JointState      <joint_command_topic> (Isaac Sim)
                       all in the configured joint order                     qos.command: command
     ~/e_stop_state     std_msgs/Bool, transient-local: true while the e-stop is latched (on every change)
@@ -301,7 +303,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
             clock_skew_tolerance_s=float(g("clock_skew_tolerance_s")),
             e_stop_heartbeat_timeout_s=float(g("e_stop_heartbeat_timeout_s")) if hb_topic else 0.0,
             require_stamps=bool(g("require_stamps")), smoothing_alpha=float(g("smoothing_alpha")),
-            chunk_dt_s=self._chunk_dt_s)
+            chunk_dt_s=self._chunk_dt_s, trajectory_preview=self._interface == "joint_trajectory")
 
         self._command_names = names_param or list(policy.model_names)
         limits = self._load_limits(self._command_names)
@@ -619,7 +621,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         now_s = (now_ns - self._origin_ns) * 1e-9
         res = step.step(now_s, self._policy, self._latent, self._joints, enabled, self._heartbeat_s)
         if res.command is not None:
-            self._publish(res.command, res.velocity, now_ns)
+            self._publish(res, now_ns)
             self._published += 1
         if res.status is SafetyStatus.ESTOP and self._estop_published is False:
             self._publish_estop_state()  # a heartbeat timeout latched it inside the step
@@ -632,16 +634,19 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._ticks += 1
         self._compute_stats.add(time.perf_counter() - t0)
 
-    def _publish_array(self, command, velocity, now_ns) -> None:
-        self._cmd_pub.publish(commands.position_array_msg(command))
+    def _publish_array(self, res, now_ns) -> None:
+        self._cmd_pub.publish(commands.position_array_msg(res.command))
 
-    def _publish_trajectory(self, command, velocity, now_ns) -> None:
-        # Zero stamp = "start now" for joint_trajectory_controller (immune to clock offsets).
-        self._cmd_pub.publish(commands.joint_trajectory_msg(self._command_names, command, velocity, None, self._tfs))
+    def _publish_trajectory(self, res, now_ns) -> None:
+        # Zero stamp = "start now" for joint_trajectory_controller (immune to clock offsets). A played
+        # chunk's remaining points follow the command (ControlStep's trajectory_preview).
+        self._cmd_pub.publish(commands.joint_trajectory_msg(
+            self._command_names, res.command, res.velocity, None, self._tfs,
+            res.preview_positions, res.preview_velocities, self._chunk_dt_s))
 
-    def _publish_joint_state(self, command, velocity, now_ns) -> None:
+    def _publish_joint_state(self, res, now_ns) -> None:
         stamp = TimeMsg(sec=now_ns // 1_000_000_000, nanosec=now_ns % 1_000_000_000)
-        self._cmd_pub.publish(commands.joint_state_command_msg(self._command_names, command, stamp))
+        self._cmd_pub.publish(commands.joint_state_command_msg(self._command_names, res.command, stamp))
 
     def tick_log(self):
         """(tick times ns, statuses) of the last ticks, oldest first (for tests and tools)."""

@@ -56,6 +56,7 @@ class ControlStepConfig:
     smoothing_alpha: float = 1.0
     max_step_periods: float = 2.0
     chunk_dt_s: float = 0.0  # spacing of a K-step chunk's points; 0 = receding horizon (first point only)
+    trajectory_preview: bool = False  # also return the played chunk's remaining points, safety-filtered
 
     def __post_init__(self) -> None:
         for key in ("period_s", "latent_timeout_s", "joint_state_timeout_s"):
@@ -111,6 +112,10 @@ class TickResult:
     status: SafetyStatus
     reason: str
     stale_clock: str  # "arrival" | "stamp" | "" : which clock made an input stale
+    # With trajectory_preview and a chunk playing: the chunk's remaining points after this command,
+    # (M, J) positions and velocities at now + m * chunk_dt_s (m = 1..M), limited point to point.
+    preview_positions: np.ndarray | None = None
+    preview_velocities: np.ndarray | None = None
 
 
 def _staleness(now_s: float, stamp_s: float, arrival_s: float, timeout_s: float, skew_s: float,
@@ -217,4 +222,17 @@ class ControlStep:
             clock = joint_clock
         elif res.status is SafetyStatus.HOLD_STALE_LATENT:
             clock = latent_clock
-        return TickResult(res.command, res.velocity, res.status, res.reason, clock)
+        preview = (None, None)
+        if cfg.trajectory_preview and res.status is SafetyStatus.OK and self._played is not None:
+            preview = self._preview(now_s)
+        return TickResult(res.command, res.velocity, res.status, res.reason, clock, *preview)
+
+    def _preview(self, now_s: float):
+        """The played chunk's points still ahead, smoothed and limited as the ticks would be."""
+        player, dt = self._player, self.cfg.chunk_dt_s
+        m = player.remaining_points(now_s)
+        if m == 0:
+            return None, None
+        smoother = self._smoother.fork()
+        targets = np.array([smoother(player.peek(now_s + k * dt)) for k in range(1, m + 1)])
+        return self.filter.preview(now_s, targets, dt)

@@ -32,6 +32,7 @@ Why these rules:
 
 from __future__ import annotations
 
+import copy
 import enum
 import math
 from dataclasses import dataclass
@@ -188,6 +189,35 @@ class SafetyFilter:
                 now_s,
             )
         return self._limit(now_s, tgt, measured)
+
+    def preview(self, start_s: float, targets: np.ndarray, dt_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Look-ahead points for a trajectory command: ``targets`` (M, J) meant for ``start_s + (m+1)
+        * dt_s`` -> (positions, velocities), each (M, J), limited as if the filter stepped through
+        them after the last command (position clamp, speed, acceleration and braking by ``dt_s``).
+
+        The filter's own state is left untouched: the next tick still starts from the last real
+        command. Call only after an OK step (there is a last command to continue from).
+        """
+        if not self._has_last or not (math.isfinite(dt_s) and dt_s > 0.0):
+            raise ValueError("preview needs a last command and a finite dt_s > 0")
+        targets = np.asarray(targets, dtype=np.float64)
+        if targets.ndim != 2 or targets.shape[1] != self._n:
+            raise ValueError(f"preview targets must be (M, {self._n}), got {targets.shape}")
+        ghost = copy.copy(self)  # the lists it rebinds in _limit are replaced, never mutated in place
+        ghost._max_dt = max(self._max_dt, dt_s)  # points are dt_s apart by construction
+        ghost._last_t = start_s
+        positions = np.empty_like(targets)
+        velocities = np.empty_like(targets)
+        for m in range(targets.shape[0]):
+            t = start_s + (m + 1) * dt_s
+            x = self._valid(targets[m])
+            out = ghost._limit(t, x, positions[m - 1] if m else np.array(self._last)) if x is not None else None
+            if out is None:  # a non-finite look-ahead target: the rest of the trajectory holds
+                positions[m:] = positions[m - 1] if m else np.array(self._last)
+                velocities[m:] = 0.0
+                break
+            positions[m], velocities[m] = out.command, out.velocity
+        return positions, velocities
 
     # ------------------------------------------------------------------ internals
     def _valid(self, x: np.ndarray | None) -> np.ndarray | None:
