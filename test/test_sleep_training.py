@@ -190,6 +190,23 @@ def test_resume_continues_from_the_saved_step(tmp_path, capsys):
     assert "'train_config' differs" in capsys.readouterr().err
 
 
+def test_a_chunked_model_records_the_spacing_it_was_trained_at(tmp_path, capsys):
+    """K = 3: the checkpoint records the dataset's chunk spacing (the control node plays it at that);
+    training it further on data aligned at another spacing is refused, naming both."""
+    files = _files(tmp_path)
+    files["model"].write_text(SMALL_MODEL + "model:\n  action_chunk: 3\n")
+    bags = write_synthetic_bag(tmp_path / "bags" / "a", _obs_cfg(files), SyntheticBagSpec(episodes=10, seed=1, **SPEC))
+    assert main(_resume_argv(bags, tmp_path / "k3", files)) == 0
+    model = read_meta(tmp_path / "k3")["config"]["model"]
+    assert model["action_chunk"] == 3 and model["action_chunk_dt_s"] == pytest.approx(1 / 10.0)
+    (tmp_path / "other.yaml").write_text("dataset:\n  val_fraction: 0.2\n  action_chunk_dt_s: 0.2\n")
+    capsys.readouterr()
+    argv = _resume_argv(bags, tmp_path / "k3b", {**files, "dataset": tmp_path / "other.yaml"},
+                        "--init", str(tmp_path / "k3"))
+    assert main(argv) == 2
+    assert "action_chunk_dt_s 0.2 s differs from the model's model.action_chunk_dt_s 0.1 s" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- pure pieces
 
 
