@@ -8,8 +8,9 @@ import torch
 from conftest import small_config
 
 from sage_hl_ros.core.config import ConfigError, InputRanges, SageConfig
-from sage_hl_ros.core.context_step import ContextStep, ContextStepConfig, Reading, TorchHBackend, freshness
+from sage_hl_ros.core.context_step import ContextStep, ContextStepConfig, Reading, freshness
 from sage_hl_ros.core.system import build_model
+from sage_hl_ros.core.torch_backend import TorchHBackend
 
 NOW = 1000.0
 CFG = ContextStepConfig(observation_timeout_s=0.5, clock_skew_tolerance_s=0.05)

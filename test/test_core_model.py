@@ -9,7 +9,7 @@ from sage_hl_ros.core.compressors import AttentionCompressor, build_compressor
 from sage_hl_ros.core.config import COMPRESSORS, MODALITIES, ConfigError, SageConfig
 from sage_hl_ros.core.l_module import ActionSmoother
 from sage_hl_ros.core.layout import GROUPS, SLICE_NAMES, group_slice, slice_dims, slice_of
-from sage_hl_ros.core.observation import Observation
+from sage_hl_ros.core.observation import ARRAY_FIELDS, Observation, ObservationSchema, aa_weights, resize_aa
 from sage_hl_ros.core.synthetic import SyntheticReachTask
 from sage_hl_ros.core.system import build_model
 
@@ -135,6 +135,59 @@ def test_prepare_resizes_camera_and_pads_audio(small_cfg):
     assert problems == {}
     assert batch.image.shape == (1, 3, 32, 32) and batch.audio.shape == (1, 1024)
     assert torch.count_nonzero(batch.audio[0, :-100]) == 0
+
+
+@pytest.mark.parametrize("src,dst", [((480, 640), (32, 32)), ((64, 64), (32, 32)),  # downscale
+                                     ((17, 23), (32, 40)), ((5, 7), (90, 3)),  # upscale, mixed
+                                     ((100, 37), (33, 13)), ((45, 45), (32, 32)), ((32, 32), (32, 20))])
+def test_numpy_resize_equals_torch_antialiased_bilinear(src, dst):
+    import torch.nn.functional as F
+
+    x = np.random.default_rng(sum(src + dst)).random((3, *src), dtype=np.float32)
+    want = F.interpolate(torch.from_numpy(x)[None], size=dst, mode="bilinear", align_corners=False,
+                         antialias=True)[0].numpy()
+    got = resize_aa(x, *dst)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert aa_weights(src[0], dst[0]) is aa_weights(src[0], dst[0])  # cached per size pair
+    assert resize_aa(x, *src) is x
+
+
+def test_prepare_wraps_the_numpy_arrays(small_cfg):
+    from sage_hl_ros.deploy.manifest import OBSERVATION_INPUTS
+
+    assert ARRAY_FIELDS == OBSERVATION_INPUTS  # the exported graph's observation inputs
+    schema = ObservationSchema(small_cfg.observation)
+    rng = np.random.default_rng(1)
+    j = small_cfg.observation.num_joints
+    obs = Observation(image=rng.integers(0, 255, (48, 60, 3), dtype=np.uint8),
+                      depth=rng.uniform(0.2, 3.0, (40, 50)).astype(np.float32),
+                      audio=rng.uniform(-1, 1, 300).astype(np.float32), tactile=None,
+                      joint_position=np.linspace(-1, 1, j), joint_velocity=np.zeros(j))
+    arrays, problems = schema.prepare_arrays(obs)
+    batch, problems_t = schema.prepare(obs)
+    assert problems == problems_t == {"tactile": "missing"}
+    for name in ARRAY_FIELDS:
+        assert arrays[name].shape[0] == 1 and arrays[name].dtype == (bool if name == "mask" else np.float32)
+        assert np.array_equal(getattr(batch, name).numpy(), arrays[name]), name
+    assert arrays["mask"].tolist() == [[True, True, True, False, True]]
+    assert not np.shares_memory(arrays["joint_position"], obs.joint_position)
+
+
+def test_observation_numpy_path_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from sage_hl_ros.core.observation import Observation, ObservationSchema\n"
+            "from sage_hl_ros.core.context_step import ContextStep\n"
+            "from sage_hl_ros.core.config import SageConfig\n"
+            "s = ObservationSchema(SageConfig.from_dict({}).observation)\n"
+            "a, p = s.prepare_arrays(Observation(image=np.zeros((10, 12, 3), np.uint8)))\n"
+            "assert a['mask'][0, 0]\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("strategy", COMPRESSORS)

@@ -13,9 +13,10 @@ sees and whether a latent goes out lives here, so it is tested without a ROS gra
   and the state are finite. A failed step is a skip with a reason and the next step starts from the
   last good state, so one bad input cannot keep the latent down after it has gone stale.
 
-The H path itself is a pluggable ``HBackend`` (observation batch + temporal state -> z + new
-state). ``TorchHBackend`` wraps ``SageHL.encode``; an ONNX Runtime session can implement the same
-three methods.
+The H path itself is a pluggable ``HBackend`` (the schema's numpy observation arrays + temporal
+state -> z + new state). ``core.torch_backend.TorchHBackend`` wraps ``SageHL.encode``;
+``deploy.onnx_backend.OnnxHPath`` runs the exported graph on ONNX Runtime. This module and the
+schema's numpy path import no torch, so a process running the ONNX backend never loads it.
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from .config import ConfigError, ObservationConfig
 from .freshness import Freshness
 from .freshness import freshness as _freshness
-from .observation import Observation, ObservationBatch, ObservationSchema
+from .observation import Observation, ObservationSchema
 
 __all__ = ["ContextStep", "ContextStepConfig", "Freshness", "HBackend", "Mask", "Reading", "StepResult",
-           "TorchHBackend", "freshness", "INPUTS"]
+           "freshness", "INPUTS"]
 
 # The context node's inputs (topic side) and the schema modality each one feeds.
 INPUTS = ("camera", "depth", "audio", "tactile", "joint_states")
@@ -53,31 +53,12 @@ class HBackend(Protocol):
     def initial_state(self) -> Any:
         """Temporal state for a new episode (batch of one)."""
 
-    def encode(self, batch: ObservationBatch, state: Any) -> tuple[np.ndarray, Any]:
-        """(z (latent_dim,) float32, new temporal state); must not modify ``state``."""
+    def encode(self, arrays: Mapping[str, np.ndarray], state: Any) -> tuple[np.ndarray, Any]:
+        """Observation arrays of a batch of one (``ObservationSchema.prepare_arrays``) ->
+        (z (latent_dim,) float32, new temporal state); must not modify ``state``."""
 
     def state_is_finite(self, state: Any) -> bool:
         """False when the state holds NaN/Inf (it must then not be kept)."""
-
-
-class TorchHBackend:
-    """``SageHL.encode`` on CPU/GPU tensors, in inference mode."""
-
-    def __init__(self, model):
-        self.model = model
-        self.observation_config = model.cfg.observation
-        self.latent_dim = int(model.cfg.model.latent_dim)
-
-    def initial_state(self):
-        return self.model.initial_state(1)
-
-    def encode(self, batch: ObservationBatch, state):
-        with torch.inference_mode():
-            z, _, new_state = self.model.encode(batch, state)
-        return z[0].cpu().numpy(), new_state
-
-    def state_is_finite(self, state) -> bool:
-        return bool(torch.isfinite(state.history).all())
 
 
 @dataclass(frozen=True)
@@ -187,7 +168,7 @@ class ContextStep:
                           joint_velocity=joints.value[1] if joints is not None else None,
                           stamps_s={SCHEMA_MODALITY[n]: _stamp_or_arrival(r) for n, r in fresh.items()})
         t0 = time.perf_counter()
-        batch, problems = self.schema.prepare(obs)
+        arrays, problems = self.schema.prepare_arrays(obs)
         for modality, reason in problems.items():
             name = _INPUT_OF[modality]
             if name in fresh:  # "missing" ones are already in masked with their own reason
@@ -198,7 +179,7 @@ class ContextStep:
                 f"{n}: {m.reason}" for n, m in masked.items() if m.state == "invalid"),
                 skip_kind="no_input", masked=masked)
 
-        z, new_state = self.backend.encode(batch, self._state)
+        z, new_state = self.backend.encode(arrays, self._state)
         infer_ms = (time.perf_counter() - t0) * 1e3
         used = tuple(n for n in INPUTS if n in fresh)
         z = np.asarray(z, dtype=np.float32).reshape(-1)

@@ -1,22 +1,30 @@
 """Observation schema: per-modality arrays with stamps and a validity mask.
 
 A raw ``Observation`` holds whatever the sensors gave (numpy, any image size). ``ObservationSchema``
-checks and shapes it into an ``ObservationBatch`` of tensors. Anything missing, malformed,
+checks and shapes it in numpy (``prepare_arrays``: the batch-first float32/bool arrays named as the
+exported H path's observation inputs, ``ARRAY_FIELDS``); ``prepare`` wraps exactly those arrays as
+an ``ObservationBatch`` of tensors (``torch.from_numpy``), so training, the torch backend and the
+torch-free ONNX Runtime backend see the same numbers. Images are resized by ``resize_aa``, a numpy
+port of torch's antialiased bilinear ``F.interpolate``. Anything missing, malformed,
 non-finite or outside the configured plausible range (``ObservationConfig.input_ranges``) is
 masked with a reason, never raised: a robot with a dead microphone keeps working, and a corrupt
 1e30 reading cannot overflow the encoders. Training and runtime share this schema, so they mask
-the same inputs.
+the same inputs. torch is imported only by the tensor functions (``prepare``, ``empty``, the
+``ObservationBatch`` methods, ``proprio_features``): the numpy path runs in a torch-free process.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .config import MODALITIES, InputRanges, ObservationConfig, range_problem
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -48,11 +56,20 @@ class ObservationBatch:
     def batch_size(self) -> int:
         return self.mask.shape[0]
 
+    @staticmethod
+    def from_arrays(arrays: dict[str, np.ndarray]) -> ObservationBatch:
+        """Tensors sharing memory with ``prepare_arrays``' output (no copy, no other arithmetic)."""
+        import torch
+
+        return ObservationBatch(**{name: torch.from_numpy(arrays[name]) for name in ARRAY_FIELDS})
+
     def to(self, device: torch.device | str) -> ObservationBatch:
         return ObservationBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
     def masked(self, modality: str) -> ObservationBatch:
         """A copy with one modality marked missing (zeros and mask bit cleared)."""
+        import torch
+
         out = ObservationBatch(**dict(self.__dict__))
         i = MODALITIES.index(modality)
         out.mask = self.mask.clone()
@@ -65,11 +82,18 @@ class ObservationBatch:
 
     @staticmethod
     def cat(batches: list[ObservationBatch]) -> ObservationBatch:
+        import torch
+
         keys = batches[0].__dict__.keys()
         return ObservationBatch(**{k: torch.cat([getattr(b, k) for b in batches]) for k in keys})
 
     def index(self, idx: torch.Tensor | slice) -> ObservationBatch:
         return ObservationBatch(**{k: v[idx] for k, v in self.__dict__.items()})
+
+
+# The model-ready arrays by name, in ObservationBatch field order: also the exported H path's
+# observation inputs (deploy/manifest.py OBSERVATION_INPUTS).
+ARRAY_FIELDS = tuple(f.name for f in fields(ObservationBatch))
 
 
 class ObservationSchema:
@@ -78,52 +102,61 @@ class ObservationSchema:
     def __init__(self, cfg: ObservationConfig):
         self.cfg = cfg
 
-    def empty(self, batch: int = 1) -> ObservationBatch:
+    def empty_arrays(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """All-masked arrays (zeros, mask False), batch first."""
         c = self.cfg
-        return ObservationBatch(
-            image=torch.zeros(batch, 3, c.image_height_px, c.image_width_px),
-            depth=torch.zeros(batch, 1, c.depth_height_px, c.depth_width_px),
-            audio=torch.zeros(batch, c.audio_window_samples),
-            tactile=torch.zeros(batch, c.tactile_taxels),
-            joint_position=torch.zeros(batch, c.num_joints),
-            joint_velocity=torch.zeros(batch, c.num_joints),
-            mask=torch.zeros(batch, len(MODALITIES), dtype=torch.bool),
-        )
+        f32 = np.float32
+        return {
+            "image": np.zeros((batch, 3, c.image_height_px, c.image_width_px), f32),
+            "depth": np.zeros((batch, 1, c.depth_height_px, c.depth_width_px), f32),
+            "audio": np.zeros((batch, c.audio_window_samples), f32),
+            "tactile": np.zeros((batch, c.tactile_taxels), f32),
+            "joint_position": np.zeros((batch, c.num_joints), f32),
+            "joint_velocity": np.zeros((batch, c.num_joints), f32),
+            "mask": np.zeros((batch, len(MODALITIES)), bool),
+        }
+
+    def empty(self, batch: int = 1) -> ObservationBatch:
+        return ObservationBatch.from_arrays(self.empty_arrays(batch))
 
     def prepare(self, obs: Observation) -> tuple[ObservationBatch, dict[str, str]]:
-        """Batch of one plus ``{modality: reason}`` for every modality that was masked."""
+        """Batch of one (tensors over ``prepare_arrays``' arrays) plus ``{modality: reason}``."""
+        arrays, problems = self.prepare_arrays(obs)
+        return ObservationBatch.from_arrays(arrays), problems
+
+    def prepare_arrays(self, obs: Observation) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Arrays of a batch of one (``ARRAY_FIELDS``) plus ``{modality: reason}`` for every
+        modality that was masked. The arrays never share memory with ``obs``."""
         c = self.cfg
         r = c.input_ranges
-        out = self.empty(1)
+        out = self.empty_arrays(1)
         problems: dict[str, str] = {}
 
         image = _check(obs.image, "visual", problems, ndim=3, channels=3)
         if image is not None:
-            t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+            x = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
             if image.dtype == np.uint8:
-                t = t / 255.0
-            out.image = _resize(t, c.image_height_px, c.image_width_px).clamp_(0.0, 1.0)
-            out.mask[0, 0] = True
+                x /= np.float32(255.0)
+            out["image"][0] = np.clip(resize_aa(x, c.image_height_px, c.image_width_px), 0.0, 1.0)
+            out["mask"][0, 0] = True
 
         depth = _check(obs.depth, "depth", problems, ndim=2, allow_nonfinite=True)
         if depth is not None:
-            d = valid_depth_m(depth, r)
-            t = torch.from_numpy(d)[None, None] / c.depth_max_m
-            out.depth = _resize(t, c.depth_height_px, c.depth_width_px).clamp_(0.0, 1.0)
-            out.mask[0, 1] = True
+            d = valid_depth_m(depth, r) / np.float32(c.depth_max_m)
+            out["depth"][0, 0] = np.clip(resize_aa(d, c.depth_height_px, c.depth_width_px), 0.0, 1.0)
+            out["mask"][0, 1] = True
 
         audio = _check(obs.audio, "audio", problems, ndim=1, abs_max=r.audio_abs_max)
         if audio is not None:
-            a = torch.from_numpy(audio.astype(np.float32, copy=False))
             n = c.audio_window_samples
-            a = a[-n:] if a.numel() >= n else F.pad(a, (n - a.numel(), 0))
-            out.audio = a[None].clamp(-1.0, 1.0)
-            out.mask[0, 2] = True
+            a = audio[-n:]  # shorter windows are left-padded with the zeros already there
+            out["audio"][0, n - a.shape[0]:] = np.clip(a, -1.0, 1.0)
+            out["mask"][0, 2] = True
 
         tactile = _check(obs.tactile, "tactile", problems, ndim=1, size=c.tactile_taxels, abs_max=r.tactile_abs_max)
         if tactile is not None:
-            out.tactile = torch.from_numpy(tactile.astype(np.float32, copy=False))[None]
-            out.mask[0, 3] = True
+            out["tactile"][0] = tactile
+            out["mask"][0, 3] = True
 
         pos = _check(obs.joint_position, "proprio", problems, ndim=1, size=c.num_joints,
                      abs_max=r.joint_position_abs_max_rad, what="joint position", unit=" rad")
@@ -137,9 +170,9 @@ class ObservationSchema:
                     problems["proprio"] = problem
                     pos = None
         if pos is not None:
-            out.joint_position = torch.from_numpy(pos.astype(np.float32, copy=False))[None]
-            out.joint_velocity = torch.from_numpy(vel.astype(np.float32, copy=False))[None]
-            out.mask[0, 4] = True
+            out["joint_position"][0] = pos
+            out["joint_velocity"][0] = vel
+            out["mask"][0, 4] = True
         return out, problems
 
 
@@ -180,13 +213,46 @@ def _check(arr: np.ndarray | None, modality: str, problems: dict[str, str], *, n
     return arr
 
 
-def _resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    if t.shape[-2:] == (h, w):
-        return t
-    return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+def resize_aa(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Antialiased bilinear resize of the last two axes of a float32 array: the numbers of
+    ``F.interpolate(x, (h, w), mode="bilinear", align_corners=False, antialias=True)``.
+
+    Separable: ``rows @ x @ cols.T`` with the weight matrices of ``aa_weights``. Same size: ``x``.
+    """
+    if x.shape[-2:] == (h, w):
+        return x
+    rows, cols = aa_weights(x.shape[-2], h), aa_weights(x.shape[-1], w)
+    return np.matmul(np.matmul(rows, x), cols.T)
+
+
+@functools.lru_cache(maxsize=64)
+def aa_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float32 resampling matrix of torch's (and PIL's) antialiased bilinear
+    filter: scale = in/out, support = max(scale, 1), a triangle filter stretched by the support
+    (so a downscale averages over the whole source footprint), each row normalised to sum 1.
+    Cached per size pair; read-only."""
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"resize sizes must be >= 1, got {in_size} -> {out_size}")
+    scale = in_size / out_size
+    support = max(scale, 1.0)  # bilinear: interp_size 2, half of it times the scale when shrinking
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    out = np.zeros((out_size, in_size), np.float64)
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)  # int(): C truncation, as in torch's kernel
+        hi = min(int(center + support + 0.5), in_size)
+        j = np.arange(lo, hi)
+        wts = np.maximum(0.0, 1.0 - np.abs((j - center + 0.5) * invscale))
+        total = wts.sum()
+        out[i, lo:hi] = wts / total if total != 0 else wts
+    out = out.astype(np.float32)
+    out.flags.writeable = False
+    return out
 
 
 def proprio_features(cfg: ObservationConfig, joint_position: torch.Tensor, joint_velocity: torch.Tensor):
     """The configured proprioceptive policy input (positions, optionally velocities)."""
+    import torch
+
     parts = {"position": joint_position, "velocity": joint_velocity}
     return torch.cat([parts[f] for f in cfg.proprio_features], dim=-1)

@@ -3,7 +3,7 @@
     backend = OnnxHPath.for_checkpoint("models/current", precision="int8", intra_op_threads=1)
     state = backend.initial_state()
     z, state = backend.run(arrays, state)          # arrays: the graph inputs by name, batch first
-    z1, state = backend.encode(observation_batch, state)   # core.context_step.HBackend: batch of one
+    z1, state = backend.encode(schema_arrays, state)  # core.context_step.HBackend: batch of one
 
 Loading checks everything a robot must not guess about (ExportError naming the file): the manifest
 parses and its check passed, every file matches its recorded SHA-256, the export belongs to the
@@ -139,9 +139,9 @@ class OnnxHPath:
         k, d = self._state_shape
         return OnnxState(np.zeros((batch, k, d), np.float32), np.zeros((batch, k), bool))
 
-    def encode(self, batch: Any, state: OnnxState) -> tuple[np.ndarray, OnnxState]:
-        """An ObservationBatch (torch tensors or numpy arrays) of one -> (z (latent_dim,), new state)."""
-        arrays = {name: np.asarray(getattr(batch, name)) for name in self._inputs if hasattr(batch, name)}
+    def encode(self, arrays: Mapping[str, np.ndarray], state: OnnxState) -> tuple[np.ndarray, OnnxState]:
+        """Observation arrays of a batch of one (``ObservationSchema.prepare_arrays``) ->
+        (z (latent_dim,), new state)."""
         z, new_state = self.run(arrays, state)
         return z[0], new_state
 

@@ -69,8 +69,9 @@ from std_srvs.srv import Trigger
 
 from ..core.checkpoint import CheckpointError, load_checkpoint, model_hash
 from ..core.config import range_problem
-from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, Reading, TorchHBackend
+from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, Reading
 from ..core.observation import Observation
+from ..core.torch_backend import TorchHBackend
 from . import convert
 from .diagnostics import RateMeter, RollingStats, diagnostic_array, status
 from .node_main import BackgroundLoader, DeclaredParams, Throttle, check_checkpoint_dir, run_node
