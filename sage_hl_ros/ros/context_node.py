@@ -21,11 +21,29 @@ Services
     ~/reload_model            std_srvs/Trigger: load the checkpoint at the current ``model_dir``
                               on a worker thread, validate it, swap it in between H steps. A bad
                               checkpoint -> success=false + the reason; the old model keeps running.
+                              With onnxruntime the new checkpoint's export is loaded; a checkpoint
+                              without an export of its current weights is refused the same way.
     (plus the standard lifecycle services ~/change_state, ~/get_state, ...)
 Parameters (read at configure unless marked runtime)
     model_dir (str, "")                 checkpoint directory; required. Runtime: setting it reloads.
     h_rate_hz (float, 10.0)             H loop rate
-    torch_threads (int, 1)              torch intra-op threads for this process
+    inference_backend (str, "auto")     H path runtime: "torch" (eager SageHL.encode), "onnxruntime" (the
+                                        checkpoint's export, MODEL_DIR/exports/<hash>/<precision>, made by
+                                        `sage-hl export`), or "auto": onnxruntime when an export of the
+                                        checkpoint's current weights at onnx_precision exists, its manifest
+                                        checks out and onnxruntime imports, else torch. The choice and why
+                                        are logged and in /diagnostics (model: inference_backend,
+                                        inference_backend_reason). Resolved at configure; reloads keep it.
+                                        With onnxruntime the process never imports torch; a missing or
+                                        mismatched export fails configure with the ExportError naming the file.
+    onnx_precision (str, "fp32")        export precision to run: fp32 | fp16 | int8
+    onnxruntime_providers (str list, ["CPUExecutionProvider"])
+                                        ONNX Runtime execution providers in order of preference (e.g.
+                                        [TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider]);
+                                        ones this onnxruntime build lacks are skipped and named in the reason
+    onnxruntime_intra_op_threads (int, 1)
+                                        ONNX Runtime intra-op threads (no spinning between steps)
+    torch_threads (int, 1)              torch intra-op threads for this process (torch backend only)
     camera_topic, camera_compressed (bool, false), depth_topic, audio_topic, tactile_topic,
     joint_states_topic, latent_topic    topic names (see above)
     observation_timeout_s (float, 0.5)  observations older than this are masked as stale; age =
@@ -47,18 +65,20 @@ Each H step is ``core.context_step.ContextStep``: a modality that is missing, st
 or invalid is masked (``masked.<state>`` counts and ``mask_reason`` in diagnostics); the step is
 skipped (nothing published, so the control node holds) when nothing usable is left or the latent
 comes out non-finite, and a skipped step never keeps the temporal state it produced.
+Diagnostics (model status) also carry ``inference_backend``, ``onnx_precision``, ``onnx_providers``
+(the session's providers), ``onnx_export`` and ``torch_imported`` ("torch" in sys.modules).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
 import rclpy
-import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -67,11 +87,11 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 
-from ..core.checkpoint import CheckpointError, load_checkpoint, model_hash
-from ..core.config import range_problem
-from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, Reading
-from ..core.observation import Observation
-from ..core.torch_backend import TorchHBackend
+from ..core.checkpoint_files import CheckpointError, read_meta
+from ..core.config import ObservationConfig, range_problem
+from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, HBackend, Reading
+from ..core.observation import Observation, ObservationSchema
+from ..deploy.manifest import PRECISIONS, ExportError, find_export, read_manifest
 from . import convert
 from .diagnostics import RateMeter, RollingStats, diagnostic_array, status
 from .node_main import BackgroundLoader, DeclaredParams, Throttle, check_checkpoint_dir, run_node
@@ -83,28 +103,112 @@ _TOPIC_PARAMS = ("camera_topic", "depth_topic", "audio_topic", "tactile_topic", 
                  "latent_topic")
 
 
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How the node runs the H path; validated on construction (the parameters' values)."""
+
+    backend: str = "auto"  # auto | torch | onnxruntime
+    precision: str = "fp32"  # of the ONNX export
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 1  # ONNX Runtime
+    torch_threads: int = 1
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"inference_backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"onnx_precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if not self.providers or not all(isinstance(p, str) and p.strip() for p in self.providers):
+            raise ValueError(f"onnxruntime_providers must be a non-empty list of provider names, "
+                             f"got {list(self.providers)}")
+        for key in ("intra_op_threads", "torch_threads"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                name = "onnxruntime_intra_op_threads" if key == "intra_op_threads" else key
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 @dataclass
 class LoadedModel:
-    model: object
+    backend: HBackend
+    backend_name: str  # torch | onnxruntime: what actually runs
+    backend_reason: str  # why (auto's choice, or "requested")
     model_dir: str
     sha256: str
     joint_names: tuple
     latent_dim: int
+    observation_config: ObservationConfig
     load_ms: float
+    providers: tuple[str, ...] = ()  # ONNX Runtime's session providers
+    export_dir: str = ""
 
 
-def load_model(model_dir: str) -> LoadedModel:
-    """Load + warm up a checkpoint (one encode) so the first real H step is not slow."""
+def resolve_backend(model_dir: str, spec: BackendSpec) -> tuple[str, str]:
+    """(torch | onnxruntime, why) for ``spec.backend`` and this checkpoint. ``auto`` picks
+    onnxruntime when an export of the checkpoint's current weights at ``spec.precision`` exists
+    and its manifest checks out and onnxruntime imports; torch otherwise, saying why."""
+    if spec.backend != "auto":
+        return spec.backend, "requested (inference_backend)"
+    try:
+        export = find_export(model_dir, spec.precision)
+        read_manifest(export)
+    except (ExportError, CheckpointError) as exc:
+        return "torch", f"auto: no usable {spec.precision} export ({exc})"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        return "torch", f"auto: onnxruntime does not import ({exc}); export {export} not used"
+    return "onnxruntime", f"auto: {spec.precision} export {export} of the current weights found"
+
+
+def load_model(model_dir: str, spec: BackendSpec | None = None, backend: str | None = None,
+               reason: str = "") -> LoadedModel:
+    """Load + warm up a checkpoint (one encode) so the first real H step is not slow.
+
+    ``backend`` (torch | onnxruntime) skips the choice (a reload keeps the running backend);
+    otherwise ``resolve_backend`` decides. With onnxruntime nothing here imports torch: the hash
+    comes from the verified weights file, the configuration from the export's manifest (which
+    must equal the checkpoint's config.json), and the H path from the ONNX graph.
+    """
     t0 = time.perf_counter()
+    spec = spec or BackendSpec()
     if not model_dir:
         raise CheckpointError("model_dir is empty: set the model_dir parameter to a checkpoint directory")
-    model = load_checkpoint(model_dir)
-    sha = model_hash(model_dir)
-    batch, _ = model.schema.prepare(Observation())
-    model.encode(batch, model.initial_state(1))
-    cfg = model.cfg
-    return LoadedModel(model, os.path.abspath(model_dir), sha, tuple(cfg.observation.joint_names),
-                       int(cfg.model.latent_dim), (time.perf_counter() - t0) * 1e3)
+    if backend is None:
+        backend, reason = resolve_backend(model_dir, spec)
+    providers: tuple[str, ...] = ()
+    export = ""
+    if backend == "onnxruntime":
+        from ..deploy.onnx_backend import OnnxHPath
+
+        meta = read_meta(model_dir)
+        h = OnnxHPath.for_checkpoint(model_dir, spec.precision, providers=list(spec.providers),
+                                     intra_op_threads=spec.intra_op_threads)
+        if h.manifest.config != meta["config"]:
+            raise ExportError(f"{h.manifest.path}: its config differs from {os.path.join(model_dir, 'config.json')} "
+                              f"(the checkpoint's config changed after the export); export again")
+        sha, obs_cfg, latent_dim = h.model_hash, h.observation_config, h.latent_dim
+        providers, export = tuple(h.providers), str(h.export_dir)
+        if h.skipped_providers:
+            reason += "; providers skipped: " + "; ".join(f"{k}: {v}" for k, v in h.skipped_providers.items())
+    else:
+        import torch
+
+        from ..core.checkpoint import load_checkpoint, model_hash
+        from ..core.torch_backend import TorchHBackend
+
+        torch.set_num_threads(spec.torch_threads)
+        model = load_checkpoint(model_dir)
+        sha = model_hash(model_dir)
+        h = TorchHBackend(model)
+        obs_cfg, latent_dim = model.cfg.observation, int(model.cfg.model.latent_dim)
+    arrays, _ = ObservationSchema(obs_cfg).prepare_arrays(Observation())
+    h.encode(arrays, h.initial_state())
+    return LoadedModel(h, backend, reason, os.path.abspath(model_dir), sha, tuple(obs_cfg.joint_names),
+                       int(latent_dim), obs_cfg, (time.perf_counter() - t0) * 1e3, providers, export)
 
 
 class ContextNode(DeclaredParams, LifecycleNode):
@@ -113,7 +217,12 @@ class ContextNode(DeclaredParams, LifecycleNode):
         p = self._param
         p("model_dir", "", "checkpoint directory (config.json + model.safetensors); setting it at runtime reloads")
         p("h_rate_hz", 10.0, "H loop rate [Hz]")
-        p("torch_threads", 1, "torch intra-op threads for this process (pin on small CPUs)")
+        p("torch_threads", 1, "torch intra-op threads for this process (pin on small CPUs; torch backend only)")
+        p("inference_backend", "auto", "H path runtime: auto | torch | onnxruntime (auto: onnxruntime when an "
+          "export of the current weights at onnx_precision exists and onnxruntime imports, else torch)")
+        p("onnx_precision", "fp32", "precision of the ONNX export to run: fp32 | fp16 | int8")
+        p("onnxruntime_providers", ["CPUExecutionProvider"], "ONNX Runtime execution providers, in order")
+        p("onnxruntime_intra_op_threads", 1, "ONNX Runtime intra-op threads")
         p("camera_topic", "/camera/image_raw", "RGB camera topic (sensor_msgs/Image)")
         p("camera_compressed", False, "subscribe sensor_msgs/CompressedImage on camera_topic + '/compressed'")
         p("depth_topic", "/camera/depth/image_raw", "depth image topic (32FC1 m or 16UC1 mm)")
@@ -150,6 +259,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._decoded: tuple = (None, None)  # (compressed msg, rgb or exception text)
         self._step: ContextStep | None = None
         self._step_cfg = ContextStepConfig()
+        self._spec = BackendSpec()
         self._ranges = None  # the loaded checkpoint's observation.input_ranges
         self._infer_ms = RollingStats(256)
         self._rate = RateMeter()
@@ -193,10 +303,11 @@ class ContextNode(DeclaredParams, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
-        threads = int(self._get("torch_threads"))
-        if threads < 1:
-            raise ValueError(f"torch_threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+        providers = self._get("onnxruntime_providers")
+        self._spec = BackendSpec(
+            backend=str(self._get("inference_backend")).strip(), precision=str(self._get("onnx_precision")).strip(),
+            providers=tuple(providers) if isinstance(providers, (list, tuple)) else (providers,),
+            intra_op_threads=self._get("onnxruntime_intra_op_threads"), torch_threads=self._get("torch_threads"))
         self._h_rate = float(self._get("h_rate_hz"))
         self._timeout = float(self._get("observation_timeout_s"))
         self._diag_period = float(self._get("diagnostics_period_s"))
@@ -211,16 +322,17 @@ class ContextNode(DeclaredParams, LifecycleNode):
                 raise ValueError(f"{key} is empty: give it a topic name")
         self._expect_w = int(self._get("expected_image_width_px"))
         self._expect_h = int(self._get("expected_image_height_px"))
-        loaded = load_model(self._get("model_dir"))
+        loaded = load_model(self._get("model_dir"), self._spec)
         self._use(loaded)
-        cfg = loaded.model.cfg.observation
+        cfg = loaded.observation_config
         self._joint_names = loaded.joint_names
         self._tactile_size = int(cfg.tactile_taxels)
         self._audio = AudioWindow(cfg.audio_window_samples, max_gap_s=self._timeout)
         self._cache.clear()
         self._reload_failed, self._reload_note = False, ""
         self._log.info(f"loaded {loaded.model_dir} (sha256 {loaded.sha256[:12]}, joints {list(loaded.joint_names)}) "
-                       f"in {loaded.load_ms:.0f} ms")
+                       f"in {loaded.load_ms:.0f} ms; inference_backend {loaded.backend_name}: {loaded.backend_reason}"
+                       + (f"; providers {list(loaded.providers)}" if loaded.providers else ""))
 
         q = lambda name, preset: declare_qos(self, name, preset)  # current values of qos.* params
         sub = self.create_subscription
@@ -408,8 +520,8 @@ class ContextNode(DeclaredParams, LifecycleNode):
         """Run ``loaded`` from the next H step on, from a fresh temporal state (the old one
         belongs to the old model); its input ranges apply to the callbacks from now on."""
         self._loaded = loaded
-        self._step = ContextStep(TorchHBackend(loaded.model), self._step_cfg)
-        self._ranges = loaded.model.cfg.observation.input_ranges
+        self._step = ContextStep(loaded.backend, self._step_cfg)
+        self._ranges = loaded.observation_config.input_ranges
 
     def _h_step(self) -> None:
         if not self._active:
@@ -458,8 +570,13 @@ class ContextNode(DeclaredParams, LifecycleNode):
 
     # ------------------------------------------------------------------ reload
     def _load_job(self, path: str) -> str:
-        new = load_model(path)
         current = self._loaded
+        # A reload keeps the running backend (auto is resolved once, at configure): an
+        # onnxruntime node never falls back to torch, so a checkpoint without its export is refused.
+        if current is not None:
+            new = load_model(path, self._spec, current.backend_name, current.backend_reason)
+        else:
+            new = load_model(path, self._spec)
         if current is not None:
             if new.joint_names != current.joint_names:
                 raise CheckpointError(f"{path}: joint names {list(new.joint_names)} differ from the running "
@@ -471,7 +588,8 @@ class ContextNode(DeclaredParams, LifecycleNode):
         if not self._active:  # no H step to swap it in
             self._pending = None
             self._use(new)
-        return f"loaded {new.model_dir} (sha256 {new.sha256[:12]}) in {new.load_ms:.0f} ms"
+        return (f"loaded {new.model_dir} (sha256 {new.sha256[:12]}, {new.backend_name}) "
+                f"in {new.load_ms:.0f} ms")
 
     async def _on_reload_srv(self, request, response):
         response.success, response.message = await self._reload(self._get("model_dir"))
@@ -530,6 +648,12 @@ class ContextNode(DeclaredParams, LifecycleNode):
             "model_dir": loaded.model_dir if loaded else "", "model_sha256": loaded.sha256 if loaded else "",
             "model_dir_param": self._get("model_dir"), "reload_in_progress": self._loader.busy,
             "last_reload": self._reload_note,
+            "inference_backend": loaded.backend_name if loaded else "",
+            "inference_backend_reason": loaded.backend_reason if loaded else "",
+            "onnx_precision": self._spec.precision if loaded and loaded.backend_name == "onnxruntime" else "",
+            "onnx_providers": ",".join(loaded.providers) if loaded else "",
+            "onnx_export": loaded.export_dir if loaded else "",
+            "torch_imported": "torch" in sys.modules,
         }))
         for modality, slot in self._cache.slots.items():
             st, clock = slot.state(now, self._step_cfg)
