@@ -144,8 +144,11 @@ def _read_exact(proc: subprocess.Popen, n: int, deadline: float) -> bytes:
             continue
         chunk = os.read(fd, min(n - got, 1 << 20))
         if not chunk:
-            code = proc.poll()
-            raise EOFError(f"helper process exited (code {code})" if code is not None else "helper closed its pipe")
+            try:
+                code = proc.wait(timeout=2.0)  # end of file comes just before the exit is reaped
+            except subprocess.TimeoutExpired:
+                raise EOFError("helper closed its pipe") from None
+            raise EOFError(f"helper process exited (code {code})")
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
