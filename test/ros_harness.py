@@ -65,9 +65,9 @@ def small_config_dict(joint_names: list[str]) -> dict:
 
 
 def make_checkpoint(directory: Path, joint_names: list[str], bias: float | None = 0.0,
-                    model: dict | None = None) -> Path:
+                    model_overrides: dict | None = None) -> Path:
     """Save a small checkpoint. ``bias`` not None: the L-module outputs the constant delta ``bias``.
-    ``model``: overrides of the model config (e.g. ``{"action_chunk": 4}``)."""
+    ``model_overrides``: of the model config (e.g. ``{"action_chunk": 4}``)."""
     import torch
 
     from sage_hl_ros.core.checkpoint import save_checkpoint
@@ -75,8 +75,8 @@ def make_checkpoint(directory: Path, joint_names: list[str], bias: float | None 
     from sage_hl_ros.core.system import build_model
 
     cfg = small_config_dict(joint_names)
-    if model:
-        cfg["model"] = dict(model)
+    if model_overrides:
+        cfg["model"] = dict(model_overrides)
     model = build_model(SageConfig.from_dict(cfg))
     if bias is not None:
         last = model.l_module.net[-1]

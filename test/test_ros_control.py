@@ -34,7 +34,8 @@ def files(tmp_path_factory):
     make_checkpoint(root / "zero", CKPT_ORDER, bias=0.0)
     make_checkpoint(root / "plus", CKPT_ORDER, bias=0.05)
     make_checkpoint(root / "other_robot", ["a", "b", "c", "d"], bias=0.0)
-    make_checkpoint(root / "chunked", CKPT_ORDER, bias=0.0, model={"action_chunk": 4, "action_chunk_dt_s": 0.05})
+    make_checkpoint(root / "chunked", CKPT_ORDER, bias=0.0,
+                    model_overrides={"action_chunk": 4, "action_chunk_dt_s": 0.05})
     shutil.copytree(root / "zero", root / "corrupt")
     (root / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage, not safetensors" * 10)
     write_limits(root / "limits.yaml", LIMITS)

@@ -211,7 +211,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._loop: ClockLoop | None = None
         self._loader = BackgroundLoader(self, self._load_job, on_done=self._note_reload, name="sage_control_loader")
         # Reloads load, verify and warm up in a helper process: this interpreter only unpickles the result.
-        self._reload_worker = WorkerProcess("sage_hl_ros.safety.policy_loader:load_policy", "model reload")
+        self._reload_worker = WorkerProcess(f"{load_policy.__module__}:{load_policy.__name__}", "model reload")
         self._reload_failed, self._reload_note = False, ""
         self._reload_log = np.zeros((RELOAD_LOG_SIZE, 3))
         self._reloads = 0

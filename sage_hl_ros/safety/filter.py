@@ -208,15 +208,15 @@ class SafetyFilter:
         ghost._last_t = start_s
         positions = np.empty_like(targets)
         velocities = np.empty_like(targets)
+        prev = np.array(self._last)
         for m in range(targets.shape[0]):
-            t = start_s + (m + 1) * dt_s
             x = self._valid(targets[m])
-            out = ghost._limit(t, x, positions[m - 1] if m else np.array(self._last)) if x is not None else None
-            if out is None:  # a non-finite look-ahead target: the rest of the trajectory holds
-                positions[m:] = positions[m - 1] if m else np.array(self._last)
-                velocities[m:] = 0.0
+            if x is None:  # a non-finite look-ahead target: the rest of the trajectory holds
+                positions[m:], velocities[m:] = prev, 0.0
                 break
+            out = ghost._limit(start_s + (m + 1) * dt_s, x, prev)
             positions[m], velocities[m] = out.command, out.velocity
+            prev = out.command
         return positions, velocities
 
     # ------------------------------------------------------------------ internals
