@@ -206,7 +206,7 @@ def test_auto_picks_onnxruntime_only_with_an_export(graph, make_node, files):
 
 
 def test_configure_fails_without_a_matching_export(make_node, files):
-    from sage_hl_ros.ros.context_node import BackendSpec, load_model
+    from sage_hl_ros.deploy.h_loader import BackendSpec, load_model
 
     for name in ("plain", "stale"):  # no export at all / only an export of older weights
         make_node(configure_ok=False, inference_backend=ORT, model_dir=str(files / name))

@@ -371,10 +371,11 @@ def test_reload_swaps_model_and_rejects_bad_checkpoints(graph, make_node, files,
     name = node.get_name()
     wait_for(lambda: len(_latents(harness)) >= 2, 15.0, what="latents")
 
-    save_checkpoint(load_checkpoint(files / "b"), live)
     t0 = time.monotonic()
-    response = harness.call(Trigger, f"/{name}/reload_model")
-    assert response.success, response.message
+    for source in ("b", "a", "b", "a", "b"):  # the service answers once the reload is done
+        save_checkpoint(load_checkpoint(files / source), live)
+        response = harness.call(Trigger, f"/{name}/reload_model")
+        assert response.success, response.message
     new_hash = model_hash(files / "b")
     _diag(harness, node, "model", since=t0, predicate=lambda st: st[2]["model_sha256"] == new_hash)
 
@@ -390,11 +391,20 @@ def test_reload_swaps_model_and_rejects_bad_checkpoints(graph, make_node, files,
     result = harness.set_params(name, {"model_dir": str(tmp_path / "missing")})[0]
     assert not result.successful and "not a directory" in result.reason
 
-    # Latents never stopped while checkpoints were loaded, refused and swapped (loads run on a worker
-    # thread). Receive gaps are wall time: 5 H periods of slack for a loaded 2-core CI machine (a
-    # scheduler stall once gave 0.30 s); a loop blocked by the loads would stop for whole load times.
-    times = [t for t, _ in _latents(harness, t0)]
-    assert len(times) >= 5 and max(np.diff(times)) < 0.5, max(np.diff(times))
+    # Judged from the node's own records, not receive gaps (wall time a busy machine stretches): the
+    # five accepted reloads ran beside the H loop, which kept publishing latents while the worker
+    # thread built, hashed and warmed up each model (a load on the loop publishes none: the bug this
+    # guards), and no H step failed while checkpoints were loaded, refused and swapped. The bound is
+    # a third of the H rate over the windows, so one stalled window cannot fail it.
+    log = np.array(node.reload_log(), dtype=float)
+    assert len(log) == 5, log
+    window_s = float(((log[:, 1] - log[:, 0]) * 1e-9).sum())
+    meanwhile = int((log[:, 4] - log[:, 3]).sum())
+    print(f"reloads: {window_s:.2f} s in all, {meanwhile} latents meanwhile, "
+          f"loader CPU median {np.median(log[:, 2]):.0f} ms")
+    assert meanwhile >= max(1, int(window_s * node._h_rate / 3)), (window_s, meanwhile)
+    assert node._step_errors == 0 and set(node._skipped) <= {"no_input"}, (node._step_errors, node._skipped)
+    assert len(_latents(harness, t0)) >= 5
 
 
 def test_configure_fails_without_a_model(graph):

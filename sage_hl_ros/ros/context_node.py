@@ -72,11 +72,10 @@ Diagnostics (model status) also carry ``inference_backend``, ``onnx_precision``,
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -87,11 +86,10 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 
-from ..core.checkpoint_files import CheckpointError, read_meta
-from ..core.config import ObservationConfig, range_problem
-from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, HBackend, Reading
-from ..core.observation import Observation, ObservationSchema
-from ..deploy.manifest import PRECISIONS, ExportError, find_export, read_manifest
+from ..core.checkpoint_files import CheckpointError
+from ..core.config import range_problem
+from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, Reading
+from ..deploy.h_loader import BackendSpec, LoadedModel, load_model
 from . import convert
 from .diagnostics import RateMeter, RollingStats, diagnostic_array, status
 from .node_main import BackgroundLoader, DeclaredParams, Throttle, check_checkpoint_dir, run_node
@@ -101,114 +99,6 @@ from .sensor_cache import AudioWindow, SensorCache
 MODALITIES = INPUTS
 _TOPIC_PARAMS = ("camera_topic", "depth_topic", "audio_topic", "tactile_topic", "joint_states_topic",
                  "latent_topic")
-
-
-BACKENDS = ("auto", "torch", "onnxruntime")
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """How the node runs the H path; validated on construction (the parameters' values)."""
-
-    backend: str = "auto"  # auto | torch | onnxruntime
-    precision: str = "fp32"  # of the ONNX export
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    intra_op_threads: int = 1  # ONNX Runtime
-    torch_threads: int = 1
-
-    def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"inference_backend must be one of {list(BACKENDS)}, got {self.backend!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"onnx_precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        if not self.providers or not all(isinstance(p, str) and p.strip() for p in self.providers):
-            raise ValueError(f"onnxruntime_providers must be a non-empty list of provider names, "
-                             f"got {list(self.providers)}")
-        for key in ("intra_op_threads", "torch_threads"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                name = "onnxruntime_intra_op_threads" if key == "intra_op_threads" else key
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-@dataclass
-class LoadedModel:
-    backend: HBackend
-    backend_name: str  # torch | onnxruntime: what actually runs
-    backend_reason: str  # why (auto's choice, or "requested")
-    model_dir: str
-    sha256: str
-    joint_names: tuple
-    latent_dim: int
-    observation_config: ObservationConfig
-    load_ms: float
-    providers: tuple[str, ...] = ()  # ONNX Runtime's session providers
-    export_dir: str = ""
-
-
-def resolve_backend(model_dir: str, spec: BackendSpec) -> tuple[str, str]:
-    """(torch | onnxruntime, why) for ``spec.backend`` and this checkpoint. ``auto`` picks
-    onnxruntime when an export of the checkpoint's current weights at ``spec.precision`` exists
-    and its manifest checks out and onnxruntime imports; torch otherwise, saying why."""
-    if spec.backend != "auto":
-        return spec.backend, "requested (inference_backend)"
-    try:
-        export = find_export(model_dir, spec.precision)
-        read_manifest(export)
-    except (ExportError, CheckpointError) as exc:
-        return "torch", f"auto: no usable {spec.precision} export ({exc})"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        return "torch", f"auto: onnxruntime does not import ({exc}); export {export} not used"
-    return "onnxruntime", f"auto: {spec.precision} export {export} of the current weights found"
-
-
-def load_model(model_dir: str, spec: BackendSpec | None = None, backend: str | None = None,
-               reason: str = "") -> LoadedModel:
-    """Load + warm up a checkpoint (one encode) so the first real H step is not slow.
-
-    ``backend`` (torch | onnxruntime) skips the choice (a reload keeps the running backend);
-    otherwise ``resolve_backend`` decides. With onnxruntime nothing here imports torch: the hash
-    comes from the verified weights file, the configuration from the export's manifest (which
-    must equal the checkpoint's config.json), and the H path from the ONNX graph.
-    """
-    t0 = time.perf_counter()
-    spec = spec or BackendSpec()
-    if not model_dir:
-        raise CheckpointError("model_dir is empty: set the model_dir parameter to a checkpoint directory")
-    if backend is None:
-        backend, reason = resolve_backend(model_dir, spec)
-    providers: tuple[str, ...] = ()
-    export = ""
-    if backend == "onnxruntime":
-        from ..deploy.onnx_backend import OnnxHPath
-
-        meta = read_meta(model_dir)
-        h = OnnxHPath.for_checkpoint(model_dir, spec.precision, providers=list(spec.providers),
-                                     intra_op_threads=spec.intra_op_threads)
-        if h.manifest.config != meta["config"]:
-            raise ExportError(f"{h.manifest.path}: its config differs from {os.path.join(model_dir, 'config.json')} "
-                              f"(the checkpoint's config changed after the export); export again")
-        sha, obs_cfg, latent_dim = h.model_hash, h.observation_config, h.latent_dim
-        providers, export = tuple(h.providers), str(h.export_dir)
-        if h.skipped_providers:
-            reason += "; providers skipped: " + "; ".join(f"{k}: {v}" for k, v in h.skipped_providers.items())
-    else:
-        import torch
-
-        from ..core.checkpoint import load_checkpoint, model_hash
-        from ..core.torch_backend import TorchHBackend
-
-        torch.set_num_threads(spec.torch_threads)
-        model = load_checkpoint(model_dir)
-        sha = model_hash(model_dir)
-        h = TorchHBackend(model)
-        obs_cfg, latent_dim = model.cfg.observation, int(model.cfg.model.latent_dim)
-    arrays, _ = ObservationSchema(obs_cfg).prepare_arrays(Observation())
-    h.encode(arrays, h.initial_state())
-    return LoadedModel(h, backend, reason, os.path.abspath(model_dir), sha, tuple(obs_cfg.joint_names),
-                       int(latent_dim), obs_cfg, (time.perf_counter() - t0) * 1e3, providers, export)
 
 
 class ContextNode(DeclaredParams, LifecycleNode):
@@ -246,6 +136,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._loaded: LoadedModel | None = None
         self._pending: LoadedModel | None = None
         self._loader = BackgroundLoader(self, self._load_job, on_done=self._note_reload, name="sage_context_loader")
+        self._reload_log: list[tuple[int, int, float, int, int]] = []  # see reload_log()
         self._reload_note = ""  # last reload outcome, for diagnostics
         self._reload_failed = False
         self._active = False
@@ -569,25 +460,36 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._published += 1
 
     # ------------------------------------------------------------------ reload
+    def reload_log(self) -> list[tuple[int, int, float, int, int]]:
+        """Accepted reloads, oldest first: (start_ns, end_ns on the node clock, this interpreter's
+        CPU ms for the reload, latents published at start, at end)."""
+        return list(self._reload_log)
+
     def _load_job(self, path: str) -> str:
+        start_ns, cpu0, published0 = self.get_clock().now().nanoseconds, time.thread_time(), self._published
         current = self._loaded
+        if current is None:
+            raise CheckpointError("not configured")
         # A reload keeps the running backend (auto is resolved once, at configure): an
         # onnxruntime node never falls back to torch, so a checkpoint without its export is refused.
-        if current is not None:
-            new = load_model(path, self._spec, current.backend_name, current.backend_reason)
-        else:
-            new = load_model(path, self._spec)
-        if current is not None:
-            if new.joint_names != current.joint_names:
-                raise CheckpointError(f"{path}: joint names {list(new.joint_names)} differ from the running "
-                                      f"model's {list(current.joint_names)}; reconfigure the node to change robots")
-            if new.latent_dim != current.latent_dim:
-                raise CheckpointError(f"{path}: latent_dim {new.latent_dim} differs from the running "
-                                      f"{current.latent_dim} (the control node consumes it)")
+        # On this worker thread, not in a helper process as the control node does: measured, a torch
+        # model's build + hash + warm-up costs this interpreter 117-141 ms of CPU, and receiving the same
+        # model pickled from a helper 143-355 ms (56 MB through a pipe); a torch helper would also hold
+        # ~0.5 GB more memory on an 8 GB Jetson, and an ONNX Runtime session does not pickle at all.
+        # At 10 Hz the H loop absorbs the GIL share (the test judges the latents published meanwhile).
+        new = load_model(path, self._spec, current.backend_name, current.backend_reason)
+        if new.joint_names != current.joint_names:
+            raise CheckpointError(f"{path}: joint names {list(new.joint_names)} differ from the running "
+                                  f"model's {list(current.joint_names)}; reconfigure the node to change robots")
+        if new.latent_dim != current.latent_dim:
+            raise CheckpointError(f"{path}: latent_dim {new.latent_dim} differs from the running "
+                                  f"{current.latent_dim} (the control node consumes it)")
         self._pending = new
         if not self._active:  # no H step to swap it in
             self._pending = None
             self._use(new)
+        self._reload_log = self._reload_log[-63:] + [(start_ns, self.get_clock().now().nanoseconds,
+                                                      (time.thread_time() - cpu0) * 1e3, published0, self._published)]
         return (f"loaded {new.model_dir} (sha256 {new.sha256[:12]}, {new.backend_name}) "
                 f"in {new.load_ms:.0f} ms")
 
