@@ -16,6 +16,8 @@ from array import array as _pyarray
 
 import numpy as np
 
+from .core.config import InputRanges, range_problem
+
 
 class ConversionError(ValueError):
     """A message could not be converted; the text says what was wrong (encoding, sizes, joints)."""
@@ -170,3 +172,95 @@ def checked_multiarray(data: np.ndarray, layout, expected_size: int | None = Non
             f"multiarray has non-finite values at indices {np.flatnonzero(~np.isfinite(data))[:8].tolist()}"
         )
     return data
+
+
+def as_float(data, dtype) -> np.ndarray:
+    """Float view on an array.array field (rclpy) of that item size; copies other sequences."""
+    dtype = np.dtype(dtype)
+    if isinstance(data, _pyarray) and data.typecode in "fd" and data.itemsize == dtype.itemsize:
+        return np.frombuffer(data, dtype=dtype)
+    return np.asarray(data, dtype=dtype)
+
+
+def multiarray_to_numpy(msg, expected_size: int | None = None) -> np.ndarray:
+    """1-D float view of ``data[data_offset:]`` of a Float32/Float64MultiArray (rclpy or rosbags),
+    validated against its layout and ``expected_size``; the element type is the message's."""
+    data = msg.data
+    if isinstance(data, _pyarray) and data.typecode in "fd":
+        values = np.frombuffer(data, dtype=np.float32 if data.typecode == "f" else np.float64)
+    elif isinstance(data, np.ndarray):
+        values = data
+    else:
+        values = np.asarray(data, dtype=np.float64)
+    return checked_multiarray(values, msg.layout, expected_size)
+
+
+DEFAULT_INPUT_RANGES = InputRanges()  # a checkpoint's observation.input_ranges overrides it
+_JOINT_INDEX_CACHE: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray | None] = {}
+_JOINT_INDEX_CACHE_MAX = 32
+
+
+def joint_index(msg_names, joint_names, what: str = "JointState") -> np.ndarray | None:
+    """Index of each configured joint in a message's names (JointState ``name``, JointTrajectory
+    ``joint_names``); None when it names none of them; ConversionError when it names some only or
+    one twice."""
+    msg_names, joint_names = tuple(msg_names), tuple(joint_names)
+    key = (msg_names, joint_names)
+    if key in _JOINT_INDEX_CACHE:
+        return _JOINT_INDEX_CACHE[key]
+    where: dict[str, int] = {}
+    dupes = set()
+    for i, n in enumerate(msg_names):
+        if n in where:
+            dupes.add(n)
+        where[n] = i
+    missing = [n for n in joint_names if n not in where]
+    if missing and len(missing) == len(joint_names):
+        idx = None  # another publisher's joints (e.g. a gripper driver on the same topic): not ours
+    elif missing:
+        raise ConversionError(f"{what} is missing configured joints {missing} (message has {list(msg_names)})")
+    else:
+        ambiguous = [n for n in joint_names if n in dupes]
+        if ambiguous:
+            raise ConversionError(f"{what} names configured joints more than once: {ambiguous}")
+        idx = np.fromiter((where[n] for n in joint_names), dtype=np.intp, count=len(joint_names))
+    if len(_JOINT_INDEX_CACHE) >= _JOINT_INDEX_CACHE_MAX:
+        _JOINT_INDEX_CACHE.clear()
+    _JOINT_INDEX_CACHE[key] = idx
+    return idx
+
+
+def joint_state_to_arrays(msg, joint_names, ranges: InputRanges = DEFAULT_INPUT_RANGES
+                          ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(positions, velocities) float64 in ``joint_names`` order, matched by name; the one decoder
+    of the runtime nodes and the bag reader, so both accept and refuse the same messages.
+
+    None when the message names none of the configured joints (another publisher on the same
+    topic, e.g. a gripper driver): callers skip it without a warning. Extra joints are ignored;
+    missing, duplicated, non-finite or implausible configured joints (outside ``ranges``, e.g. a
+    position of 1e308 rad) raise ConversionError, so a partial or corrupt message can never shift
+    values onto the wrong joint or overflow a model downstream. Empty velocity -> zeros.
+    """
+    names = tuple(msg.name)
+    n = len(names)
+    if len(msg.position) != n:
+        raise ConversionError(f"JointState has {n} names but {len(msg.position)} positions")
+    nv = len(msg.velocity)
+    if nv not in (0, n):
+        raise ConversionError(f"JointState has {n} names but {nv} velocities")
+    joint_names = tuple(joint_names)
+    idx = joint_index(names, joint_names)
+    if idx is None:
+        return None
+    pos = as_float(msg.position, np.float64)[idx]
+    problem = range_problem(pos, ranges.joint_position_abs_max_rad, "position", " rad", joint_names)
+    if problem:
+        raise ConversionError(problem)
+    if nv == 0:
+        vel = np.zeros(len(idx), dtype=np.float64)
+    else:
+        vel = as_float(msg.velocity, np.float64)[idx]
+        problem = range_problem(vel, ranges.joint_velocity_abs_max_rad_s, "velocity", " rad/s", joint_names)
+        if problem:
+            raise ConversionError(problem)
+    return pos, vel

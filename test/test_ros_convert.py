@@ -276,6 +276,44 @@ def test_joint_state_out_of_range_is_rejected_with_the_joint_named():
         convert.joint_state_to_arrays(_js(JOINTS, [1, 2, 3, 99]), JOINTS, InputRanges(joint_position_abs_max_rad=10))
 
 
+def test_joint_state_naming_none_of_our_joints_is_another_publishers():
+    # e.g. a gripper driver on /joint_states: skipped without an error, at run time and in training
+    assert convert.joint_state_to_arrays(_js(["finger_left", "finger_right"], [0.01, 0.01]), JOINTS) is None
+    with pytest.raises(ConversionError, match=r"missing configured joints \['joint2', 'joint3', 'joint4'\]"):
+        convert.joint_state_to_arrays(_js(["joint1", "finger_left"], [0.1, 0.01]), JOINTS)
+
+
+def test_runtime_and_bag_reader_share_one_decoder():
+    """The nodes (rclpy messages: array.array fields) and the bag reader (rosbags messages: numpy
+    fields) call the same functions, so they accept and refuse the same messages alike."""
+    from types import SimpleNamespace
+
+    from sage_hl_ros.bags import decode
+
+    assert decode.joint_state_to_arrays is convert.joint_state_to_arrays
+    assert decode.multiarray_to_numpy is convert.multiarray_to_numpy
+    assert decode.DecodeError is ConversionError
+    cases = [(["joint4", "joint1", "joint2", "joint3", "gripper"], [4, 1, 2, 3, 9], [0.4, 0.1, 0.2, 0.3, 0]),
+             (["gripper"], [0.5], []), (["joint1"], [1.0], []), (list(JOINTS), [1, 1e308, 3, 4], [])]
+    for names, pos, vel in cases:
+        ros = _js(names, pos, vel)
+        bag = SimpleNamespace(name=list(names), position=np.array(pos, dtype=np.float64),
+                              velocity=np.array(vel, dtype=np.float64))
+        outcomes = []
+        for msg in (ros, bag):
+            try:
+                out = convert.joint_state_to_arrays(msg, JOINTS)
+                outcomes.append(None if out is None else np.concatenate(out).tolist())
+            except ConversionError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1], (names, outcomes)
+    ros = convert.numpy_to_float32_multiarray(np.arange(4.0), "taxels")
+    bag = SimpleNamespace(data=np.arange(4.0, dtype=np.float32), layout=ros.layout)
+    for msg in (ros, bag):
+        out = convert.multiarray_to_numpy(msg, expected_size=4)
+        assert out.dtype == np.float32 and out.tolist() == [0, 1, 2, 3]
+
+
 # ------------------------------------------------------------------------------------ multiarrays
 
 

@@ -804,7 +804,7 @@ class BagDataset:
             return
         try:
             if role == "joint_states":
-                out = joint_state_to_arrays(msg, joints)
+                out = joint_state_to_arrays(msg, joints, self.obs_cfg.input_ranges)
                 value, extra = (None, None) if out is None else out
             elif role == "tactile":
                 value = multiarray_to_numpy(msg, expected_size=self.obs_cfg.tactile_taxels).astype(np.float32)
@@ -817,7 +817,7 @@ class BagDataset:
             elif role == "teacher_chunk":
                 value, extra = trajectory_chunk(msg, joints), None
             else:
-                value, extra = command_positions(msg, conn.msgtype, joints), None
+                value, extra = command_positions(msg, conn.msgtype, joints, self.obs_cfg.input_ranges), None
         except DecodeError as exc:
             self._bad(bag, conn.topic, index, ts, str(exc))
             return

@@ -24,14 +24,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..core.config import InputRanges
 from ..msg_arrays import (
+    DEFAULT_INPUT_RANGES,
     IMAGE_ENCODINGS,
     ConversionError,
-    checked_multiarray,
     compressed_image_to_rgb,
     depth_to_meters,
     image_to_numpy,
     image_to_rgb,
+    joint_index,
+    joint_state_to_arrays,
+    multiarray_to_numpy,
 )
 from .errors import BagError  # re-exported: readers catch it from here
 
@@ -140,62 +144,8 @@ def stamp_ns(msg) -> int:
 # --------------------------------------------------------------------------- images
 
 
-def multiarray_to_numpy(msg, expected_size: int | None = None) -> np.ndarray:
-    """1-D view of ``data[data_offset:]`` of a Float32/Float64MultiArray, checked against its layout."""
-    return checked_multiarray(np.asarray(msg.data), msg.layout, expected_size)
-
-
-def _name_index(names: Sequence[str], joint_names: Sequence[str], what: str) -> np.ndarray | None:
-    """Index of each configured joint in ``names``; None if the message names none of them."""
-    where: dict[str, int] = {}
-    dupes = set()
-    for i, n in enumerate(names):
-        if n in where:
-            dupes.add(n)
-        where[n] = i
-    missing = [n for n in joint_names if n not in where]
-    if len(missing) == len(joint_names):
-        return None  # another publisher's joints (e.g. a gripper driver): not ours
-    if missing:
-        raise DecodeError(f"{what} is missing configured joints {missing} (message has {list(names)})")
-    ambiguous = [n for n in joint_names if n in dupes]
-    if ambiguous:
-        raise DecodeError(f"{what} names configured joints more than once: {ambiguous}")
-    return np.fromiter((where[n] for n in joint_names), dtype=np.intp, count=len(joint_names))
-
-
-def joint_state_to_arrays(msg, joint_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(positions, velocities) float64 in ``joint_names`` order, matched by name.
-
-    None when the message names none of the configured joints (a different publisher on the same
-    topic); a message naming some but not all of them is rejected. Empty velocity -> zeros.
-    """
-    names = list(msg.name)
-    n = len(names)
-    position = np.asarray(msg.position, dtype=np.float64)
-    velocity = np.asarray(msg.velocity, dtype=np.float64)
-    if position.size != n:
-        raise DecodeError(f"JointState has {n} names but {position.size} positions")
-    if velocity.size not in (0, n):
-        raise DecodeError(f"JointState has {n} names but {velocity.size} velocities")
-    idx = _name_index(names, joint_names, "JointState")
-    if idx is None:
-        return None
-    pos = position[idx]
-    if not np.isfinite(pos).all():
-        bad = [joint_names[i] for i in np.flatnonzero(~np.isfinite(pos))]
-        raise DecodeError(f"non-finite position for {', '.join(bad)}")
-    if velocity.size == 0:
-        vel = np.zeros(len(idx), dtype=np.float64)
-    else:
-        vel = velocity[idx]
-        if not np.isfinite(vel).all():
-            bad = [joint_names[i] for i in np.flatnonzero(~np.isfinite(vel))]
-            raise DecodeError(f"non-finite velocity for {', '.join(bad)}")
-    return pos, vel
-
-
-def command_positions(msg, msgtype: str, joint_names: Sequence[str]) -> np.ndarray | None:
+def command_positions(msg, msgtype: str, joint_names: Sequence[str],
+                      ranges: InputRanges = DEFAULT_INPUT_RANGES) -> np.ndarray | None:
     """Commanded absolute joint positions (J,) float64 in configured order, or None (not our joints).
 
     - ``std_msgs/Float64MultiArray``: already in configured joint order (ros2_control forward
@@ -206,7 +156,7 @@ def command_positions(msg, msgtype: str, joint_names: Sequence[str]) -> np.ndarr
     if msgtype == "std_msgs/msg/Float64MultiArray":
         return np.asarray(multiarray_to_numpy(msg, expected_size=len(joint_names)), dtype=np.float64)
     if msgtype == "sensor_msgs/msg/JointState":
-        out = joint_state_to_arrays(msg, joint_names)
+        out = joint_state_to_arrays(msg, joint_names, ranges)
         return None if out is None else out[0]
     if msgtype == "trajectory_msgs/msg/JointTrajectory":
         if not msg.points:
@@ -215,7 +165,7 @@ def command_positions(msg, msgtype: str, joint_names: Sequence[str]) -> np.ndarr
         positions = np.asarray(msg.points[0].positions, dtype=np.float64)
         if positions.size != len(names):
             raise DecodeError(f"JointTrajectory has {len(names)} joint_names but {positions.size} positions")
-        idx = _name_index(names, joint_names, "JointTrajectory")
+        idx = joint_index(names, joint_names, "JointTrajectory")
         if idx is None:
             return None
         pos = positions[idx]
@@ -234,7 +184,7 @@ def trajectory_chunk(msg, joint_names: Sequence[str]) -> tuple[np.ndarray, np.nd
     if not msg.points:
         raise DecodeError("JointTrajectory has no points")
     names = list(msg.joint_names)
-    idx = _name_index(names, joint_names, "JointTrajectory")
+    idx = joint_index(names, joint_names, "JointTrajectory")
     if idx is None:
         return None
     times = np.array([int(p.time_from_start.sec) + int(p.time_from_start.nanosec) * 1e-9 for p in msg.points])

@@ -162,6 +162,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._mask_reason = dict.fromkeys(MODALITIES, "")  # why the last H step left it out
         self._step_errors = 0
         self._last_step_error = ""
+        self._other_joint_states = 0  # JointStates naming none of our joints (skipped, no warning)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ parameters
@@ -377,10 +378,14 @@ class ContextNode(DeclaredParams, LifecycleNode):
     def _on_joints(self, msg: JointState) -> None:
         now = self._now_s()
         try:
-            pos, vel = convert.joint_state_to_arrays(msg, self._joint_names, self._ranges)
+            out = convert.joint_state_to_arrays(msg, self._joint_names, self._ranges)
         except (convert.ConversionError, ValueError) as exc:
             self._reject("joint_states", str(exc), now)
             return
+        if out is None:  # none of our joints: another driver on the topic (a gripper), not an error
+            self._other_joint_states += 1
+            return
+        pos, vel = out
         self._cache.put("joint_states", (pos, vel), msg.header.stamp, now)
 
     # ------------------------------------------------------------------ H loop
@@ -568,6 +573,8 @@ class ContextNode(DeclaredParams, LifecycleNode):
                       "mask_reason": self._mask_reason[modality]}
             for reason, count in sorted(slot.reasons.items()):
                 values[f"rejected.{reason}"] = count
+            if modality == "joint_states":
+                values["other_publisher"] = self._other_joint_states
             for mask_state, count in sorted(self._masked[modality].items()):
                 values[f"masked.{mask_state}"] = count
             if st == "ok":

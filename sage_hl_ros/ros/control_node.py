@@ -495,7 +495,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._joints: JointInput | None = None
         self._rejected = {"latent": 0, "joint_states": 0}
         self._reject_reasons: dict[str, str] = {"latent": "", "joint_states": ""}
-        self._received = {"latent": 0, "joint_states": 0}
+        self._received = {"latent": 0, "joint_states": 0, "other_publisher": 0}
 
     # Times handed to the pure step are seconds since this node's time origin, not since the epoch:
     # float64 epoch seconds are only 0.24 us apart today, which made a 5 ms step's elapsed time
@@ -535,11 +535,15 @@ class ControlNode(DeclaredParams, LifecycleNode):
         if policy is None:
             return
         try:
-            pos, vel = convert.joint_state_to_arrays(msg, policy.model_names, policy.input_ranges)
+            out = convert.joint_state_to_arrays(msg, policy.model_names, policy.input_ranges)
             stamp = self._stamp_s(msg.header.stamp)
         except (convert.ConversionError, ValueError) as exc:
             self._reject("joint_states", str(exc))
             return
+        if out is None:  # none of our joints: another driver on the topic (a gripper), not an error
+            self._received["other_publisher"] += 1
+            return
+        pos, vel = out
         measured = pos if policy.perm is None else pos[policy.perm]
         self._joints = JointInput(pos, vel, np.asarray(measured, dtype=np.float64), stamp, now)
 
@@ -782,6 +786,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
             "joint_state_stamp_age_ms": (now - joints.stamp_s) * 1e3 if joints is not None and joints.stamp_s
             else math.nan,
             "latents_received": self._received["latent"], "joint_states_received": self._received["joint_states"],
+            "joint_states_other_publisher": self._received["other_publisher"],
             "rejected.latent": self._rejected["latent"], "rejected.joint_states": self._rejected["joint_states"],
             "last_reject.latent": self._reject_reasons["latent"],
             "last_reject.joint_states": self._reject_reasons["joint_states"],

@@ -24,25 +24,22 @@ from __future__ import annotations
 
 import math
 from array import array as _pyarray
-from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
-from ..core.config import InputRanges, range_problem
-from ..msg_arrays import (
+from ..msg_arrays import (  # one decoder for the runtime and the bag reader; re-exported here
     IMAGE_ENCODINGS,
     ConversionError,
-    checked_multiarray,
     compressed_image_to_rgb,
     depth_to_meters,
     image_to_numpy,
     image_to_rgb,
+    joint_state_to_arrays,
+    multiarray_to_numpy,
 )
-
-DEFAULT_INPUT_RANGES = InputRanges()  # a checkpoint's observation.input_ranges overrides it
 
 __all__ = [
     "ConversionError",
@@ -70,14 +67,6 @@ def _u8_array(arr: np.ndarray) -> _pyarray:
     out = _pyarray("B")
     out.frombytes(memoryview(arr.reshape(-1).view(np.uint8)))
     return out
-
-
-def _as_float(data, dtype) -> np.ndarray:
-    """Float view on an array.array field; copies other sequences."""
-    dtype = np.dtype(dtype)
-    if isinstance(data, _pyarray) and data.typecode in "fd" and data.itemsize == dtype.itemsize:
-        return np.frombuffer(data, dtype=dtype)
-    return np.asarray(data, dtype=dtype)
 
 
 def _to_stamp(stamp) -> Time:
@@ -128,84 +117,7 @@ def numpy_to_image(array: np.ndarray, encoding: str, stamp=None, frame_id: str =
     return msg
 
 
-# --------------------------------------------------------------------------- joint states
-
-# (tuple(msg.name), tuple(joint_names)) -> index array into msg order. Publishers keep their
-# name order fixed, so this holds one or two entries; cleared if it ever grows.
-_JOINT_INDEX_CACHE: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
-_JOINT_INDEX_CACHE_MAX = 32
-
-
-def _joint_index(msg_names: tuple[str, ...], joint_names: tuple[str, ...]) -> np.ndarray:
-    key = (msg_names, joint_names)
-    idx = _JOINT_INDEX_CACHE.get(key)
-    if idx is not None:
-        return idx
-    where: dict[str, int] = {}
-    dupes = set()
-    for i, n in enumerate(msg_names):
-        if n in where:
-            dupes.add(n)
-        where[n] = i
-    missing = [n for n in joint_names if n not in where]
-    if missing:
-        raise ConversionError(
-            f"JointState is missing configured joints {missing} (message has {list(msg_names)})"
-        )
-    ambiguous = [n for n in joint_names if n in dupes]
-    if ambiguous:
-        raise ConversionError(f"JointState names configured joints more than once: {ambiguous}")
-    idx = np.fromiter((where[n] for n in joint_names), dtype=np.intp, count=len(joint_names))
-    if len(_JOINT_INDEX_CACHE) >= _JOINT_INDEX_CACHE_MAX:
-        _JOINT_INDEX_CACHE.clear()
-    _JOINT_INDEX_CACHE[key] = idx
-    return idx
-
-
-def joint_state_to_arrays(msg: JointState, joint_names: Sequence[str],
-                          ranges: InputRanges = DEFAULT_INPUT_RANGES) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, velocities) float64 in ``joint_names`` order, matched by name.
-
-    Extra joints are ignored; missing, duplicated, non-finite or implausible configured joints
-    (outside ``ranges``, e.g. a position of 1e308 rad) are rejected, so a partial or corrupt
-    message can never shift values onto the wrong joint or overflow a model downstream. Both
-    runtime nodes decode joint states here, so they reject the same messages. Empty velocity ->
-    zeros.
-    """
-    names = tuple(msg.name)
-    n = len(names)
-    if len(msg.position) != n:
-        raise ConversionError(f"JointState has {n} names but {len(msg.position)} positions")
-    nv = len(msg.velocity)
-    if nv not in (0, n):
-        raise ConversionError(f"JointState has {n} names but {nv} velocities")
-    idx = _joint_index(names, tuple(joint_names))
-    pos = _as_float(msg.position, np.float64)[idx]
-    problem = range_problem(pos, ranges.joint_position_abs_max_rad, "position", " rad", joint_names)
-    if problem:
-        raise ConversionError(problem)
-    if nv == 0:
-        vel = np.zeros(len(idx), dtype=np.float64)
-    else:
-        vel = _as_float(msg.velocity, np.float64)[idx]
-        problem = range_problem(vel, ranges.joint_velocity_abs_max_rad_s, "velocity", " rad/s", joint_names)
-        if problem:
-            raise ConversionError(problem)
-    return pos, vel
-
-
 # --------------------------------------------------------------------------- multiarrays
-
-
-def multiarray_to_numpy(
-    msg: Float32MultiArray | Float64MultiArray, expected_size: int | None = None
-) -> np.ndarray:
-    """1-D float32/float64 view of ``data[data_offset:]``, validated against layout and size.
-
-    Strides in ``layout.dim`` are not checked: publishers commonly leave them 0.
-    """
-    dtype = np.float32 if isinstance(msg, Float32MultiArray) else np.float64
-    return checked_multiarray(_as_float(msg.data, dtype), msg.layout, expected_size)
 
 
 def numpy_to_float32_multiarray(array: np.ndarray, label: str) -> Float32MultiArray:

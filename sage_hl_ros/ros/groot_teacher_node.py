@@ -172,10 +172,13 @@ class GrootTeacherNode(DeclaredParams, Node):
 
     def _on_joints(self, msg: JointState) -> None:
         try:
-            positions, _ = convert.joint_state_to_arrays(msg, self.map.state_joint_names)
+            out = convert.joint_state_to_arrays(msg, self.map.state_joint_names)
         except convert.ConversionError as exc:
             self._reject(str(exc))
             return
+        if out is None:  # another publisher's joints
+            return
+        positions = out[0]
         with self._lock:
             self._joints = (msg.header.stamp, _stamp_ns(msg.header.stamp), positions)
 

@@ -68,9 +68,12 @@ class StackMonitor(Node):
     def _on_joints(self, msg: JointState) -> None:
         self.joint_states.add()
         try:
-            self.position, _ = joint_state_to_arrays(msg, self.joint_names)
+            out = joint_state_to_arrays(msg, self.joint_names)
         except ConversionError:
             return
+        if out is None:  # another publisher's joints
+            return
+        self.position = out[0]
         if self.goal is not None:
             self.tracking.append((time.monotonic(), float(np.abs(self.position - self.goal).mean())))
 

@@ -154,10 +154,13 @@ class SimExpert(DeclaredParams, Node):
 
     def _on_joints(self, msg: JointState) -> None:
         try:
-            q, _ = convert.joint_state_to_arrays(msg, JOINT_NAMES)
+            out = convert.joint_state_to_arrays(msg, JOINT_NAMES)
         except convert.ConversionError as exc:
             self._skip("rejected", str(exc))
             return
+        if out is None:  # another publisher's joints
+            return
+        q = out[0]
         ns = _stamp_ns(msg.header.stamp)
         if ns == self._last_ns:
             self.counts["repeated_stamp"] += 1
