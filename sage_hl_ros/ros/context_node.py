@@ -74,7 +74,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import replace
 
 import rclpy
@@ -136,7 +136,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._loaded: LoadedModel | None = None
         self._pending: LoadedModel | None = None
         self._loader = BackgroundLoader(self, self._load_job, on_done=self._note_reload, name="sage_context_loader")
-        self._reload_log: list[tuple[int, int, float, int, int]] = []  # see reload_log()
+        self._reload_log: deque[tuple[int, int, float, int, int]] = deque(maxlen=64)  # see reload_log()
         self._reload_note = ""  # last reload outcome, for diagnostics
         self._reload_failed = False
         self._active = False
@@ -493,8 +493,8 @@ class ContextNode(DeclaredParams, LifecycleNode):
         if not self._active:  # no H step to swap it in
             self._pending = None
             self._use(new)
-        self._reload_log = self._reload_log[-63:] + [(start_ns, self.get_clock().now().nanoseconds,
-                                                      (time.thread_time() - cpu0) * 1e3, published0, self._published)]
+        self._reload_log.append((start_ns, self.get_clock().now().nanoseconds, (time.thread_time() - cpu0) * 1e3,
+                                 published0, self._published))
         return (f"loaded {new.model_dir} (sha256 {new.sha256[:12]}, {new.backend_name}) "
                 f"in {new.load_ms:.0f} ms")
 
