@@ -598,6 +598,9 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._ticks = 0
         self._missed = 0
         self._published = 0
+        # (ticks, commands published) as of the end of the last tick, one tuple swapped in per tick: the
+        # diagnostics thread reads both from the same tick (two attribute reads can straddle ticks).
+        self._counts = (0, 0)
         self._last_tick_ns = 0
         self._status = SafetyStatus.HOLD_NO_INPUT
         self._status_reason = "not started"
@@ -636,6 +639,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._log_t[i] = now_ns
         self._log_s[i] = STATUS_CODES[status]
         self._ticks += 1
+        self._counts = (self._ticks, self._published)
         self._compute_stats.add(time.perf_counter() - t0)
 
     def _publish_array(self, res, now_ns) -> None:
@@ -738,7 +742,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         name = self.get_name()  # status names: "<node name>: <part>"
         now = self._now_s()
         mono = time.monotonic()
-        ticks = self._ticks
+        ticks, published = self._counts
         elapsed = mono - self._diag_time
         rate = (ticks - self._diag_ticks) / elapsed if elapsed > 0 else 0.0
         self._diag_ticks, self._diag_time = ticks, mono
@@ -779,7 +783,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
             "missed_ticks": self._missed, "skipped_deadlines": loop.skipped if loop else 0,
             "chunk_execution": f"play (dt {self._chunk_dt_s:g} s)" if self._chunk_dt_s else "receding horizon",
             "compute_p50_us": comp["p50"] * 1e6, "compute_p99_us": comp["p99"] * 1e6,
-            "compute_max_us": comp["max"] * 1e6, "ticks": ticks, "commands_published": self._published,
+            "compute_max_us": comp["max"] * 1e6, "ticks": ticks, "commands_published": published,
             "latent_age_ms": (now - latent.arrival_s) * 1e3 if latent is not None else math.nan,
             "latent_stamp_age_ms": (now - latent.stamp_s) * 1e3 if latent is not None and latent.stamp_s else math.nan,
             "joint_state_age_ms": (now - joints.arrival_s) * 1e3 if joints is not None else math.nan,
