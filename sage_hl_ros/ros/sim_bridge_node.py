@@ -29,7 +29,9 @@ Published topics (QoS ``qos.<name>.{reliability,depth,durability}``)
                         "end:failure" at each episode's end (the recorder's convention)
                                                  qos.episode: reliable, transient-local, keep-last 10
     /sim/episode_result std_msgs/String JSON per episode: {"episode", "success", "final_distance_m",
-                        "target_m", "seed", "sim_time_s", "ended_early"}; after the last
+                        "target_m", "seed", "sim_time_s", "ended_early", "commands_applied",
+                        "max_command_gap_s"} (ticks that applied a new command; longest sim time
+                        without one: how well the driver kept up); after the last
                         episode of a batch {"done": true, "episodes": N, "successes": k}
                                                  qos.episode_result: reliable, transient-local, keep-last 1000
     /sim/target         geometry_msgs/PointStamped: the target centre (world frame), stamped with
@@ -219,6 +221,7 @@ class SimBridge(DeclaredParams, Node):
         self._sim_ns = 0
         self._ticks = 0
         self._episode = -1  # index of the current / last episode (all batches)
+        self._ep_commands, self._ep_max_gap_ns, self._ep_last_command_ns = 0, 0, 0  # this episode's driving
         self._batch_done = 0
         self._batch_successes = 0
         self._successes = 0
@@ -357,6 +360,9 @@ class SimBridge(DeclaredParams, Node):
             homing = self._homing_step()
             if command is not None and not homing:
                 self.world.set_command(command)
+                self._ep_commands += 1
+                self._ep_max_gap_ns = max(self._ep_max_gap_ns, self._sim_ns - self._ep_last_command_ns)
+                self._ep_last_command_ns = self._sim_ns
             self.world.step(self.tick_s)
             self._sim_ns += self._tick_ns
             self._ticks += 1
@@ -446,6 +452,7 @@ class SimBridge(DeclaredParams, Node):
         self._command_new = False
         self._end_requested = False
         self._episode += 1
+        self._ep_commands, self._ep_max_gap_ns, self._ep_last_command_ns = 0, 0, self._sim_ns
         msg = PointStamped()
         msg.header.stamp = self._stamp()
         msg.header.frame_id = self.world_frame
@@ -475,7 +482,10 @@ class SimBridge(DeclaredParams, Node):
         self._episode_pub.publish(String(data="end:success" if success else "end:failure"))
         result = {"episode": self._episode, "success": success, "final_distance_m": round(w.distance_m(), 6),
                   "target_m": [round(float(v), 6) for v in w.target_position()], "seed": self.seed,
-                  "sim_time_s": self._sim_ns * 1e-9, "ended_early": bool(self._end_requested)}
+                  "sim_time_s": self._sim_ns * 1e-9, "ended_early": bool(self._end_requested),
+                  "commands_applied": self._ep_commands,
+                  "max_command_gap_s": round(max(self._ep_max_gap_ns, self._sim_ns - self._ep_last_command_ns) * 1e-9,
+                                             6)}
         self._result_pub.publish(String(data=json.dumps(result)))
         self._successes += success
         with self._lock:
