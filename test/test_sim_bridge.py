@@ -42,6 +42,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 JOINTS = [f"joint{i}" for i in range(1, 8)]
 TICK_HZ, CAMERA_HZ, AUDIO_HZ, TACTILE_HZ = 100.0, 20.0, 20.0, 50.0
+STREAM_SKEW_S = 0.5  # sim s by which two streams' arrivals may drift apart under load
 SEED = 5
 
 
@@ -296,13 +297,17 @@ class TestStreaming:
         for m in frames:
             pcm = multiarray_to_numpy(m, expected_size=int(16000 / AUDIO_HZ))
             assert np.abs(pcm).max() <= 1.0
-        # Audio and tactile follow sim time: at most their rate per sim second of the window (never a
-        # burst), and most of it arrives. Both are best-effort (sensor QoS), so a loaded receiver drops
-        # some: 144 of 176 tactile messages arrived in one run on a busy 2-core machine.
+        # Audio and tactile follow sim time: about their rate per sim second of the window (never a
+        # catch-up burst, which would double it), and most of it arrives. Both are best-effort (sensor
+        # QoS), so a loaded receiver drops some: 144 of 176 tactile messages arrived in one run on a busy
+        # 2-core machine. They carry no stamp, and the window is cut by arrival, so the count may also
+        # hold up to STREAM_SKEW_S of sim time more than the joint states (a separate, reliable stream)
+        # covered: 51 audio frames against 2.31 sim s of joint states under load.
         sim_s = (js[-1] - js[0]) * 1e-9
         for key, hz in (("audio", AUDIO_HZ), ("tactile", TACTILE_HZ)):
             expected = hz * sim_s
-            assert 0.5 * expected <= len(window[key]) <= expected + 2 + 0.05 * expected, (key, len(window[key]), sim_s)
+            n = len(window[key])
+            assert 0.5 * expected <= n <= hz * (sim_s + STREAM_SKEW_S) + 2, (key, n, sim_s)
 
     def test_joint_command_moves_the_arm_by_name(self, harness, streaming):
         from sensor_msgs.msg import JointState
