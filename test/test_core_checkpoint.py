@@ -290,6 +290,51 @@ def test_config_errors_name_file_and_key(tmp_path):
         SageConfig.from_yaml(tmp_path / "absent.yaml")
 
 
+def test_configs_validate_on_construction_and_replace(tmp_path):
+    """Direct construction and dataclasses.replace run the loaders' checks, with the class as the key's
+    owner; from a file the message still names the file and the dotted key."""
+    import dataclasses
+
+    from sage_hl_ros.bags.dataset import DatasetConfig, TopicsConfig
+    from sage_hl_ros.core.config import InputRanges, ObservationConfig
+    from sage_hl_ros.groot.modality_map import ModalityMap
+    from sage_hl_ros.sim.world import SimConfig
+    from sage_hl_ros.tools.sim_demo import SimDemoConfig
+    from sage_hl_ros.training.config import SleepConfig, TrainConfig
+
+    cfg = SageConfig()
+    with pytest.raises(ConfigError, match=r"^ObservationConfig.tactile_taxels: must be > 0, got 0$"):
+        dataclasses.replace(cfg.observation, tactile_taxels=0)
+    with pytest.raises(ConfigError, match=r"^ModelConfig.compressor: choose from"):
+        dataclasses.replace(cfg.model, compressor="zip")
+    with pytest.raises(ConfigError, match=r"^InputRanges.depth_valid_min_m"):
+        InputRanges(depth_valid_min_m=200.0)
+    with pytest.raises(ConfigError, match=r"^ObservationConfig.joint_names: duplicate"):
+        ObservationConfig(joint_names=["a", "a"])
+    with pytest.raises(ConfigError, match=r"^SleepConfig.replay_fraction: must be in \[0, 1\]"):
+        SleepConfig(replay_fraction=2.0)
+    with pytest.raises(ConfigError, match=r"^TrainConfig.device"):
+        dataclasses.replace(TrainConfig(), device="tpu")
+    with pytest.raises(ConfigError, match=r"^TopicsConfig.camera: topic must start with '/'"):
+        TopicsConfig(camera="camera")
+    with pytest.raises(ConfigError, match=r"^DatasetConfig.rate_hz: must be > 0"):
+        dataclasses.replace(DatasetConfig(), rate_hz=0.0)
+    with pytest.raises(ConfigError, match=r"^SimConfig.image_width_px: must be >= 16"):
+        SimConfig(image_width_px=8)
+    with pytest.raises(ConfigError, match=r"^SimDemoConfig.eval_seed: must differ"):
+        SimDemoConfig(train_seed=5, eval_seed=5)
+    with pytest.raises(ConfigError, match=r"^ModalityMap.cameras: declare at least one key"):
+        ModalityMap()
+    # Nested: the file and the dotted key of the nested section.
+    path = tmp_path / "model.yaml"
+    path.write_text("observation:\n  input_ranges:\n    tactile_abs_max: -1.0\n")
+    with pytest.raises(ConfigError, match=r"model.yaml: observation.input_ranges.tactile_abs_max: must be > 0"):
+        SageConfig.from_yaml(path)
+    path.write_text("model:\n  h_heads: 3\n")
+    with pytest.raises(ConfigError, match=r"model.yaml: model.h_heads: must divide"):
+        SageConfig.from_yaml(path)
+
+
 def test_shipped_model_config_loads():
     from pathlib import Path
 

@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.config import MODALITIES, ConfigError, ObservationConfig, from_dict, load_yaml
+from ..core.config import MODALITIES, ConfigError, ObservationConfig, SelfValidating, from_dict, load_yaml
 from ..core.observation import Observation, ObservationBatch, ObservationSchema
 from ..core.system import SequenceBatch
 from .align import NS, Held, audio_windows, grid_times, hold, seconds_to_ns
@@ -146,7 +146,7 @@ SPLITS = ("train", "val")
 
 
 @dataclass
-class TopicsConfig:
+class TopicsConfig(SelfValidating):
     """Topic of each stream; an empty string ignores that stream."""
 
     camera: str = "/camera/image_raw"
@@ -175,7 +175,7 @@ class TopicsConfig:
 
 
 @dataclass
-class MaxAgeConfig:
+class MaxAgeConfig(SelfValidating):
     """Oldest sample (seconds before a grid time) still used; older ones are missing."""
 
     visual: float = 0.5
@@ -195,7 +195,7 @@ class MaxAgeConfig:
 
 
 @dataclass
-class DatasetConfig:
+class DatasetConfig(SelfValidating):
     """How bags become samples (``config/dataset.yaml``, section ``dataset``)."""
 
     topics: TopicsConfig = field(default_factory=TopicsConfig)
@@ -307,8 +307,7 @@ def configs_for_model(dataset_config: str | Path | None = None, *, model_config:
     else:
         raise ValueError("configs_for_model needs a checkpoint or a model config")
     dcfg = load_dataset_config(dataset_config)
-    dcfg.action_chunk = sage.model.action_chunk
-    return sage.observation, dcfg
+    return sage.observation, dataclasses.replace(dcfg, action_chunk=sage.model.action_chunk)
 
 
 # ============================================================================ episodes

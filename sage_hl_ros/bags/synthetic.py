@@ -66,6 +66,9 @@ class SyntheticBagSpec:
     start_time_s: float = 1000.0
     storage: str = "mcap"  # or "sqlite3"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if self.episodes < 1 or self.steps_per_episode < 2:
             raise ValueError("need at least 1 episode of at least 2 steps")

@@ -30,8 +30,24 @@ class ConfigError(ValueError):
     """A config file or dict is invalid; the message names the source and the key."""
 
 
+class SelfValidating:
+    """Base of the config dataclasses: construction runs ``validate``.
+
+    The YAML loaders are not the only way a config is made: direct construction and
+    ``dataclasses.replace`` (command-line overrides, per-run seeds) must not skip the checks.
+    ``validate(where)`` raises ConfigError messages that start with ``where``; built directly,
+    ``where`` is the class name, built from a file, ``from_dict`` puts the file and dotted key there.
+    """
+
+    def __post_init__(self) -> None:
+        self.validate(type(self).__name__)
+
+    def validate(self, where: str) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+
 @dataclass
-class InputRanges:
+class InputRanges(SelfValidating):
     """Plausible sensor values; anything outside masks the modality with a reason.
 
     ``isfinite`` alone is not enough: one finite tactile reading of 1e30 (or a joint position of
@@ -85,7 +101,7 @@ def range_problem(values: np.ndarray, abs_max: float, what: str, unit: str = "",
 
 
 @dataclass
-class ObservationConfig:
+class ObservationConfig(SelfValidating):
     """What the robot senses and how it is shaped before the encoders."""
 
     joint_names: list[str] = field(
@@ -138,7 +154,7 @@ class ObservationConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(SelfValidating):
     """Architecture of encoders, H-module, compressor and L-module."""
 
     visual_backbone: str = "cnn"  # "cnn" or a local Hugging Face model directory
@@ -188,7 +204,7 @@ class ModelConfig:
 
 
 @dataclass
-class LossConfig:
+class LossConfig(SelfValidating):
     """Weights of the training objectives (see SageHL.losses)."""
 
     bc: float = 1.0  # behaviour cloning of recorded / teacher actions
@@ -206,7 +222,7 @@ class LossConfig:
 
 
 @dataclass
-class SageConfig:
+class SageConfig(SelfValidating):
     """Everything needed to build a SageHL model (and stored with each checkpoint)."""
 
     observation: ObservationConfig = field(default_factory=ObservationConfig)
@@ -215,9 +231,9 @@ class SageConfig:
     seed: int = 0
 
     def validate(self, where: str) -> None:
-        self.observation.validate(f"{where}observation")
-        self.model.validate(f"{where}model")
-        self.loss.validate(f"{where}loss")
+        self.observation.validate(f"{where}.observation")
+        self.model.validate(f"{where}.model")
+        self.loss.validate(f"{where}.loss")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -267,7 +283,7 @@ def load_json(cls: type, path: str | Path) -> Any:
 def from_dict(cls: type, data: Any, source: str) -> Any:
     """Build and validate dataclass ``cls`` from plain data; errors read ``source: key: problem``."""
     obj = _build(cls, data, source, "")
-    if hasattr(obj, "validate"):
+    if hasattr(obj, "validate") and not isinstance(obj, SelfValidating):
         try:
             obj.validate("")
         except ConfigError as exc:
@@ -286,7 +302,16 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         kwargs[key] = _coerce(hints[key], value, source, f"{prefix}{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a SelfValidating class said "ClassName.key: ...": name the file's key
+        message, name = str(exc), cls.__name__
+        if not message.startswith(name):
+            raise ConfigError(f"{source}: {prefix}{message}") from None
+        rest = message[len(name):]
+        if rest.startswith("."):
+            raise ConfigError(f"{source}: {prefix}{rest[1:]}") from None
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}{rest}") from None
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:

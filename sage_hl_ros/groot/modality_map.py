@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import ConfigError, load_yaml
+from ..core.config import ConfigError, SelfValidating, load_yaml
 from .protocol import PROTOCOLS
 
 __all__ = ["ModalityMap", "load_modality_map"]
@@ -28,7 +28,7 @@ _PREFIXES = ("video.", "state.", "action.")
 
 
 @dataclass
-class ModalityMap:
+class ModalityMap(SelfValidating):
     """``cameras``: GR00T video key -> sensor_msgs/Image topic. ``state``: GR00T state key -> joint
     names (positions, rad). ``state_points``: GR00T state key -> geometry_msgs/PointStamped topic
     (x, y, z in m; e.g. the sim's privileged target, which the protocol stand-in needs and a real

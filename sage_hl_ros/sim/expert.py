@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.config import ConfigError, require_positive
+from ..core.config import ConfigError, SelfValidating, require_positive
 from .world import HOME_RAD, JOINT_LOWER_RAD, JOINT_UPPER_RAD, SimConfig, arm_mjcf, ensure_gl_backend, joint_indices
 
 
 @dataclass
-class ExpertConfig:
+class ExpertConfig(SelfValidating):
     """IK and servo gains. ``gain_per_s`` x ``step_horizon_s`` is the fraction of the remaining joint
     error each command asks for; ``max_step_rad`` bounds the step's largest joint."""
 

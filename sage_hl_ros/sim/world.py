@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import ConfigError, load_yaml, require_positive
+from ..core.config import ConfigError, SelfValidating, load_yaml, require_positive
 
 JOINT_NAMES = [f"joint{i}" for i in range(1, 8)]
 # Limits match config/joint_limits.yaml (rad).
@@ -28,7 +28,7 @@ TAXEL_SITES = ("tip_front", "tip_back", "tip_left", "tip_right")
 
 
 @dataclass
-class SimConfig:
+class SimConfig(SelfValidating):
     """World, episode and sensor settings; lengths in metres, times in seconds."""
 
     physics_dt_s: float = 0.002

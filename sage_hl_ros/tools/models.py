@@ -3,6 +3,7 @@ reaching task so that demos and benchmarks run a model that does something purpo
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -17,12 +18,15 @@ def make_synthetic_checkpoint(config: str | Path, out: str | Path, steps: int = 
                               joint_names: list[str] | None = None, log=print) -> dict:
     """Write a checkpoint to ``out``; returns what was done (held-out error before/after training)."""
     cfg = SageConfig.from_yaml(config)
-    o = cfg.observation
+    changes: dict = {}
     if image_px:
-        o.image_height_px = o.image_width_px = o.depth_height_px = o.depth_width_px = image_px
+        changes.update(image_height_px=image_px, image_width_px=image_px, depth_height_px=image_px,
+                       depth_width_px=image_px)
     if joint_names:
-        o.joint_names = list(joint_names)
-    cfg.validate("")
+        changes["joint_names"] = list(joint_names)
+    if changes:  # replace() re-validates
+        cfg = dataclasses.replace(cfg, observation=dataclasses.replace(cfg.observation, **changes))
+    o = cfg.observation
     model = build_model(cfg)
     task = SyntheticReachTask(o, seed=cfg.seed)
     chunk = cfg.model.action_chunk

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import ConfigError, load_yaml
+from ..core.config import ConfigError, SelfValidating, load_yaml
 from ..launch_table import ALL_NODES, NodeSpec
 from ..paths import config_file
 from .bringup import NodeProcesses, node_command
@@ -38,7 +38,7 @@ TEACHER_CHUNK_TOPIC = "/teacher/joint_trajectory"
 
 
 @dataclass
-class SimDemoConfig:
+class SimDemoConfig(SelfValidating):
     """What the demo runs; counts are episodes, times in seconds (sim time unless stated)."""
 
     demos: int = 120  # expert demonstrations recorded for the first training
@@ -669,8 +669,8 @@ def run_sim_demo(workdir: Path, config: str | None = None, overrides: dict | Non
     try:
         cfg = load_demo_config(config, overrides)
         if sleep_overrides:
-            cfg.sleep_overrides = [*cfg.sleep_overrides, *sleep_overrides]
-            cfg.dagger_overrides = [*cfg.dagger_overrides, *sleep_overrides]
+            cfg = dataclasses.replace(cfg, sleep_overrides=[*cfg.sleep_overrides, *sleep_overrides],
+                                      dagger_overrides=[*cfg.dagger_overrides, *sleep_overrides])
         summary = SimDemo(cfg, workdir).run(Path(evaluate) if evaluate else None)
     except ConfigError as exc:
         print(f"sage-hl demo: error: {exc}", flush=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import MODALITIES, ConfigError, from_dict, load_yaml
+from ..core.config import MODALITIES, ConfigError, SelfValidating, from_dict, load_yaml
 
 PHASES = ("wake", "sleep", "dream")
 EXTEROCEPTIVE = tuple(m for m in MODALITIES if m != "proprio")
@@ -36,7 +36,7 @@ def _non_negative(obj: Any, where: str, *keys: str) -> None:
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(SelfValidating):
     """Sleep-phase augmentation, drawn per sequence (constant over its steps)."""
 
     brightness: float = 0.25  # image x U(1 - b, 1 + b)
@@ -61,7 +61,7 @@ class AugmentConfig:
 
 
 @dataclass
-class WakeConfig:
+class WakeConfig(SelfValidating):
     """Learn from the new bags: BC through the whole stack, compression, predictive heads."""
 
     steps: int = 300
@@ -73,7 +73,7 @@ class WakeConfig:
 
 
 @dataclass
-class SleepConfig:
+class SleepConfig(SelfValidating):
     """Consolidate: prioritized replay of earlier + new experience, augmentation, distillation."""
 
     steps: int = 200
@@ -97,7 +97,7 @@ class SleepConfig:
 
 
 @dataclass
-class DreamConfig:
+class DreamConfig(SelfValidating):
     """Edge cases and hypotheticals generated from real steps (see phases.dream_loss)."""
 
     steps: int = 200
@@ -138,7 +138,7 @@ class DreamConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(SelfValidating):
     """Held-out evaluation through the deployment path (encode/act, temporal state carried)."""
 
     sequence_steps: int = 6  # eval sequences are this long (>= 4 for jerk), one every sequence_steps
@@ -167,7 +167,7 @@ class EvalConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SelfValidating):
     """The whole sleep-cycle run."""
 
     seed: int = 0

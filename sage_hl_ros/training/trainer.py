@@ -172,12 +172,12 @@ class SleepTrainer:
         chunk = m.action_chunk
         if dcfg.action_chunk != chunk:
             self.log(f"dataset.action_chunk {dcfg.action_chunk} -> {chunk} (the model's action_chunk)")
-            dcfg.action_chunk = chunk
+            dcfg = dataclasses.replace(dcfg, action_chunk=chunk)
         if chunk > 1:
             # The checkpoint records the spacing its chunk was trained at; the control node plays it
             # at that spacing. A model that has one keeps it: data aligned at another spacing is refused.
             if m.action_chunk_dt_s > 0 and not dcfg.action_chunk_dt_s:
-                dcfg.action_chunk_dt_s = m.action_chunk_dt_s
+                dcfg = dataclasses.replace(dcfg, action_chunk_dt_s=m.action_chunk_dt_s)
             elif m.action_chunk_dt_s > 0 and abs(dcfg.chunk_dt_s - m.action_chunk_dt_s) > 1e-9:
                 raise ValueError(f"dataset action_chunk_dt_s {dcfg.chunk_dt_s:g} s differs from the model's "
                                  f"model.action_chunk_dt_s {m.action_chunk_dt_s:g} s (what its chunk was trained "
