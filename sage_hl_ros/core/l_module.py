@@ -17,12 +17,13 @@ __all__ = ["ActionSmoother", "LModule"]
 
 
 class LModule(nn.Module):
-    def __init__(self, obs_cfg: ObservationConfig, model_cfg: ModelConfig):
+    def __init__(self, obs_cfg: ObservationConfig, model_cfg: ModelConfig, code_dim: int | None = None):
+        """``code_dim``: width of the code it reads (default the latent); a probe on the context passes 4096."""
         super().__init__()
         self.chunk = model_cfg.action_chunk
         self.num_joints = obs_cfg.num_joints
         layers: list[nn.Module] = []
-        d = model_cfg.latent_dim + obs_cfg.proprio_dim
+        d = (model_cfg.latent_dim if code_dim is None else code_dim) + obs_cfg.proprio_dim
         for _ in range(model_cfg.l_layers):
             # tanh-GELU: exactly reproducible in numpy by NumpyLPolicy (the control loop's fast path)
             layers += [nn.Linear(d, model_cfg.l_hidden_dim), nn.LayerNorm(model_cfg.l_hidden_dim),

@@ -198,10 +198,10 @@ def probe_data(model: SageHL, batch: SequenceBatch, which: str) -> ProbeData:
 
 def train_probe(model: SageHL, data: ProbeData, steps: int, lr: float, batch_size: int, seed: int) -> LModule:
     """An L-module (the deployed architecture, input width = feature width) trained on frozen features."""
-    mcfg = dataclasses.replace(model.cfg.model, latent_dim=data.features.shape[1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        probe = LModule(model.cfg.observation, mcfg).to(data.features.device)
+        width = data.features.shape[1]
+        probe = LModule(model.cfg.observation, model.cfg.model, code_dim=width).to(data.features.device)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
