@@ -4,6 +4,7 @@ typestore serializer (MCAP and sqlite3); no ROS graph."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tracemalloc
@@ -335,6 +336,23 @@ def test_teacher_labels_preferred_where_present_commands_elsewhere(tmp_path):
 
 
 # ----------------------------------------------------------------------------- images, memory
+
+
+def test_sensors_the_model_does_not_declare_are_not_read_from_bags(tmp_path):
+    bag = _alignment_bag(tmp_path)  # has tactile messages
+    no_tactile = dataclasses.replace(OBS, sensors=["camera", "depth", "audio"])
+    c = cfg(sequence_steps=1, require=[], max_age_s={"proprio": 0.25, "tactile": 0.3})
+    with_tactile = all_seqs(BagDataset(bag, OBS, c))
+    without = all_seqs(BagDataset(bag, no_tactile, c))
+    assert len(with_tactile) == len(without) == 13
+    assert any(bool(s.obs.mask[0, 3]) for s in with_tactile)
+    assert not any(bool(s.obs.mask[0, 3]) for s in without)
+    assert all(float(s.obs.tactile.abs().sum()) == 0 for s in without)
+    for a, b in zip(with_tactile, without, strict=True):  # everything else is the same
+        torch.testing.assert_close(a.obs.joint_position, b.obs.joint_position)
+        torch.testing.assert_close(a.action, b.action)
+    with pytest.raises(ConfigError, match=r"dataset.require: \['tactile'\] not among the model's sensors"):
+        BagDataset(bag, no_tactile, cfg(require=["proprio", "tactile"]))
 
 
 def _image_bag(path, n_images, size=(48, 64), storage="mcap"):

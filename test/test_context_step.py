@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,51 @@ def test_configs_are_validated_on_construction():
         SageConfig.from_dict({"observation": {"input_ranges": {"depth_valid_min_m": 200.0}}}, "model.json")
     with pytest.raises(ConfigError, match=r"unknown key 'observation.input_ranges.joint_abs_max'"):
         SageConfig.from_dict({"observation": {"input_ranges": {"joint_abs_max": 1.0}}}, "model.json")
+
+
+def _camera_only_model():
+    cfg = small_config()
+    cfg.observation = dataclasses.replace(cfg.observation, sensors=["camera"])
+    return build_model(cfg).eval()
+
+
+def test_undeclared_sensors_are_neither_used_nor_reported_nor_encoded():
+    model = _camera_only_model()
+    cfg = model.cfg
+    everything = _readings(cfg)
+    only_declared = {k: everything[k] for k in ("camera", "joint_states")}
+    loud_tactile = _readings(cfg, tactile=Reading(np.full(cfg.observation.tactile_taxels, 0.9, np.float32), NOW - 0.01))
+
+    torch.manual_seed(0)
+    outs = []
+    for readings in (everything, only_declared, loud_tactile):
+        step = ContextStep(TorchHBackend(model), CFG)
+        outs.append(step(readings, NOW))
+    for r in outs:
+        assert r.z is not None
+        assert r.used == ("camera", "joint_states")
+        assert r.masked == {}  # an absent sensor is not "missing": no mask, no reason, no warning
+    # the undeclared readings never reached the encoders: the latents are identical
+    np.testing.assert_array_equal(outs[0].z, outs[1].z)
+    np.testing.assert_array_equal(outs[0].z, outs[2].z)
+
+    # a declared sensor that is silent is still reported missing
+    silent_camera = ContextStep(TorchHBackend(model), CFG)({"joint_states": everything["joint_states"]}, NOW)
+    assert set(silent_camera.masked) == {"camera"} and silent_camera.masked["camera"].state == "missing"
+
+
+def test_a_declared_sensor_changes_the_latent_where_an_undeclared_one_does_not():
+    full = _model()
+    for m in (full, _camera_only_model()):
+        base = _readings(m.cfg)
+        other = _readings(m.cfg, tactile=Reading(np.full(m.cfg.observation.tactile_taxels, 0.9, np.float32),
+                                                 NOW - 0.01))
+        za = ContextStep(TorchHBackend(m), CFG)(base, NOW).z
+        zb = ContextStep(TorchHBackend(m), CFG)(other, NOW).z
+        assert (not np.array_equal(za, zb)) if m is full else np.array_equal(za, zb)
+
+
+@pytest.mark.parametrize("sensors, problem", [(["lidar"], "lidar"), (["camera", "camera"], "distinct")])
+def test_sensor_lists_are_checked(sensors, problem):
+    with pytest.raises(ConfigError, match=problem):
+        dataclasses.replace(small_config().observation, sensors=sensors)

@@ -22,6 +22,7 @@ def files(tmp_path_factory):
     make_checkpoint(root / "a", JOINTS, bias=0.0)
     make_checkpoint(root / "b", JOINTS, bias=0.05)  # different weights -> different hash
     make_checkpoint(root / "other_robot", ["a", "b", "c", "d"])
+    make_checkpoint(root / "camera_only", JOINTS, observation_overrides={"sensors": ["camera"]})
     shutil.copytree(root / "a", root / "corrupt")
     (root / "corrupt" / "model.safetensors").write_bytes(b"\x00not safetensors" * 10)
     return root
@@ -443,3 +444,29 @@ def test_configure_failure_logs_its_cause(graph, files, capfd, topic, cause):
     wait_for(read_log, 5.0, what="the configure error in the log")
     line = next(line for line in "".join(logged).splitlines() if "configure failed" in line)
     assert cause in line, line
+
+
+def test_a_robot_without_depth_audio_tactile_runs_with_no_warning_about_them(graph, make_node, files, capfd):
+    harness, _, sensors = graph
+    for absent in ("depth", "audio", "tactile"):
+        sensors.on[absent] = False  # the robot has none of them
+    capfd.readouterr()
+    node = make_node(model_dir=str(files / "camera_only"), depth_topic="", tactile_topic="")
+    assert sorted(s.topic_name for s in node.subscriptions) == ["/camera/image_raw", "/joint_states"]
+    t0 = time.monotonic()
+    wait_for(lambda: len(_latents(harness, t0)) >= 5, 15.0, what="latents from camera + joints")
+    for absent in ("depth", "audio", "tactile"):
+        level, message, values = _diag(harness, node, absent, since=t0)
+        assert (level, values["state"]) == (0, "not_declared") and "not declared" in message, (absent, message)
+    for present in ("camera", "joint_states"):
+        assert _diag(harness, node, present, since=t0)[2]["state"] == "ok", present
+    assert node._masked["depth"] == node._masked["audio"] == node._masked["tactile"] == {}
+    logged = capfd.readouterr().err
+    about = [line for line in logged.splitlines() if node.get_name() in line
+             and ("WARN" in line or "ERROR" in line) and any(k in line for k in ("depth", "audio", "tactile"))]
+    assert about == [], about
+
+    # a checkpoint with other sensors is refused by name: the node subscribed to these
+    assert harness.set_params(node.get_name(), {"model_dir": str(files / "a")})[0].successful
+    _, message, _ = _diag(harness, node, "model", since=time.monotonic(), predicate=lambda st: "sensors" in st[1])
+    assert "sensors ['camera', 'depth', 'audio', 'tactile'] differ from the running model's ['camera']" in message

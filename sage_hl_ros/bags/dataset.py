@@ -136,6 +136,8 @@ ROLE_TYPES: dict[str, frozenset[str]] = {
     "episode": frozenset({_STRING}),
 }
 _IMAGE_ROLES = ("camera", "camera_compressed", "depth")
+_ROLE_SENSOR = {"camera": "camera", "camera_compressed": "camera", "depth": "depth", "audio": "audio",
+                "tactile": "tactile"}  # roles read only where observation.sensors declares the sensor
 _COMMAND_ROLES = ("commands", "joint_command", "joint_trajectory")  # executed commands, in priority order
 _SMALL_ROLES = ("joint_states", "tactile", "audio", "teacher", "teacher_chunk", *_COMMAND_ROLES)
 SOURCE_NONE, SOURCE_COMMAND, SOURCE_TEACHER, SOURCE_TEACHER_CHUNK = 0, 1, 2, 3
@@ -492,6 +494,12 @@ class BagDataset:
         self.obs_cfg = obs_cfg
         self.cfg = cfg if cfg is not None else load_dataset_config()
         self.schema = ObservationSchema(obs_cfg)
+        absent = [m for m in self.cfg.require if m not in obs_cfg.modalities]
+        if absent:
+            raise ConfigError(f"dataset.require: {absent} not among the model's sensors "
+                              f"(observation.sensors {obs_cfg.sensors}); a step cannot require them")
+        # Topics of sensors the robot does not declare are never read (not even decoded).
+        self._roles = [r for r in ROLE_TYPES if r not in _ROLE_SENSOR or _ROLE_SENSOR[r] in obs_cfg.sensors]
         self._episodes: dict[str, list[EpisodeInfo]] | None = None
         self._skipped: dict[tuple[str, str], Counter] = {}  # (bag, topic) -> reason counts
         self._seen_bad: set[tuple[str, str, int, int]] = set()
@@ -636,7 +644,7 @@ class BagDataset:
 
     def _connections(self, reader, bag: Path) -> dict[str, list]:
         topics = self.cfg.topics
-        by_topic = {getattr(topics, r): r for r in ROLE_TYPES if getattr(topics, r)}
+        by_topic = {getattr(topics, r): r for r in self._roles if getattr(topics, r)}
         out: dict[str, list] = {r: [] for r in ROLE_TYPES}
         for conn in reader.connections:
             role = by_topic.get(conn.topic)

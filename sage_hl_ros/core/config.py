@@ -20,6 +20,10 @@ import numpy as np
 import yaml
 
 MODALITIES = ("visual", "depth", "audio", "tactile", "proprio")
+#: Sensors a robot may declare (``observation.sensors``), each feeding one schema modality.
+#: Joint states (``proprio``) are not optional: the L-module needs them.
+SENSOR_MODALITY = {"camera": "visual", "depth": "depth", "audio": "audio", "tactile": "tactile"}
+SENSORS = tuple(SENSOR_MODALITY)
 COMPRESSORS = ("bottleneck", "attention", "hierarchical", "hybrid")
 PROPRIO_FEATURES = ("position", "velocity")
 LATENT_DIM = 256
@@ -118,6 +122,10 @@ class ObservationConfig(SelfValidating):
     audio_hop_samples: int = 256
     audio_n_mels: int = 32
     tactile_taxels: int = 16
+    # The sensors this robot has. One left out is never subscribed, read from bags or encoded (its
+    # slice of the context is zeros and its mask bit is off, as for a dead sensor) and raises no
+    # stale warning; its size keys above keep their defaults.
+    sensors: list[str] = field(default_factory=lambda: list(SENSORS))
     # Velocities are off by default: with them a policy learns to copy its own motion (DESIGN §7).
     proprio_features: list[str] = field(default_factory=lambda: ["position"])
     input_ranges: InputRanges = field(default_factory=InputRanges)
@@ -131,8 +139,15 @@ class ObservationConfig(SelfValidating):
         for key in ("image_height_px", "image_width_px", "depth_height_px", "depth_width_px"):
             if getattr(self, key) < 16:
                 raise ConfigError(f"{where}.{key}: must be >= 16, got {getattr(self, key)}")
+        bad = [s for s in self.sensors if s not in SENSOR_MODALITY]
+        if bad or len(set(self.sensors)) != len(self.sensors):
+            raise ConfigError(f"{where}.sensors: a list of distinct names from {list(SENSORS)} "
+                              f"(joint states are always used), got {self.sensors}")
+        if self.tactile_taxels <= 0:  # the tensor shapes keep it even where tactile is absent
+            raise ConfigError(f"{where}.tactile_taxels: must be > 0, got {self.tactile_taxels} "
+                              f"(a robot without tactile sensing leaves 'tactile' out of sensors)")
         require_positive(self, where, "depth_max_m", "audio_sample_rate_hz", "audio_window_samples",
-                  "audio_n_fft", "audio_hop_samples", "audio_n_mels", "tactile_taxels")
+                         "audio_n_fft", "audio_hop_samples", "audio_n_mels")
         if self.audio_window_samples < self.audio_n_fft:
             raise ConfigError(
                 f"{where}.audio_window_samples: must be >= audio_n_fft ({self.audio_n_fft}), "
@@ -147,6 +162,12 @@ class ObservationConfig(SelfValidating):
     @property
     def num_joints(self) -> int:
         return len(self.joint_names)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Schema modalities (``MODALITIES`` order) this robot has: its sensors' plus proprio."""
+        have = {SENSOR_MODALITY[s] for s in self.sensors} | {"proprio"}
+        return tuple(m for m in MODALITIES if m in have)
 
     @property
     def proprio_dim(self) -> int:

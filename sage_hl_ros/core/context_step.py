@@ -29,19 +29,23 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .config import ConfigError, ObservationConfig
+from .config import SENSOR_MODALITY, SENSORS, ConfigError, ObservationConfig
 from .freshness import Freshness
 from .freshness import freshness as _freshness
 from .observation import Observation, ObservationSchema
 
 __all__ = ["ContextStep", "ContextStepConfig", "Freshness", "HBackend", "Mask", "Reading", "StepResult",
-           "freshness", "INPUTS"]
+           "freshness", "INPUTS", "declared_inputs"]
 
 # The context node's inputs (topic side) and the schema modality each one feeds.
-INPUTS = ("camera", "depth", "audio", "tactile", "joint_states")
-SCHEMA_MODALITY = {"camera": "visual", "depth": "depth", "audio": "audio", "tactile": "tactile",
-                   "joint_states": "proprio"}
+INPUTS = (*SENSORS, "joint_states")
+SCHEMA_MODALITY = {**SENSOR_MODALITY, "joint_states": "proprio"}
 _INPUT_OF = {v: k for k, v in SCHEMA_MODALITY.items()}
+
+
+def declared_inputs(cfg: ObservationConfig) -> tuple[str, ...]:
+    """The inputs (``INPUTS`` order) a robot with this observation config has."""
+    return tuple(n for n in INPUTS if SCHEMA_MODALITY[n] in cfg.modalities)
 
 
 class HBackend(Protocol):
@@ -129,6 +133,8 @@ class ContextStep:
         self.backend = backend
         self.cfg = cfg or ContextStepConfig()
         self.schema = ObservationSchema(backend.observation_config)
+        #: The inputs this model's robot has; the others are neither read nor reported as masked.
+        self.declared = declared_inputs(backend.observation_config)
         self._state = backend.initial_state()
 
     def reset(self) -> None:
@@ -142,7 +148,7 @@ class ContextStep:
     def __call__(self, readings: Mapping[str, Reading | None], now_s: float) -> StepResult:
         masked: dict[str, Mask] = {}
         fresh: dict[str, Reading] = {}
-        for name in INPUTS:
+        for name in self.declared:
             reading = readings.get(name)
             if reading is None:
                 masked[name] = Mask("missing", "no message yet")
@@ -181,7 +187,7 @@ class ContextStep:
 
         z, new_state = self.backend.encode(arrays, self._state)
         infer_ms = (time.perf_counter() - t0) * 1e3
-        used = tuple(n for n in INPUTS if n in fresh)
+        used = tuple(n for n in self.declared if n in fresh)
         z = np.asarray(z, dtype=np.float32).reshape(-1)
         if not np.isfinite(z).all():
             return StepResult(None, skip_reason="latent has non-finite values; temporal state not committed",

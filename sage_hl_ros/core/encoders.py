@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig, ObservationConfig
+from .config import MODALITIES, ModelConfig, ObservationConfig
+from .layout import MODALITY_SLICE, SLICES
 from .observation import ObservationBatch
 
 
@@ -151,12 +152,20 @@ class ModalityEncoders(nn.Module):
         self.proprio = mlp(obs_cfg.proprio_dim, 256, 256)
 
     def forward(self, obs: ObservationBatch, proprio: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``proprio``: the normalised, configured proprio features (B, proprio_dim)."""
+        """``proprio``: the normalised, configured proprio features (B, proprio_dim).
+
+        A modality the robot does not declare (``observation.sensors``) is not run at all: its
+        slice is zeros, exactly what its always-off mask would make of it, at no cost."""
         m = obs.mask.to(proprio.dtype)
-        return {
-            "sensory.visual": self.visual(obs.image) * m[:, 0:1],
-            "sensory.depth": self.depth(obs.depth) * m[:, 1:2],
-            "sensory.audio": self.audio(obs.audio) * m[:, 2:3],
-            "sensory.tactile": self.tactile(obs.tactile) * m[:, 3:4],
-            "sensory.proprioceptive": self.proprio(proprio) * m[:, 4:5],
-        }
+        have = self.obs_cfg.modalities
+        out = {}
+        for modality, encoder, x in (("visual", self.visual, obs.image), ("depth", self.depth, obs.depth),
+                                     ("audio", self.audio, obs.audio), ("tactile", self.tactile, obs.tactile)):
+            name, slot = MODALITY_SLICE[modality], MODALITIES.index(modality)
+            if modality in have:
+                out[name] = encoder(x) * m[:, slot:slot + 1]
+            else:
+                width = SLICES[name].stop - SLICES[name].start
+                out[name] = proprio.new_zeros(proprio.shape[0], width)
+        out["sensory.proprioceptive"] = self.proprio(proprio) * m[:, 4:5]
+        return out

@@ -126,11 +126,19 @@ class ObservationSchema:
 
     def prepare_arrays(self, obs: Observation) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Arrays of a batch of one (``ARRAY_FIELDS``) plus ``{modality: reason}`` for every
-        modality that was masked. The arrays never share memory with ``obs``."""
+        declared modality that was masked (``observation.sensors`` leaves the others out: their
+        arrays stay zeros, mask bits off). The arrays never share memory with ``obs``."""
         c = self.cfg
         r = c.input_ranges
         out = self.empty_arrays(1)
         problems: dict[str, str] = {}
+        have = c.modalities  # an undeclared sensor's reading is dropped here: never encoded
+        obs = Observation(image=obs.image if "visual" in have else None,
+                          depth=obs.depth if "depth" in have else None,
+                          audio=obs.audio if "audio" in have else None,
+                          tactile=obs.tactile if "tactile" in have else None,
+                          joint_position=obs.joint_position, joint_velocity=obs.joint_velocity,
+                          stamps_s=obs.stamps_s)
 
         image = _check(obs.image, "visual", problems, ndim=3, channels=3)
         if image is not None:
@@ -173,7 +181,7 @@ class ObservationSchema:
             out["joint_position"][0] = pos
             out["joint_velocity"][0] = vel
             out["mask"][0, 4] = True
-        return out, problems
+        return out, {m: why for m, why in problems.items() if m in have}
 
 
 def valid_depth_m(depth: np.ndarray, ranges: InputRanges) -> np.ndarray:

@@ -45,7 +45,10 @@ Parameters (read at configure unless marked runtime)
                                         ONNX Runtime intra-op threads (no spinning between steps)
     torch_threads (int, 1)              torch intra-op threads for this process (torch backend only)
     camera_topic, camera_compressed (bool, false), depth_topic, audio_topic, tactile_topic,
-    joint_states_topic, latent_topic    topic names (see above)
+    joint_states_topic, latent_topic    topic names (see above). Only the sensors the checkpoint
+                                        declares (observation.sensors) are subscribed; the topic of
+                                        an undeclared one may be empty, and diagnostics report it
+                                        "not declared" at level OK, never stale
     observation_timeout_s (float, 0.5)  observations older than this are masked as stale; age =
                                         max(now - arrival, now - header stamp) on the node clock
     clock_skew_tolerance_s (float, 0.05)
@@ -88,7 +91,7 @@ from std_srvs.srv import Trigger
 
 from ..core.checkpoint_files import CheckpointError
 from ..core.config import range_problem
-from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, Reading
+from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, Reading, declared_inputs
 from ..deploy.h_loader import BackendSpec, LoadedModel, load_model
 from . import convert
 from .diagnostics import RateMeter, RollingStats, diagnostic_array, status
@@ -97,6 +100,8 @@ from .qos import declare_qos
 from .sensor_cache import AudioWindow, SensorCache
 
 MODALITIES = INPUTS
+_TOPIC_INPUT = {"camera_topic": "camera", "depth_topic": "depth", "audio_topic": "audio",
+                "tactile_topic": "tactile"}
 _TOPIC_PARAMS = ("camera_topic", "depth_topic", "audio_topic", "tactile_topic", "joint_states_topic",
                  "latent_topic")
 
@@ -160,6 +165,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._last_skip_reason = ""
         self._masked = {name: Counter() for name in MODALITIES}  # mask state -> H steps
         self._mask_reason = dict.fromkeys(MODALITIES, "")  # why the last H step left it out
+        self._declared: tuple[str, ...] = INPUTS  # the loaded model's sensors (set at configure)
         self._step_errors = 0
         self._last_step_error = ""
         self._other_joint_states = 0  # JointStates naming none of our joints (skipped, no warning)
@@ -209,14 +215,21 @@ class ContextNode(DeclaredParams, LifecycleNode):
                 raise ValueError(f"{key} must be > 0, got {value}")
         self._step_cfg = ContextStepConfig(observation_timeout_s=self._timeout,
                                            clock_skew_tolerance_s=float(self._get("clock_skew_tolerance_s")))
-        for key in _TOPIC_PARAMS:  # rclpy would raise InvalidTopicNameException without saying which one
-            if not str(self._get(key)).strip():
-                raise ValueError(f"{key} is empty: give it a topic name")
         self._expect_w = int(self._get("expected_image_width_px"))
         self._expect_h = int(self._get("expected_image_height_px"))
         loaded = load_model(self._get("model_dir"), self._spec)
         self._use(loaded)
         cfg = loaded.observation_config
+        # The robot's sensors are the checkpoint's (observation.sensors): an undeclared one is not
+        # subscribed, its topic parameter may be empty, and no diagnostic warns about it.
+        self._declared = declared_inputs(cfg)
+        for key in _TOPIC_PARAMS:  # rclpy would raise InvalidTopicNameException without saying which one
+            sensor = _TOPIC_INPUT.get(key)
+            if sensor not in self._declared and sensor is not None:
+                continue
+            if not str(self._get(key)).strip():
+                hint = f" (or leave '{sensor}' out of the model's observation.sensors)" if sensor else ""
+                raise ValueError(f"{key} is empty: give it a topic name{hint}")
         self._joint_names = loaded.joint_names
         self._tactile_size = int(cfg.tactile_taxels)
         self._audio = AudioWindow(cfg.audio_window_samples, max_gap_s=self._timeout)
@@ -229,14 +242,19 @@ class ContextNode(DeclaredParams, LifecycleNode):
         q = lambda name, preset: declare_qos(self, name, preset)  # current values of qos.* params
         sub = self.create_subscription
         ents = self._subs
-        if self._get("camera_compressed"):
+        have = self._declared
+        if "camera" in have and self._get("camera_compressed"):
             ents.append(sub(CompressedImage, self._get("camera_topic").rstrip("/") + "/compressed",
                             self._on_compressed, q("camera", "sensor")))
-        else:
+        elif "camera" in have:
             ents.append(sub(Image, self._get("camera_topic"), self._on_camera, q("camera", "sensor")))
-        ents.append(sub(Image, self._get("depth_topic"), self._on_depth, q("depth", "sensor")))
-        ents.append(sub(Float32MultiArray, self._get("audio_topic"), self._on_audio, q("audio", "sensor")))
-        ents.append(sub(Float32MultiArray, self._get("tactile_topic"), self._on_tactile, q("tactile", "sensor")))
+        if "depth" in have:
+            ents.append(sub(Image, self._get("depth_topic"), self._on_depth, q("depth", "sensor")))
+        if "audio" in have:
+            ents.append(sub(Float32MultiArray, self._get("audio_topic"), self._on_audio, q("audio", "sensor")))
+        if "tactile" in have:
+            ents.append(sub(Float32MultiArray, self._get("tactile_topic"), self._on_tactile,
+                            q("tactile", "sensor")))
         ents.append(sub(JointState, self._get("joint_states_topic"), self._on_joints, q("joint_states", "reliable")))
         self._latent_pub = self.create_publisher(Image, self._get("latent_topic"), q("latent", "reliable"))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", q("diagnostics", "reliable"))
@@ -486,6 +504,10 @@ class ContextNode(DeclaredParams, LifecycleNode):
         if new.joint_names != current.joint_names:
             raise CheckpointError(f"{path}: joint names {list(new.joint_names)} differ from the running "
                                   f"model's {list(current.joint_names)}; reconfigure the node to change robots")
+        if declared_inputs(new.observation_config) != self._declared:
+            raise CheckpointError(f"{path}: sensors {list(new.observation_config.sensors)} differ from the "
+                                  f"running model's {list(current.observation_config.sensors)} (the node "
+                                  f"subscribed to those); reconfigure the node to change sensors")
         if new.latent_dim != current.latent_dim:
             raise CheckpointError(f"{path}: latent_dim {new.latent_dim} differs from the running "
                                   f"{current.latent_dim} (the control node consumes it)")
@@ -563,6 +585,10 @@ class ContextNode(DeclaredParams, LifecycleNode):
             "torch_imported": "torch" in sys.modules,
         }))
         for modality, slot in self._cache.slots.items():
+            if modality not in self._declared:
+                out.append(status(f"{name}: {modality}", "ok", "not declared (observation.sensors): not subscribed",
+                                  {"state": "not_declared"}))
+                continue
             st, clock = slot.state(now, self._step_cfg)
             fresh = slot.freshness(now, self._step_cfg)
             values = {"state": st, "stale_clock": clock, "age_ms": fresh.age_s * 1e3 if fresh else math.nan,
