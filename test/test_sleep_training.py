@@ -21,7 +21,7 @@ from sage_hl_ros.core.config import MODALITIES, ConfigError, SageConfig
 from sage_hl_ros.core.system import build_model
 from sage_hl_ros.tools.sleep_cli import main
 from sage_hl_ros.training.augment import DROPPED, FAILED, augment, dream_situations, drop_modality
-from sage_hl_ros.training.config import AugmentConfig, DreamConfig, TrainConfig, load_train_config
+from sage_hl_ros.training.config import EXTEROCEPTIVE, AugmentConfig, DreamConfig, TrainConfig, load_train_config
 from sage_hl_ros.training.fit import action_error
 from sage_hl_ros.training.replay import ExperienceStore
 from sage_hl_ros.training.state import load_state, save_state
@@ -205,6 +205,21 @@ def test_a_chunked_model_records_the_spacing_it_was_trained_at(tmp_path, capsys)
                         "--init", str(tmp_path / "k3"))
     assert main(argv) == 2
     assert "action_chunk_dt_s 0.2 s differs from the model's model.action_chunk_dt_s 0.1 s" in capsys.readouterr().err
+
+
+def test_a_robot_without_depth_audio_tactile_trains_from_bags_that_have_them(tmp_path):
+    """A camera-only robot's model trains on a recording that also holds depth, audio and tactile
+    (another robot's sensors on the same bag): those are not read, the dream phase never drops them,
+    and the checkpoint says which sensors the model has."""
+    files = _files(tmp_path)
+    bags = write_synthetic_bag(tmp_path / "bags" / "a", _obs_cfg(files), SyntheticBagSpec(episodes=10, seed=1, **SPEC))
+    files["model"].write_text(SMALL_MODEL + "  sensors: [camera]\n")
+    assert main(_resume_argv(bags, tmp_path / "cam", files, "--set", "dream.reweight_every=1")) == 0
+    meta = read_meta(tmp_path / "cam")
+    assert meta["config"]["observation"]["sensors"] == ["camera"]
+    state = json.loads((tmp_path / "cam" / "trainer_state" / "state.json").read_text())
+    weights = dict(zip(EXTEROCEPTIVE, state["dream_weights"], strict=True))
+    assert weights["visual"] == pytest.approx(1.0) and weights["depth"] == weights["audio"] == weights["tactile"] == 0
 
 
 # ----------------------------------------------------------------------------- pure pieces

@@ -264,7 +264,8 @@ def dream_loss(model: SageHL, batch: SequenceBatch, cfg: DreamConfig, gen: torch
 @torch.no_grad()
 def modality_weights(model: SageHL, batch: SequenceBatch, floor: float = 0.1) -> torch.Tensor:
     """How much losing each exteroceptive modality hurts now: BC error with it masked minus the
-    clean error (training forward, eval mode), floored at ``floor`` x the clean error; (4,) summing to 1."""
+    clean error (training forward, eval mode), floored at ``floor`` x the clean error; (4,) summing to 1
+    (0 for a modality not in ``observation.sensors``)."""
     from .augment import drop_modality
     from .config import EXTEROCEPTIVE
 
@@ -275,7 +276,9 @@ def modality_weights(model: SageHL, batch: SequenceBatch, floor: float = 0.1) ->
         return float(per_sequence_error(model, b, model.forward_sequence(b)["action_norm"]).mean())
 
     clean = err(batch)
-    w = torch.tensor([max(err(drop_modality(batch, m)) - clean, 0.0) + floor * clean for m in EXTEROCEPTIVE])
+    have = model.cfg.observation.modalities  # a sensor the robot lacks is never dreamt away (0)
+    w = torch.tensor([max(err(drop_modality(batch, m)) - clean, 0.0) + floor * clean if m in have else 0.0
+                      for m in EXTEROCEPTIVE])
     model.train(was)
     return w / w.sum().clamp_min(1e-12)
 
