@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.config import MODALITIES, ConfigError, ObservationConfig, SelfValidating, from_dict, load_yaml
+from ..core.config import MODALITIES, SENSORS, ConfigError, ObservationConfig, SelfValidating, from_dict, load_yaml
 from ..core.observation import Observation, ObservationBatch, ObservationSchema
 from ..core.system import SequenceBatch
 from .align import NS, Held, audio_windows, grid_times, hold, seconds_to_ns
@@ -136,8 +136,9 @@ ROLE_TYPES: dict[str, frozenset[str]] = {
     "episode": frozenset({_STRING}),
 }
 _IMAGE_ROLES = ("camera", "camera_compressed", "depth")
-_ROLE_SENSOR = {"camera": "camera", "camera_compressed": "camera", "depth": "depth", "audio": "audio",
-                "tactile": "tactile"}  # roles read only where observation.sensors declares the sensor
+# A sensor's roles (named as the sensor, plus the compressed camera) are read only where
+# observation.sensors declares it.
+_ROLE_SENSOR = {"camera_compressed": "camera"}
 _COMMAND_ROLES = ("commands", "joint_command", "joint_trajectory")  # executed commands, in priority order
 _SMALL_ROLES = ("joint_states", "tactile", "audio", "teacher", "teacher_chunk", *_COMMAND_ROLES)
 SOURCE_NONE, SOURCE_COMMAND, SOURCE_TEACHER, SOURCE_TEACHER_CHUNK = 0, 1, 2, 3
@@ -499,7 +500,8 @@ class BagDataset:
             raise ConfigError(f"dataset.require: {absent} not among the model's sensors "
                               f"(observation.sensors {obs_cfg.sensors}); a step cannot require them")
         # Topics of sensors the robot does not declare are never read (not even decoded).
-        self._roles = [r for r in ROLE_TYPES if r not in _ROLE_SENSOR or _ROLE_SENSOR[r] in obs_cfg.sensors]
+        self._roles = [r for r in ROLE_TYPES
+                       if _ROLE_SENSOR.get(r, r) not in SENSORS or _ROLE_SENSOR.get(r, r) in obs_cfg.sensors]
         self._episodes: dict[str, list[EpisodeInfo]] | None = None
         self._skipped: dict[tuple[str, str], Counter] = {}  # (bag, topic) -> reason counts
         self._seen_bad: set[tuple[str, str, int, int]] = set()

@@ -16,7 +16,7 @@ the same inputs. torch is imported only by the tensor functions (``prepare``, ``
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +25,10 @@ from .config import MODALITIES, InputRanges, ObservationConfig, range_problem
 
 if TYPE_CHECKING:
     import torch
+
+
+# Observation field of each optional sensor's schema modality.
+_SENSOR_FIELDS = (("image", "visual"), ("depth", "depth"), ("audio", "audio"), ("tactile", "tactile"))
 
 
 @dataclass
@@ -133,12 +137,7 @@ class ObservationSchema:
         out = self.empty_arrays(1)
         problems: dict[str, str] = {}
         have = c.modalities  # an undeclared sensor's reading is dropped here: never encoded
-        obs = Observation(image=obs.image if "visual" in have else None,
-                          depth=obs.depth if "depth" in have else None,
-                          audio=obs.audio if "audio" in have else None,
-                          tactile=obs.tactile if "tactile" in have else None,
-                          joint_position=obs.joint_position, joint_velocity=obs.joint_velocity,
-                          stamps_s=obs.stamps_s)
+        obs = replace(obs, **{f: None for f, m in _SENSOR_FIELDS if m not in have})
 
         image = _check(obs.image, "visual", problems, ndim=3, channels=3)
         if image is not None:

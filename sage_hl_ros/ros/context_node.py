@@ -90,7 +90,7 @@ from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 
 from ..core.checkpoint_files import CheckpointError
-from ..core.config import range_problem
+from ..core.config import SENSORS, range_problem
 from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, Reading, declared_inputs
 from ..deploy.h_loader import BackendSpec, LoadedModel, load_model
 from . import convert
@@ -100,8 +100,6 @@ from .qos import declare_qos
 from .sensor_cache import AudioWindow, SensorCache
 
 MODALITIES = INPUTS
-_TOPIC_INPUT = {"camera_topic": "camera", "depth_topic": "depth", "audio_topic": "audio",
-                "tactile_topic": "tactile"}
 _TOPIC_PARAMS = ("camera_topic", "depth_topic", "audio_topic", "tactile_topic", "joint_states_topic",
                  "latent_topic")
 
@@ -224,11 +222,11 @@ class ContextNode(DeclaredParams, LifecycleNode):
         # subscribed, its topic parameter may be empty, and no diagnostic warns about it.
         self._declared = declared_inputs(cfg)
         for key in _TOPIC_PARAMS:  # rclpy would raise InvalidTopicNameException without saying which one
-            sensor = _TOPIC_INPUT.get(key)
-            if sensor not in self._declared and sensor is not None:
+            sensor = key.removesuffix("_topic")  # camera_topic -> camera, ...
+            if sensor in SENSORS and sensor not in self._declared:
                 continue
             if not str(self._get(key)).strip():
-                hint = f" (or leave '{sensor}' out of the model's observation.sensors)" if sensor else ""
+                hint = f" (or leave '{sensor}' out of the model's observation.sensors)" if sensor in SENSORS else ""
                 raise ValueError(f"{key} is empty: give it a topic name{hint}")
         self._joint_names = loaded.joint_names
         self._tactile_size = int(cfg.tactile_taxels)
@@ -248,13 +246,11 @@ class ContextNode(DeclaredParams, LifecycleNode):
                             self._on_compressed, q("camera", "sensor")))
         elif "camera" in have:
             ents.append(sub(Image, self._get("camera_topic"), self._on_camera, q("camera", "sensor")))
-        if "depth" in have:
-            ents.append(sub(Image, self._get("depth_topic"), self._on_depth, q("depth", "sensor")))
-        if "audio" in have:
-            ents.append(sub(Float32MultiArray, self._get("audio_topic"), self._on_audio, q("audio", "sensor")))
-        if "tactile" in have:
-            ents.append(sub(Float32MultiArray, self._get("tactile_topic"), self._on_tactile,
-                            q("tactile", "sensor")))
+        for sensor, msg_type, callback in (("depth", Image, self._on_depth),
+                                           ("audio", Float32MultiArray, self._on_audio),
+                                           ("tactile", Float32MultiArray, self._on_tactile)):
+            if sensor in have:
+                ents.append(sub(msg_type, self._get(f"{sensor}_topic"), callback, q(sensor, "sensor")))
         ents.append(sub(JointState, self._get("joint_states_topic"), self._on_joints, q("joint_states", "reliable")))
         self._latent_pub = self.create_publisher(Image, self._get("latent_topic"), q("latent", "reliable"))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", q("diagnostics", "reliable"))
