@@ -303,7 +303,8 @@ def test_configs_validate_on_construction_and_replace(tmp_path):
     from sage_hl_ros.training.config import SleepConfig, TrainConfig
 
     cfg = SageConfig()
-    with pytest.raises(ConfigError, match=r"^ObservationConfig.tactile_taxels: must be > 0, got 0$"):
+    with pytest.raises(ConfigError, match=r"^ObservationConfig.tactile_taxels: must be > 0, got 0 "
+                       r"\(a robot without tactile sensing leaves 'tactile' out of sensors\)$"):
         dataclasses.replace(cfg.observation, tactile_taxels=0)
     with pytest.raises(ConfigError, match=r"^ModelConfig.compressor: choose from"):
         dataclasses.replace(cfg.model, compressor="zip")

@@ -100,7 +100,6 @@ from __future__ import annotations
 import math
 import os
 import queue
-import signal
 import threading
 import time
 import traceback
@@ -124,7 +123,7 @@ from ..bags.recording import (
 )
 from .diagnostics import RateMeter, diagnostic_array, status
 from .msg_types import message_class
-from .node_main import DeclaredParams
+from .node_main import DeclaredParams, stop_on_signals
 
 DEFAULT_TOPICS = list(DEFAULT_TOPIC_TYPES)
 IGNORED_TOPICS = {"/rosout", "/parameter_events"}
@@ -796,15 +795,7 @@ def run(args=None) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     rclpy.init(args=args)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    # Our own handlers (after rclpy.init, replacing rclpy's): the bag is closed by us, after the
-    # executor has stopped, with the context still valid. Same behaviour on Humble and later.
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()  # the bag is closed by us, after the executor stopped, context valid
     node = None
     executor = SingleThreadedExecutor()
     code = 0
@@ -816,8 +807,6 @@ def run(args=None) -> int:
                 node.trigger_activate()
         while not stop.is_set() and rclpy.ok() and not node.exit_requested:
             executor.spin_once(timeout_sec=0.1)
-    except KeyboardInterrupt:
-        pass
     finally:
         if node is not None:
             try:

@@ -57,7 +57,6 @@ Parameters
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import threading
 import time
@@ -72,6 +71,7 @@ from std_srvs.srv import Trigger
 from ..bags.recording import replay_hazard
 from ..bags.verify import read_failure, require_intact
 from .msg_types import message_class
+from .node_main import stop_on_signals
 
 _RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
@@ -346,9 +346,7 @@ def run(args=None) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     rclpy.init(args=args)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = stop_on_signals()
     node = None
     executor = SingleThreadedExecutor()
     code = 0
@@ -364,8 +362,6 @@ def run(args=None) -> int:
         if node.error:
             print(f"[sage_replay] error: {node.error}", file=sys.stderr, flush=True)
             code = 1
-    except KeyboardInterrupt:
-        pass
     finally:
         if node is not None:
             node.release()
