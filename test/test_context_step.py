@@ -10,7 +10,7 @@ import torch
 from conftest import small_config
 
 from sage_hl_ros.core.config import ConfigError, InputRanges, SageConfig
-from sage_hl_ros.core.context_step import ContextStep, ContextStepConfig, Reading, freshness
+from sage_hl_ros.core.context_step import ContextStep, ContextStepConfig, Reading, freshness, h_rate_for
 from sage_hl_ros.core.system import build_model
 from sage_hl_ros.core.torch_backend import TorchHBackend
 
@@ -233,3 +233,15 @@ def test_a_declared_sensor_changes_the_latent_where_an_undeclared_one_does_not()
 def test_sensor_lists_are_checked(sensors, problem):
     with pytest.raises(ConfigError, match=problem):
         dataclasses.replace(small_config().observation, sensors=sensors)
+
+
+def test_the_h_rate_is_the_checkpoints_unless_another_is_asked_for():
+    assert h_rate_for("ckpt", 20.0, 0.0) == 20.0  # the rate it was trained at
+    assert h_rate_for("ckpt", 20.0, 20.0) == 20.0
+    assert h_rate_for("ckpt", 0.0, 0.0) == 10.0  # a checkpoint that records none
+    assert h_rate_for("ckpt", 0.0, 15.0) == 15.0
+    with pytest.raises(ConfigError, match=r"h_rate_hz 10 Hz, but ckpt was trained at 20 Hz"):
+        h_rate_for("ckpt", 20.0, 10.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="h_rate_hz must be > 0"):
+            h_rate_for("ckpt", 0.0, bad)

@@ -23,6 +23,7 @@ def files(tmp_path_factory):
     make_checkpoint(root / "b", JOINTS, bias=0.05)  # different weights -> different hash
     make_checkpoint(root / "other_robot", ["a", "b", "c", "d"])
     make_checkpoint(root / "camera_only", JOINTS, observation_overrides={"sensors": ["camera"]})
+    make_checkpoint(root / "rate20", JOINTS, model_overrides={"h_rate_hz": 20.0})  # trained at 20 Hz
     shutil.copytree(root / "a", root / "corrupt")
     (root / "corrupt" / "model.safetensors").write_bytes(b"\x00not safetensors" * 10)
     return root
@@ -389,6 +390,8 @@ def test_reload_swaps_model_and_rejects_bad_checkpoints(graph, make_node, files,
 
     assert harness.set_params(name, {"model_dir": str(files / "other_robot")})[0].successful
     _diag(harness, node, "model", since=time.monotonic(), predicate=lambda st: "joint names" in st[1])
+    assert harness.set_params(name, {"model_dir": str(files / "rate20")})[0].successful
+    _diag(harness, node, "model", since=time.monotonic(), predicate=lambda st: "trained at an H rate of 20 Hz" in st[1])
     result = harness.set_params(name, {"model_dir": str(tmp_path / "missing")})[0]
     assert not result.successful and "not a directory" in result.reason
 
@@ -444,6 +447,34 @@ def test_configure_failure_logs_its_cause(graph, files, capfd, topic, cause):
     wait_for(read_log, 5.0, what="the configure error in the log")
     line = next(line for line in "".join(logged).splitlines() if "configure failed" in line)
     assert cause in line, line
+
+
+def test_the_h_rate_is_the_checkpoints_and_another_one_is_refused(graph, files, capfd):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from sage_hl_ros.ros.context_node import ContextNode
+
+    def configure(name, **params):
+        node = ContextNode(node_name=name, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        try:
+            return node.trigger_configure(), node._h_rate
+        finally:
+            node.destroy_node()
+
+    model = str(files / "rate20")
+    assert configure("sage_context_rate_default", model_dir=model) == (TransitionCallbackReturn.SUCCESS, 20.0)
+    assert configure("sage_context_rate_same", model_dir=model, h_rate_hz=20.0)[0] == TransitionCallbackReturn.SUCCESS
+    capfd.readouterr()
+    assert configure("sage_context_rate_other", model_dir=model, h_rate_hz=10.0)[0] == TransitionCallbackReturn.FAILURE
+    logged: list[str] = []
+
+    def read_log():
+        logged.append(capfd.readouterr().err)
+        return "configure failed" in "".join(logged)
+
+    wait_for(read_log, 5.0, what="the configure error in the log")
+    assert f"h_rate_hz 10 Hz, but {model} was trained at 20 Hz" in "".join(logged)
 
 
 def test_a_robot_without_depth_audio_tactile_runs_with_no_warning_about_them(graph, make_node, files, capfd):

@@ -190,9 +190,10 @@ def test_resume_continues_from_the_saved_step(tmp_path, capsys):
     assert "'train_config' differs" in capsys.readouterr().err
 
 
-def test_a_chunked_model_records_the_spacing_it_was_trained_at(tmp_path, capsys):
-    """K = 3: the checkpoint records the dataset's chunk spacing (the control node plays it at that);
-    training it further on data aligned at another spacing is refused, naming both."""
+def test_a_chunked_model_records_the_spacing_and_h_rate_it_was_trained_at(tmp_path, capsys):
+    """K = 3: the checkpoint records the dataset's chunk spacing (the control node plays it at that)
+    and grid rate (the context node runs at that); training it further on data aligned at another
+    spacing or rate is refused, naming both."""
     files = _files(tmp_path)
     files["model"].write_text(SMALL_MODEL + "model:\n  action_chunk: 3\n")
     bags = write_synthetic_bag(tmp_path / "bags" / "a", _obs_cfg(files), SyntheticBagSpec(episodes=10, seed=1, **SPEC))
@@ -205,6 +206,12 @@ def test_a_chunked_model_records_the_spacing_it_was_trained_at(tmp_path, capsys)
                         "--init", str(tmp_path / "k3"))
     assert main(argv) == 2
     assert "action_chunk_dt_s 0.2 s differs from the model's model.action_chunk_dt_s 0.1 s" in capsys.readouterr().err
+    assert model["h_rate_hz"] == pytest.approx(10.0)
+    (tmp_path / "fast.yaml").write_text("dataset:\n  val_fraction: 0.2\n  rate_hz: 20.0\n")
+    argv = _resume_argv(bags, tmp_path / "k3c", {**files, "dataset": tmp_path / "fast.yaml"},
+                        "--init", str(tmp_path / "k3"))
+    assert main(argv) == 2
+    assert "rate_hz 20 Hz differs from the model's model.h_rate_hz 10 Hz" in capsys.readouterr().err
 
 
 def test_a_robot_without_depth_audio_tactile_trains_from_bags_that_have_them(tmp_path):

@@ -194,10 +194,17 @@ class ModelConfig(SelfValidating):
     action_mode: str = "delta"  # "delta" (target = position + action) or "absolute"
     action_chunk: int = 1  # steps of joint targets predicted per L-module call
     action_chunk_dt_s: float = 0.0  # spacing of those steps (what the data was aligned at); 0 = not recorded
+    # H steps per second the model was trained at (its dataset's grid rate): the history and the
+    # temporal slices mean "this many seconds" only at that rate. Set by training; 0 = not recorded.
+    h_rate_hz: float = 0.0
     l_hidden_dim: int = 256
     l_layers: int = 2
 
     def validate(self, where: str) -> None:
+        for key in ("action_chunk_dt_s", "h_rate_hz"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ConfigError(f"{where}.{key}: must be >= 0 (0 = not recorded), got {value}")
         if self.compressor not in COMPRESSORS:
             raise ConfigError(f"{where}.compressor: choose from {list(COMPRESSORS)}, got {self.compressor!r}")
         if self.action_mode not in ("delta", "absolute"):

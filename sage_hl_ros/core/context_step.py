@@ -34,13 +34,32 @@ from .freshness import Freshness
 from .freshness import freshness as _freshness
 from .observation import Observation, ObservationSchema
 
-__all__ = ["ContextStep", "ContextStepConfig", "Freshness", "HBackend", "Mask", "Reading", "StepResult",
-           "freshness", "INPUTS", "declared_inputs"]
+__all__ = ["ContextStep", "ContextStepConfig", "DEFAULT_H_RATE_HZ", "Freshness", "HBackend", "Mask", "Reading",
+           "StepResult", "freshness", "h_rate_for", "INPUTS", "declared_inputs"]
 
 # The context node's inputs (topic side) and the schema modality each one feeds.
 INPUTS = (*SENSORS, "joint_states")
 SCHEMA_MODALITY = {**SENSOR_MODALITY, "joint_states": "proprio"}
 _INPUT_OF = {v: k for k, v in SCHEMA_MODALITY.items()}
+
+
+#: H rate of a checkpoint that records none (model.h_rate_hz 0: made by init-model, or before it was kept).
+DEFAULT_H_RATE_HZ = 10.0
+
+
+def h_rate_for(source: str, recorded_hz: float, asked_hz: float) -> float:
+    """The rate to run the H loop at: the one the checkpoint was trained at unless asked otherwise.
+
+    ``asked_hz`` 0 means "the checkpoint's". A different rate than the recorded one is refused: the
+    history the H-module attends over and the dynamics it predicts mean "this many seconds" only at
+    the rate its data was aligned at (the model would run, and silently misbehave).
+    """
+    if not (math.isfinite(asked_hz) and asked_hz >= 0.0):
+        raise ConfigError(f"h_rate_hz must be > 0 (or 0: the checkpoint's rate), got {asked_hz}")
+    if recorded_hz > 0.0 and asked_hz > 0.0 and abs(asked_hz - recorded_hz) > 1e-9:
+        raise ConfigError(f"h_rate_hz {asked_hz:g} Hz, but {source} was trained at {recorded_hz:g} Hz "
+                          "(model.h_rate_hz): set h_rate_hz to 0 or to that rate, or train a model at yours")
+    return asked_hz or recorded_hz or DEFAULT_H_RATE_HZ
 
 
 def declared_inputs(cfg: ObservationConfig) -> tuple[str, ...]:

@@ -91,7 +91,15 @@ from std_srvs.srv import Trigger
 
 from ..core.checkpoint_files import CheckpointError
 from ..core.config import SENSORS, range_problem
-from ..core.context_step import INPUTS, ContextStep, ContextStepConfig, Reading, declared_inputs
+from ..core.context_step import (
+    DEFAULT_H_RATE_HZ,
+    INPUTS,
+    ContextStep,
+    ContextStepConfig,
+    Reading,
+    declared_inputs,
+    h_rate_for,
+)
 from ..deploy.h_loader import BackendSpec, LoadedModel, load_model
 from . import convert
 from .diagnostics import RateMeter, RollingStats, diagnostic_array, status
@@ -109,7 +117,8 @@ class ContextNode(DeclaredParams, LifecycleNode):
         super().__init__(node_name, **kwargs)
         p = self._param
         p("model_dir", "", "checkpoint directory (config.json + model.safetensors); setting it at runtime reloads")
-        p("h_rate_hz", 10.0, "H loop rate [Hz]")
+        p("h_rate_hz", 0.0, "H loop rate [Hz]; 0 = the rate the checkpoint was trained at (model.h_rate_hz, "
+          f"{DEFAULT_H_RATE_HZ:g} Hz if it records none); another rate than the recorded one is refused")
         p("torch_threads", 1, "torch intra-op threads for this process (pin on small CPUs; torch backend only)")
         p("inference_backend", "auto", "H path runtime: auto | torch | onnxruntime (auto: onnxruntime when an "
           "export of the current weights at onnx_precision exists and onnxruntime imports, else torch)")
@@ -143,6 +152,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._reload_note = ""  # last reload outcome, for diagnostics
         self._reload_failed = False
         self._active = False
+        self._h_rate = 0.0  # set at configure: h_rate_for(checkpoint, parameter)
         self._subs: list = []
         self._pubs: list = []
         self._srvs: list = []
@@ -204,11 +214,10 @@ class ContextNode(DeclaredParams, LifecycleNode):
             backend=str(self._get("inference_backend")).strip(), precision=str(self._get("onnx_precision")).strip(),
             providers=tuple(providers) if isinstance(providers, (list, tuple)) else (providers,),
             intra_op_threads=self._get("onnxruntime_intra_op_threads"), torch_threads=self._get("torch_threads"))
-        self._h_rate = float(self._get("h_rate_hz"))
+        asked_rate = float(self._get("h_rate_hz"))
         self._timeout = float(self._get("observation_timeout_s"))
         self._diag_period = float(self._get("diagnostics_period_s"))
-        for key, value in (("h_rate_hz", self._h_rate), ("observation_timeout_s", self._timeout),
-                           ("diagnostics_period_s", self._diag_period)):
+        for key, value in (("observation_timeout_s", self._timeout), ("diagnostics_period_s", self._diag_period)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{key} must be > 0, got {value}")
         self._step_cfg = ContextStepConfig(observation_timeout_s=self._timeout,
@@ -216,6 +225,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._expect_w = int(self._get("expected_image_width_px"))
         self._expect_h = int(self._get("expected_image_height_px"))
         loaded = load_model(self._get("model_dir"), self._spec)
+        self._h_rate = h_rate_for(loaded.model_dir, loaded.h_rate_hz, asked_rate)
         self._use(loaded)
         cfg = loaded.observation_config
         # The robot's sensors are the checkpoint's (observation.sensors): an undeclared one is not
@@ -504,6 +514,10 @@ class ContextNode(DeclaredParams, LifecycleNode):
             raise CheckpointError(f"{path}: sensors {list(new.observation_config.sensors)} differ from the "
                                   f"running model's {list(current.observation_config.sensors)} (the node "
                                   f"subscribed to those); reconfigure the node to change sensors")
+        recorded = new.h_rate_hz
+        if recorded > 0 and abs(recorded - self._h_rate) > 1e-9:
+            raise CheckpointError(f"{path}: trained at an H rate of {recorded:g} Hz (model.h_rate_hz), the node "
+                                  f"runs at {self._h_rate:g} Hz; reconfigure the node to change rates")
         if new.latent_dim != current.latent_dim:
             raise CheckpointError(f"{path}: latent_dim {new.latent_dim} differs from the running "
                                   f"{current.latent_dim} (the control node consumes it)")

@@ -169,6 +169,15 @@ class SleepTrainer:
         else:
             dcfg = load_dataset_config(self.dataset_config)
         m = model.cfg.model
+        # The checkpoint records the H rate its data was aligned at (the context node runs at it);
+        # data on another grid would change what its history means: refused, like the chunk spacing.
+        if m.h_rate_hz > 0 and abs(dcfg.rate_hz - m.h_rate_hz) > 1e-9:
+            raise ValueError(f"dataset rate_hz {dcfg.rate_hz:g} Hz differs from the model's model.h_rate_hz "
+                             f"{m.h_rate_hz:g} Hz (the H rate it was trained at); align the data at the model's "
+                             "rate or start from a new model")
+        if m.h_rate_hz != dcfg.rate_hz:
+            self.log(f"model.h_rate_hz -> {dcfg.rate_hz:g} Hz (the dataset's grid rate)")
+            m.h_rate_hz = dcfg.rate_hz
         chunk = m.action_chunk
         if dcfg.action_chunk != chunk:
             self.log(f"dataset.action_chunk {dcfg.action_chunk} -> {chunk} (the model's action_chunk)")
