@@ -34,6 +34,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.urdf") + glob("config/*.xml")),
         (f"share/{PACKAGE}/config/groot", glob("config/groot/*.yaml")),
+        (f"share/{PACKAGE}/config/robots", glob("config/robots/*.yaml")),
         (f"share/{PACKAGE}/models", glob("models/*.md")),
     ],
     install_requires=["setuptools"],

@@ -1,6 +1,6 @@
 """``sage-hl``: command-line entry points (model set-up and the demo main job).
 
-    sage-hl init-model --out models/synthetic [--config config/model.yaml] [--synthetic-steps 300]
+    sage-hl init-model --out models/synthetic [--config config/model.yaml] [--robot ROBOT.yaml] [--synthetic-steps 300]
     sage-hl demo [--workdir runs/x] [--quick] [--demos N] [--eval-episodes M] [--set wake.steps=800]
     sage-hl demo --evaluate runs/sim_demo_<date>_<time>/models/round0
     sage-hl runtime-demo [--duration-s 20] [--quick]
@@ -27,7 +27,8 @@ def _init_model(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        make_synthetic_checkpoint(args.config, args.out, steps=args.synthetic_steps, image_px=args.image_px)
+        make_synthetic_checkpoint(args.config, args.out, steps=args.synthetic_steps, image_px=args.image_px,
+                                  robot=args.robot)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--config", default=str(share_dir() / "config" / "model.yaml"), help="model config YAML")
     p.add_argument("--synthetic-steps", type=int, default=0, help="training steps on the synthetic reaching task")
+    p.add_argument("--robot", default=None, help="robot contract YAML (config/robots/<name>.yaml): the model's "
+                                                 "joints and sensors come from it, and the checkpoint stores it")
     p.add_argument("--image-px", type=int, default=0, help="override camera/depth input size (square)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.set_defaults(func=_init_model)

@@ -7,17 +7,27 @@ tensor is built. Units live in the names (``rate_hz``, ``timeout_s``, ``_px``, `
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from .robot import (
+    RobotContract,
+    check_observation,
+    implied_robot,
+    load_robot,
+    observation_from_robot,
+    observation_values,
+)
+from .validated import ConfigError, SelfValidating, from_dict, load_json, load_yaml, read_yaml, require_positive
+
+__all__ = ["CONTEXT_DIM", "COMPRESSORS", "LATENT_DIM", "MODALITIES", "SENSORS", "SENSOR_MODALITY", "ConfigError",
+           "InputRanges", "LossConfig", "ModelConfig", "ObservationConfig", "RobotContract", "SageConfig",
+           "SelfValidating", "from_dict", "load_json", "load_yaml", "range_problem", "require_positive"]
 
 MODALITIES = ("visual", "depth", "audio", "tactile", "proprio")
 #: Sensors a robot may declare (``observation.sensors``), each feeding one schema modality.
@@ -28,26 +38,6 @@ COMPRESSORS = ("bottleneck", "attention", "hierarchical", "hybrid")
 PROPRIO_FEATURES = ("position", "velocity")
 LATENT_DIM = 256
 CONTEXT_DIM = 4096
-
-
-class ConfigError(ValueError):
-    """A config file or dict is invalid; the message names the source and the key."""
-
-
-class SelfValidating:
-    """Base of the config dataclasses: construction runs ``validate``.
-
-    The YAML loaders are not the only way a config is made: direct construction and
-    ``dataclasses.replace`` (command-line overrides, per-run seeds) must not skip the checks.
-    ``validate(where)`` raises ConfigError messages that start with ``where``; built directly,
-    ``where`` is the class name, built from a file, ``from_dict`` puts the file and dotted key there.
-    """
-
-    def __post_init__(self) -> None:
-        self.validate(type(self).__name__)
-
-    def validate(self, where: str) -> None:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
 
 
 @dataclass
@@ -257,125 +247,50 @@ class SageConfig(SelfValidating):
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
+    # The robot this model drives (core/robot.py). In a YAML file, a path to its contract (relative
+    # to the file); stored inline in checkpoints. Its joints and sensors are the observation's.
+    robot: RobotContract | None = None
 
     def validate(self, where: str) -> None:
         self.observation.validate(f"{where}.observation")
         self.model.validate(f"{where}.model")
         self.loss.validate(f"{where}.loss")
+        if self.robot is not None:
+            check_observation(self.observation, self.robot, where)
+
+    def with_robot(self, robot: RobotContract) -> SageConfig:
+        """This model for ``robot``: its contract, and the observation keys the contract owns."""
+        observation = dataclasses.replace(self.observation, **observation_values(robot))
+        return dataclasses.replace(self, observation=observation, robot=robot)
+
+    def robot_contract(self) -> RobotContract:
+        """The robot contract (``robot``), or the one its observation implies on the default topics."""
+        return self.robot if self.robot is not None else implied_robot(self.observation)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> SageConfig:
+        """From plain data; with a ``robot`` mapping the observation takes the contract's keys."""
+        if isinstance(data, dict) and isinstance(data.get("robot"), dict):
+            robot = from_dict(RobotContract, data["robot"], f"{source}: robot")
+            observation = data.get("observation", {})
+            if isinstance(observation, dict):
+                data = {**data, "observation": observation_from_robot(observation, robot, source)}
         return from_dict(cls, data, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SageConfig:
-        return load_yaml(cls, path)
+        """From a model YAML file; ``robot: <contract file>`` is read (relative to this file)."""
+        data = read_yaml(path)
+        if isinstance(data, dict) and isinstance(data.get("robot"), str):
+            robot_path = Path(path).parent / data["robot"]
+            try:
+                robot = load_robot(robot_path)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: robot: {exc}") from None
+            data = {**data, "robot": dataclasses.asdict(robot)}
+        return cls.from_dict(data if data is not None else {}, str(path))
 
 
-def require_positive(obj: Any, where: str, *keys: str) -> None:
-    for key in keys:
-        if getattr(obj, key) <= 0:
-            raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(obj, key)}")
-
-
-def load_yaml(cls: type, path: str | Path, section: str | None = None) -> Any:
-    """Load dataclass ``cls`` from a YAML file (optionally one top-level section of it)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if section is not None:
-        if not isinstance(data, dict) or section not in data:
-            raise ConfigError(f"{path}: missing top-level section '{section}'")
-        data = data[section]
-    return from_dict(cls, data if data is not None else {}, str(path))
-
-
-def load_json(cls: type, path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-    return from_dict(cls, data, str(path))
-
-
-def from_dict(cls: type, data: Any, source: str) -> Any:
-    """Build and validate dataclass ``cls`` from plain data; errors read ``source: key: problem``."""
-    obj = _build(cls, data, source, "")
-    if hasattr(obj, "validate") and not isinstance(obj, SelfValidating):
-        try:
-            obj.validate("")
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {str(exc).lstrip('.')}") from None
-    return obj
-
-
-def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {prefix or 'top level'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {sorted(names)})")
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _coerce(hints[key], value, source, f"{prefix}{key}")
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:  # a SelfValidating class said "ClassName.key: ...": name the file's key
-        message, name = str(exc), cls.__name__
-        if not message.startswith(name):
-            raise ConfigError(f"{source}: {prefix}{message}") from None
-        rest = message[len(name):]
-        if rest.startswith("."):
-            raise ConfigError(f"{source}: {prefix}{rest[1:]}") from None
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}{rest}") from None
-
-
-def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, source, f"{key}.")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, source, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key}: expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(hint)
-        return [_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key}: expected a mapping, got {type(value).__name__}")
-        kt, vt = typing.get_args(hint)
-        return {_coerce(kt, k, source, key): _coerce(vt, v, source, f"{key}.{k}") for k, v in value.items()}
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key}: expected an integer, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {key}: expected true/false, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
-        return value
-    return value

@@ -18,6 +18,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from ..core.robot import COMMAND_INTERFACES
+
 __all__ = [
     "COMMAND_INTERFACES",
     "position_array_msg",
@@ -27,7 +29,6 @@ __all__ = [
     "command_msg_type",
 ]
 
-COMMAND_INTERFACES = ("position_array", "joint_trajectory", "joint_state")
 
 _MSG_TYPES = {
     "position_array": Float64MultiArray,

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_ACCELERATION_MAX_RAD_S2", "JointLimit", "JointLimits", "LimitsError"]
+__all__ = ["DEFAULT_ACCELERATION_MAX_RAD_S2", "JointLimit", "JointLimits", "LimitsError", "urdf_joint_names"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -545,7 +545,17 @@ def _urdf_origin(urdf: str | Path) -> str:
     return f"{_ROBOT_DESCRIPTION} (URDF)" if _is_xml(urdf) else f"{urdf} (URDF)"
 
 
-def _urdf_partials(urdf: str | Path, names: list[str]) -> list[_Partial]:
+def urdf_joint_names(urdf: str | Path) -> list[str]:
+    """The URDF's commandable joints (revolute, prismatic, continuous) in file order."""
+    source, elements = _urdf_joints(urdf)
+    names = [name for name, joint in elements.items() if joint.get("type") in _URDF_TYPES]
+    if not names:
+        raise LimitsError(f"{source}: URDF has no revolute, prismatic or continuous joint")
+    return names
+
+
+def _urdf_joints(urdf: str | Path) -> tuple[str, dict[str, ET.Element]]:
+    """(source name for messages, kinematic <joint> elements by name in file order)."""
     source = _ROBOT_DESCRIPTION if _is_xml(urdf) else str(urdf)
     try:
         root = ET.fromstring(urdf) if _is_xml(urdf) else ET.parse(source).getroot()
@@ -562,6 +572,11 @@ def _urdf_partials(urdf: str | Path, names: list[str]) -> list[_Partial]:
         if jname in elements:
             raise LimitsError(f"{source}: joint '{jname}' is defined more than once")
         elements[jname] = joint
+    return source, elements
+
+
+def _urdf_partials(urdf: str | Path, names: list[str]) -> list[_Partial]:
+    source, elements = _urdf_joints(urdf)
     missing = [n for n in names if n not in elements]
     if missing:
         raise LimitsError(f"{source}: URDF has no joints named {missing}")

@@ -9,15 +9,20 @@ from pathlib import Path
 
 from ..core.checkpoint import save_checkpoint
 from ..core.config import SageConfig
+from ..core.robot import load_robot
 from ..core.synthetic import SyntheticReachTask
 from ..core.system import build_model
 from ..training.fit import action_error, fit
 
 
 def make_synthetic_checkpoint(config: str | Path, out: str | Path, steps: int = 0, image_px: int = 0,
-                              joint_names: list[str] | None = None, log=print) -> dict:
-    """Write a checkpoint to ``out``; returns what was done (held-out error before/after training)."""
+                              joint_names: list[str] | None = None, robot: str | Path | None = None,
+                              log=print) -> dict:
+    """Write a checkpoint to ``out``; returns what was done (held-out error before/after training).
+    ``robot``: a robot contract file the model is for (its joints and sensors replace the config's)."""
     cfg = SageConfig.from_yaml(config)
+    if robot:
+        cfg = cfg.with_robot(load_robot(robot))
     changes: dict = {}
     if image_px:
         changes.update(image_height_px=image_px, image_width_px=image_px, depth_height_px=image_px,
@@ -52,5 +57,7 @@ def make_synthetic_checkpoint(config: str | Path, out: str | Path, steps: int = 
         info = {"trained_on": f"synthetic reaching task, {steps} steps", "held_out_error_before_rad": before,
                 "held_out_error_after_rad": after, "train_samples_per_s": result.samples_per_s}
     save_checkpoint(model, out, extra=info)
-    log(f"wrote checkpoint {out} ({o.num_joints} joints, compressor {cfg.model.compressor})")
+    robot_name = f"robot '{cfg.robot.name}', " if cfg.robot is not None else ""
+    log(f"wrote checkpoint {out} ({robot_name}{o.num_joints} joints, sensors {o.sensors}, "
+        f"compressor {cfg.model.compressor})")
     return info

@@ -1,0 +1,262 @@
+"""The robot contract: the one place a robot's joints, URDF, command interface and sensors are named.
+
+Why one place: joint names written in six config files, and topics in four, meant that a user with
+another arm edited copies of the package's files until something stopped complaining. A contract is
+a file of its own (``config/robots/<name>.yaml``, or anywhere), the model config points at it
+(``robot: robots/sim_arm7.yaml`` in model.yaml), and from then on:
+
+- the model's observation schema comes from it: joint names, which sensors exist, tactile taxels,
+  audio sample rate (a model config that also states one of them must agree, or it is an error
+  naming both values);
+- the checkpoint stores it (config.json, inline), so a checkpoint says which robot it drives;
+- the nodes take their topics and joints from the checkpoint's contract where a parameter is left
+  empty, so nothing is repeated in the launch parameter files.
+
+Topic names are used as written: a relative one (``camera/image_raw``) resolves in the node's
+namespace, an absolute one (``/camera/image_raw``) does not.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .validated import ConfigError, SelfValidating, from_dict, read_yaml, require_positive
+
+__all__ = ["COMMAND_INTERFACES", "ROBOT_DESCRIPTION", "ROBOT_OBSERVATION_KEYS", "AudioSpec", "CameraSpec",
+           "CommandSpec", "RobotContract", "TactileSpec", "check_observation", "implied_robot", "load_robot",
+           "observation_from_robot", "observation_values"]
+
+#: Command interfaces the control node speaks (ros/commands.py builds their messages).
+COMMAND_INTERFACES = ("position_array", "joint_trajectory", "joint_state")
+#: ``urdf`` value meaning "the URDF robot_state_publisher publishes" (parameter / topic), known only
+#: on the running robot.
+ROBOT_DESCRIPTION = "robot_description"
+# ROS 2 topic names: tokens of letters, digits and underscores, not starting with a digit, separated
+# by '/'; a leading '/' makes the name absolute, '~/' private to the node.
+_TOPIC = re.compile(r"^(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+
+
+def _check_topic(where: str, key: str, topic: str) -> None:
+    if not _TOPIC.match(topic):
+        raise ConfigError(f"{where}.{key}: {topic!r} is not a ROS topic name (letters, digits, '_' in "
+                          "'/'-separated tokens; a leading '/' makes it absolute)")
+
+
+@dataclass
+class CameraSpec(SelfValidating):
+    """One RGB camera (sensor_msgs/Image) and, optionally, its aligned depth image."""
+
+    name: str = "camera"
+    topic: str = "camera/image_raw"
+    encoding: str = "rgb8"  # what the camera publishes; decoded to RGB either way
+    compressed: bool = False  # subscribe <topic>/compressed (sensor_msgs/CompressedImage) instead
+    depth_topic: str = ""  # this camera's depth image (32FC1 m or 16UC1 mm); '' = no depth
+
+    def validate(self, where: str) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(f"{where}.name: letters, digits and '_', got {self.name!r}")
+        _check_topic(where, "topic", self.topic)
+        if self.depth_topic:
+            _check_topic(where, "depth_topic", self.depth_topic)
+        if self.encoding not in _ENCODINGS:
+            raise ConfigError(f"{where}.encoding: one of {list(_ENCODINGS)}, got {self.encoding!r}")
+
+
+@dataclass
+class AudioSpec(SelfValidating):
+    """A microphone: PCM frames in [-1, 1] as std_msgs/Float32MultiArray."""
+
+    topic: str = "audio/frames"
+    sample_rate_hz: int = 16000  # the model's audio_sample_rate_hz is this (its mel filters assume it)
+
+    def validate(self, where: str) -> None:
+        _check_topic(where, "topic", self.topic)
+        require_positive(self, where, "sample_rate_hz")
+
+
+@dataclass
+class TactileSpec(SelfValidating):
+    """A tactile array: one float per taxel as std_msgs/Float32MultiArray."""
+
+    topic: str = "tactile/array"
+    taxels: int = 16
+
+    def validate(self, where: str) -> None:
+        _check_topic(where, "topic", self.topic)
+        require_positive(self, where, "taxels")
+
+
+@dataclass
+class CommandSpec(SelfValidating):
+    """How commands reach the robot: ros2_control's controllers, or a JointState topic (Isaac Sim)."""
+
+    interface: str = "position_array"  # position_array | joint_trajectory | joint_state
+    controller: str = "forward_position_controller"  # topic /<controller>/commands or /joint_trajectory
+    joint_command_topic: str = "joint_command"  # the joint_state interface's topic
+
+    def validate(self, where: str) -> None:
+        if self.interface not in COMMAND_INTERFACES:
+            raise ConfigError(f"{where}.interface: one of {list(COMMAND_INTERFACES)}, got {self.interface!r}")
+        if self.interface != "joint_state" and not _NAME.match(self.controller):
+            raise ConfigError(f"{where}.controller: the ros2_control controller's name, got {self.controller!r}")
+        _check_topic(where, "joint_command_topic", self.joint_command_topic)
+
+
+@dataclass
+class RobotContract(SelfValidating):
+    """A robot as the package sees it. ``sensors`` (derived) is the model's ``observation.sensors``."""
+
+    name: str = "robot"
+    # Commanded joints in the order the model sees them. [] = the URDF file's movable joints
+    # (revolute, prismatic, continuous) in file order, resolved when the contract is loaded.
+    joints: list[str] = field(default_factory=list)
+    # URDF for joints and limits: a file (relative to the contract file), "robot_description" (the
+    # parameter / topic robot_state_publisher publishes, read by the control node), or "" (limits
+    # then come from a joint_limits YAML).
+    urdf: str = ""
+    # Joint limits YAML (ros2_control / MoveIt joint_limits.yaml, or the package's format), relative
+    # to the contract file; "" = the URDF's limits only. The control node enforces the tighter of both.
+    joint_limits: str = ""
+    joint_states_topic: str = "joint_states"
+    command: CommandSpec = field(default_factory=CommandSpec)
+    cameras: list[CameraSpec] = field(default_factory=list)
+    audio: AudioSpec | None = None
+    tactile: TactileSpec | None = None
+
+    def validate(self, where: str) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(f"{where}.name: letters, digits and '_', got {self.name!r}")
+        if not self.joints:
+            raise ConfigError(f"{where}.joints: list the commanded joints, or leave it empty with urdf a URDF "
+                              "file to take them from it")
+        bad = [j for j in self.joints if not isinstance(j, str) or not j.strip()]
+        if bad or len(set(self.joints)) != len(self.joints):
+            raise ConfigError(f"{where}.joints: distinct non-empty names, got {self.joints}")
+        _check_topic(where, "joint_states_topic", self.joint_states_topic)
+        self.command.validate(f"{where}.command")
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}.cameras: camera names must differ, got {names}")
+        for i, cam in enumerate(self.cameras):
+            cam.validate(f"{where}.cameras[{i}]")
+        if len(self.cameras) > 1:
+            raise ConfigError(f"{where}.cameras: {len(self.cameras)} cameras {names}, but the model encodes one "
+                              "view today (N-camera encoding is not built yet): keep the one the policy needs")
+        for key in ("audio", "tactile"):
+            spec = getattr(self, key)
+            if spec is not None:
+                spec.validate(f"{where}.{key}")
+
+    @property
+    def sensors(self) -> list[str]:
+        """``observation.sensors`` of a model for this robot (SENSORS order)."""
+        out = []
+        if self.cameras:
+            out.append("camera")
+            if self.cameras[0].depth_topic:
+                out.append("depth")
+        if self.audio is not None:
+            out.append("audio")
+        if self.tactile is not None:
+            out.append("tactile")
+        return out
+
+    @property
+    def camera(self) -> CameraSpec | None:
+        return self.cameras[0] if self.cameras else None
+
+    def topic(self, stream: str) -> str:
+        """Topic of ``camera``, ``depth``, ``audio``, ``tactile`` or ``joint_states``; '' = none."""
+        cam = self.camera
+        topics = {"camera": cam.topic if cam else "", "depth": cam.depth_topic if cam else "",
+                  "audio": self.audio.topic if self.audio else "",
+                  "tactile": self.tactile.topic if self.tactile else "",
+                  "joint_states": self.joint_states_topic}
+        if stream not in topics:
+            raise KeyError(f"no stream {stream!r} in a robot contract (known: {sorted(topics)})")
+        return topics[stream]
+
+
+def implied_robot(observation: Any, name: str = "robot") -> RobotContract:
+    """The contract of a model config that names none: its joints and sensors on the default topics."""
+    sensors = set(observation.sensors)
+    cameras = [CameraSpec(depth_topic="camera/depth/image_raw" if "depth" in sensors else "")] \
+        if "camera" in sensors else []
+    return RobotContract(
+        name=name, joints=list(observation.joint_names), cameras=cameras,
+        audio=AudioSpec(sample_rate_hz=observation.audio_sample_rate_hz) if "audio" in sensors else None,
+        tactile=TactileSpec(taxels=observation.tactile_taxels) if "tactile" in sensors else None)
+
+
+#: Observation keys the contract owns: a model config naming a robot takes them from it.
+ROBOT_OBSERVATION_KEYS = ("joint_names", "sensors", "tactile_taxels", "audio_sample_rate_hz")
+
+
+def observation_values(robot: RobotContract) -> dict[str, Any]:
+    values: dict[str, Any] = {"joint_names": list(robot.joints), "sensors": robot.sensors}
+    if robot.tactile is not None:
+        values["tactile_taxels"] = robot.tactile.taxels
+    if robot.audio is not None:
+        values["audio_sample_rate_hz"] = robot.audio.sample_rate_hz
+    return values
+
+
+def observation_from_robot(observation: dict[str, Any], robot: RobotContract, source: str) -> dict[str, Any]:
+    """The observation section with the contract's keys filled in; one it also states must agree."""
+    out = dict(observation)
+    for key, value in observation_values(robot).items():
+        if key in out and _differs(key, out[key], value):
+            raise ConfigError(f"{source}: observation.{key} {out[key]!r} differs from robot '{robot.name}' "
+                              f"({value!r}); the robot contract states it: drop the key or fix the contract")
+        out[key] = value
+    return out
+
+
+def check_observation(observation: Any, robot: RobotContract, where: str) -> None:
+    """Raise unless an ObservationConfig matches the contract (direct construction, replace)."""
+    for key, value in observation_values(robot).items():
+        if _differs(key, getattr(observation, key), value):
+            raise ConfigError(f"{where}.observation.{key}: {getattr(observation, key)!r} differs from robot "
+                              f"'{robot.name}' ({value!r})")
+
+
+def _differs(key: str, a: Any, b: Any) -> bool:
+    if key == "sensors":
+        return sorted(a) != sorted(b)
+    return a != b
+
+
+def load_robot(path: str | Path) -> RobotContract:
+    """Read a robot contract file (top-level ``robot:`` section); joints [] are read from its URDF file."""
+    path = Path(path)
+    data = read_yaml(path, "robot contract")
+    if not isinstance(data, dict) or not isinstance(data.get("robot"), dict):
+        raise ConfigError(f"{path}: a robot contract has a top-level 'robot:' mapping")
+    body = dict(data["robot"])
+    for key in ("urdf", "joint_limits"):  # files are relative to the contract
+        value = body.get(key, "")
+        if isinstance(value, str) and value and value != ROBOT_DESCRIPTION and not Path(value).is_absolute():
+            body[key] = str((path.parent / value).resolve())
+    if not body.get("joints"):
+        body["joints"] = _joints_from_urdf(path, body.get("urdf", ""))
+    return from_dict(RobotContract, body, str(path))
+
+
+def _joints_from_urdf(path: Path, urdf: Any) -> list[str]:
+    if not urdf:
+        raise ConfigError(f"{path}: joints: list the commanded joints (or give urdf: a URDF file to take them from)")
+    if not isinstance(urdf, str) or urdf == ROBOT_DESCRIPTION:
+        raise ConfigError(f"{path}: joints: empty takes the joints from the URDF, which needs urdf to be a URDF "
+                          f"file (got {urdf!r}; robot_description is only known on the running robot): "
+                          "list the joints or give the file")
+    from ..safety.limits import LimitsError, urdf_joint_names  # safety imports core: keep core importable alone
+
+    try:
+        return urdf_joint_names(urdf)
+    except LimitsError as exc:
+        raise ConfigError(f"{path}: urdf: {exc}") from None
