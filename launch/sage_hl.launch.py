@@ -23,10 +23,10 @@ ARGUMENTS = {
                     "ROS parameter file for sage_context and sage_control"),
     "model_dir": ("", "checkpoint directory (config.json + model.safetensors + normalizer.json)"),
     "use_sim_time": ("false", "follow /clock (simulators, bag replay)"),
-    "command_interface": ("position_array", "position_array | joint_trajectory | joint_state"),
+    "command_interface": ("", "position_array | joint_trajectory | joint_state; '' = the checkpoint's robot contract"),
     "enable_control": ("false", "publish commands (false: run everything but publish nothing)"),
-    "joint_limits_file": (PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "joint_limits.yaml"]),
-                          "joint limits YAML enforced by the safety filter"),
+    "joint_limits_file": ("", "joint limits YAML enforced by the safety filter; '' = the checkpoint's robot "
+                              "contract's (joint_limits / urdf)"),
 }
 
 
@@ -50,7 +50,7 @@ def checked_nodes(context):
     cfg = context.launch_configurations
     for name in ("enable_control", "use_sim_time"):
         launch_bool(name, cfg[name])
-    if cfg["command_interface"] not in COMMAND_INTERFACES:
+    if cfg["command_interface"] and cfg["command_interface"] not in COMMAND_INTERFACES:
         raise LaunchArgumentError(f"launch argument command_interface:={cfg['command_interface']!r}: "
                                   f"choose one of {', '.join(COMMAND_INTERFACES)}")
     control = {

@@ -65,10 +65,12 @@ def small_config_dict(joint_names: list[str]) -> dict:
 
 
 def make_checkpoint(directory: Path, joint_names: list[str], bias: float | None = 0.0,
-                    model_overrides: dict | None = None, observation_overrides: dict | None = None) -> Path:
+                    model_overrides: dict | None = None, observation_overrides: dict | None = None,
+                    robot: dict | None = None) -> Path:
     """Save a small checkpoint. ``bias`` not None: the L-module outputs the constant delta ``bias``.
     ``model_overrides``: of the model config (e.g. ``{"action_chunk": 4}``); ``observation_overrides``:
-    keys of its observation config (e.g. ``{"sensors": ["camera"]}``)."""
+    keys of its observation config (e.g. ``{"sensors": ["camera"]}``); ``robot``: its robot contract
+    (the ``robot:`` mapping of a contract file; its joints must be ``joint_names``)."""
     import torch
 
     from sage_hl_ros.core.checkpoint import save_checkpoint
@@ -79,6 +81,8 @@ def make_checkpoint(directory: Path, joint_names: list[str], bias: float | None 
     if model_overrides:
         cfg["model"] = dict(model_overrides)
     cfg["observation"].update(observation_overrides or {})
+    if robot is not None:
+        cfg["robot"] = robot
     model = build_model(SageConfig.from_dict(cfg))
     if bias is not None:
         last = model.l_module.net[-1]

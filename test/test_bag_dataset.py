@@ -786,3 +786,35 @@ def test_sleep_phase_losses_train_k_step_chunks_against_teacher_chunks(tmp_path)
                              dream_loss(model, batch, DreamConfig(), gen, rate_hz=10.0)):
         assert torch.isfinite(loss) and torch.isfinite(per).all()
         loss.backward()
+
+
+def test_topics_a_dataset_config_leaves_unset_are_the_robot_contracts(tmp_path):
+    """A robot on its own topics (relative names, recorded in the root namespace) is read with a
+    dataset config that names none of them: the contract names them once."""
+    from rosbags.rosbag2 import Reader
+
+    from sage_hl_ros.bags.recording import BagWriter
+    from sage_hl_ros.bags.synthetic import SyntheticBagSpec, write_synthetic_bag
+    from sage_hl_ros.core.robot import CameraSpec, CommandSpec, RobotContract, TactileSpec
+
+    src = write_synthetic_bag(tmp_path / "synthetic", OBS, SyntheticBagSpec(episodes=2, steps_per_episode=6))
+    rename = {"/camera/image_raw": "/arm_b/wrist/image_raw", "/camera/depth/image_raw": "/arm_b/wrist/depth",
+              "/tactile/array": "/arm_b/skin", "/joint_states": "/arm_b/joint_states",
+              "/forward_position_controller/commands": "/arm_b_controller/commands"}
+    bag = tmp_path / "arm_b"
+    with Reader(src) as reader, BagWriter(bag) as writer:
+        ids = {c.id: writer.add_connection(rename.get(c.topic, c.topic), c.msgtype) for c in reader.connections}
+        for conn, t, data in reader.messages():
+            writer.write(ids[conn.id], t, bytes(data))
+    robot = RobotContract(name="arm_b", joints=JOINTS, joint_states_topic="arm_b/joint_states",
+                          command=CommandSpec(controller="arm_b_controller"),
+                          cameras=[CameraSpec(topic="arm_b/wrist/image_raw", depth_topic="arm_b/wrist/depth")],
+                          tactile=TactileSpec(topic="/arm_b/skin", taxels=OBS.tactile_taxels))
+    assert DatasetConfig().topics.camera is None  # unset: the contract's
+    ds = BagDataset(bag, OBS, DatasetConfig(), robot)
+    assert (ds.cfg.topics.camera, ds.cfg.topics.joint_states, ds.cfg.topics.commands) == (
+        "/arm_b/wrist/image_raw", "/arm_b/joint_states", "/arm_b_controller/commands")
+    seqs = all_seqs(ds, "all")
+    assert len(seqs) > 0 and all(bool(s.obs.mask[:, 0].all()) for s in seqs)  # the camera was read
+    # Without the contract the default topics find no joint states: no usable step.
+    assert all_seqs(BagDataset(bag, OBS, DatasetConfig()), "all") == []

@@ -85,8 +85,9 @@ def test_bag_holds_teacher_chunks_and_the_labels_are_the_teachers(recorded):
 
 
 def test_dataset_takes_targets_from_the_recorded_chunks(recorded):
-    obs = SageConfig.from_yaml(config_file("sim_model.yaml")).observation
-    ds = BagDataset(recorded["bag"], obs, load_dataset_config(config_file("sim_dataset.yaml")))
+    sim = SageConfig.from_yaml(config_file("sim_model.yaml"))
+    ds = BagDataset(recorded["bag"], sim.observation, load_dataset_config(config_file("sim_dataset.yaml")),
+                    sim.robot_contract())
     n = sum(seq.num_sequences for seq in ds.iter_sequences("all"))
     counts = [e.counts for e in ds.episodes()]
     chunk_steps = sum(c["teacher_chunk_steps"] for c in counts)

@@ -250,7 +250,7 @@ def test_launch_file_matches_package(launch_stubs, node_parameters, launch_file)
             if spec not in RUNTIME_NODES:
                 continue
             assert override["model_dir"] == "/tmp/model" and override["autostart"] is True
-            if "joint_limits_file" in override:
+            if override.get("joint_limits_file"):  # '' = the checkpoint's robot contract's
                 assert Path(override["joint_limits_file"]).is_file()
 
 
@@ -391,11 +391,35 @@ def test_bringup_sim_mirrors_the_mujoco_launch():
     assert _params(control)["use_sim_time"] == "true" and _params(full["sim_expert"])["drive"] == "false"
 
 
-def test_bringup_loopback_robot_follows_the_control_nodes_interface():
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from ros_harness import make_checkpoint
+
+    root = tmp_path_factory.mktemp("bringup")
+    make_checkpoint(root / "plain", [f"joint{i}" for i in range(1, 8)])  # no contract: the implied one
+    make_checkpoint(root / "arm3", ["shoulder", "elbow", "wrist"], robot={
+        "name": "arm3", "joints": ["shoulder", "elbow", "wrist"], "joint_states_topic": "arm3/joint_states",
+        "command": {"interface": "joint_trajectory", "controller": "arm_controller"}})
+    return root
+
+
+def test_bringup_loopback_robot_follows_the_control_nodes_interface(checkpoints):
+    model = str(checkpoints / "plain")
     for argv, interface in ((["--stand-ins"], "position_array"),
                             (["--stand-ins", "--command-interface", "joint_trajectory"], "joint_trajectory")):
-        plan = _plan(*argv, "--model-dir", "m")
+        plan = _plan(*argv, "--model-dir", model)
         robot = _params(plan["loopback_robot"])
-        assert robot["command_interface"] == interface == _params(plan["sage_control"]).get(
-            "command_interface", "position_array")
+        assert robot["command_interface"] == interface
+        assert _params(plan["sage_control"]).get("command_interface", interface) == interface
         assert robot["controller_name"] == "forward_position_controller" and robot["use_sim_time"] == "false"
+        assert "joint_limits_file" not in _params(plan["sage_control"])  # the contract's, in the node
+
+
+def test_bringup_stand_ins_are_the_checkpoints_robot(checkpoints):
+    """The loopback arm takes the checkpoint's robot contract: its joints, interface, controller, topics."""
+    robot = _params(_plan("--stand-ins", "--model-dir", str(checkpoints / "arm3"))["loopback_robot"])
+    assert robot["joint_names"] == '["shoulder","elbow","wrist"]'
+    assert (robot["command_interface"], robot["controller_name"]) == ("joint_trajectory", "arm_controller")
+    assert robot["joint_states_topic"] == "arm3/joint_states"
+    with pytest.raises(LaunchArgumentError, match="cannot read the robot of checkpoint"):
+        _plan("--stand-ins", "--model-dir", str(checkpoints / "missing"))

@@ -24,6 +24,9 @@ def files(tmp_path_factory):
     make_checkpoint(root / "other_robot", ["a", "b", "c", "d"])
     make_checkpoint(root / "camera_only", JOINTS, observation_overrides={"sensors": ["camera"]})
     make_checkpoint(root / "rate20", JOINTS, model_overrides={"h_rate_hz": 20.0})  # trained at 20 Hz
+    make_checkpoint(root / "arm_b", JOINTS, robot={  # a robot contract: one camera, its own topics
+        "name": "arm_b", "joints": JOINTS, "joint_states_topic": "arm_b/joint_states",
+        "cameras": [{"name": "wrist", "topic": "arm_b/wrist/image_raw"}]})
     shutil.copytree(root / "a", root / "corrupt")
     (root / "corrupt" / "model.safetensors").write_bytes(b"\x00not safetensors" * 10)
     return root
@@ -423,9 +426,9 @@ def test_configure_fails_without_a_model(graph):
         node.destroy_node()
 
 
-@pytest.mark.parametrize("topic,cause", [("", "tactile_topic is empty"),
-                                         ("bad topic!", "InvalidTopicNameException")])
-def test_configure_failure_logs_its_cause(graph, files, capfd, topic, cause):
+@pytest.mark.parametrize("param,topic,cause", [("latent_topic", "", "latent_topic is empty"),
+                                               ("tactile_topic", "bad topic!", "InvalidTopicNameException")])
+def test_configure_failure_logs_its_cause(graph, files, capfd, param, topic, cause):
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
@@ -433,7 +436,7 @@ def test_configure_failure_logs_its_cause(graph, files, capfd, topic, cause):
 
     node = ContextNode(node_name="sage_context_bad_topic",
                        parameter_overrides=[Parameter("model_dir", value=str(files / "a")),
-                                            Parameter("tactile_topic", value=topic)])
+                                            Parameter(param, value=topic)])
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     finally:
@@ -447,6 +450,24 @@ def test_configure_failure_logs_its_cause(graph, files, capfd, topic, cause):
     wait_for(read_log, 5.0, what="the configure error in the log")
     line = next(line for line in "".join(logged).splitlines() if "configure failed" in line)
     assert cause in line, line
+
+
+def test_topics_come_from_the_checkpoints_robot_contract(graph, make_node, files):
+    """Topic parameters left empty take the contract's topics; only its sensors are subscribed."""
+    harness, _, _ = graph
+    node = make_node(model_dir=str(files / "arm_b"))
+    assert node._declared == ("camera", "joint_states")
+    name = node.get_name()
+
+    def subscribed(topic):
+        return name in [i.node_name for i in harness.node.get_subscriptions_info_by_topic(topic)]
+
+    wait_for(lambda: subscribed("/arm_b/wrist/image_raw") and subscribed("/arm_b/joint_states"), 10.0,
+             what="subscriptions on the contract's topics")
+    assert not any(subscribed(t) for t in ("/camera/image_raw", "/joint_states", "/tactile/array"))
+    # A parameter still wins over the contract.
+    other = make_node(model_dir=str(files / "arm_b"), joint_states_topic="/joint_states")
+    assert other._topics["joint_states"] == "/joint_states" and other._topics["camera"] == "arm_b/wrist/image_raw"
 
 
 def test_the_h_rate_is_the_checkpoints_and_another_one_is_refused(graph, files, capfd):

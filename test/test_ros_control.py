@@ -40,6 +40,12 @@ def files(tmp_path_factory):
     (root / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage, not safetensors" * 10)
     write_limits(root / "limits.yaml", LIMITS)
     write_limits(root / "limits_missing.yaml", {k: v for k, v in LIMITS.items() if k != "joint2"})
+    contract = {"name": "arm_b", "joints": CKPT_ORDER, "joint_limits": str(root / "limits.yaml"),
+                "joint_states_topic": "arm_b/joint_states",
+                "command": {"interface": "joint_trajectory", "controller": "arm_b_controller"}}
+    make_checkpoint(root / "arm_b", CKPT_ORDER, robot=contract)
+    make_checkpoint(root / "arm_b_moved", CKPT_ORDER, robot={**contract, "command": {
+        "interface": "joint_trajectory", "controller": "other_controller"}})
     return root
 
 
@@ -662,3 +668,20 @@ def test_empty_topic_fails_configure_with_its_cause(graph, files, capfd):
     err = capfd.readouterr().err
     assert "configure failed" in err and "latent_topic is empty" in err, err[-500:]
 
+
+
+def test_joints_topics_interface_and_limits_come_from_the_checkpoints_robot_contract(graph, make_node, files):
+    """With those parameters left empty the node is the contract's robot; a reload whose contract
+    moves the controller is refused, naming both."""
+    harness, _ = graph
+    node = make_node(model_dir=str(files / "arm_b"), joint_names=[], joint_limits_file="")
+    assert node._command_names == CKPT_ORDER and node._limits_source.startswith(str(files / "limits.yaml"))
+    assert node._command_topic == "/arm_b_controller/joint_trajectory"
+    name = node.get_name()
+    wait_for(lambda: name in [i.node_name for i in harness.node.get_subscriptions_info_by_topic("/arm_b/joint_states")]
+             and name in [i.node_name for i in harness.node.get_publishers_info_by_topic(node._command_topic)],
+             10.0, what="the contract's topics in the graph")
+    assert name not in [i.node_name for i in harness.node.get_subscriptions_info_by_topic("/joint_states")]
+    assert harness.set_params(name, {"model_dir": str(files / "arm_b_moved")})[0].successful
+    _diag(harness, node, "model", since=time.monotonic(),
+          predicate=lambda st: "controller 'arm_b_controller' -> 'other_controller'" in st[1])

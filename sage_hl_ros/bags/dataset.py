@@ -70,6 +70,7 @@ import torch
 
 from ..core.config import MODALITIES, SENSORS, ConfigError, ObservationConfig, SelfValidating, from_dict, load_yaml
 from ..core.observation import Observation, ObservationBatch, ObservationSchema
+from ..core.robot import RobotContract, implied_robot
 from ..core.system import SequenceBatch
 from .align import NS, Held, audio_windows, grid_times, hold, seconds_to_ns
 from .decode import (
@@ -88,6 +89,7 @@ from .decode import (
     trajectory_chunk,
 )
 from .recording import storage_files
+from .robot_topics import robot_streams
 from .verify import read_failure, require_intact
 
 __all__ = [
@@ -150,20 +152,27 @@ SPLITS = ("train", "val")
 
 @dataclass
 class TopicsConfig(SelfValidating):
-    """Topic of each stream; an empty string ignores that stream."""
+    """Topic of each stream; an empty string ignores that stream. The robot's streams default to
+    None: the model's robot contract's topics (as recorded in the root namespace), so they are
+    named once, in the contract; :meth:`for_robot` fills them in."""
 
-    camera: str = "/camera/image_raw"
-    camera_compressed: str = "/camera/image_raw/compressed"  # used where the raw camera is absent
-    depth: str = "/camera/depth/image_raw"
-    audio: str = "/audio/frames"
-    tactile: str = "/tactile/array"
-    joint_states: str = "/joint_states"
-    commands: str = "/forward_position_controller/commands"  # executed commands, first choice
-    joint_command: str = "/joint_command"  # Isaac Sim bridge (JointState), second choice
-    joint_trajectory: str = "/forward_position_controller/joint_trajectory"  # third choice
+    camera: str | None = None
+    camera_compressed: str | None = None  # used where the raw camera is absent
+    depth: str | None = None
+    audio: str | None = None
+    tactile: str | None = None
+    joint_states: str | None = None
+    commands: str | None = None  # executed commands (Float64MultiArray), first choice
+    joint_command: str | None = None  # Isaac Sim bridge (JointState), second choice
+    joint_trajectory: str | None = None  # third choice (first point)
     teacher: str = "/teacher/joint_command"
     teacher_chunk: str = "/teacher/joint_trajectory"  # whole teacher chunks (e.g. GR00T's), preferred
     episode: str = "/sage/episode"
+
+    def for_robot(self, robot: RobotContract) -> TopicsConfig:
+        """Unset streams from the robot contract, as recorded in the root namespace."""
+        streams = robot_streams(robot)
+        return dataclasses.replace(self, **{k: v for k, v in streams.items() if getattr(self, k) is None})
 
     def validate(self, where: str) -> None:
         seen: dict[str, str] = {}
@@ -265,12 +274,13 @@ def load_dataset_config(path: str | Path | None = None) -> DatasetConfig:
     return DatasetConfig.from_yaml(path)
 
 
-def _observation_config(config_path: str | Path | None) -> ObservationConfig:
-    """The observation the samples are made for: the ``observation`` section of ``config_path``,
-    else that of the model config its top-level ``model_config`` key names (relative to the
-    file), else that of the package's model.yaml."""
+def _observation_config(config_path: str | Path | None) -> tuple[ObservationConfig, RobotContract]:
+    """The observation the samples are made for and its robot: the ``observation`` section of
+    ``config_path``, else the model config its top-level ``model_config`` key names (relative to
+    the file), else the package's model.yaml; the robot is that model's contract (or implied)."""
     import yaml
 
+    from ..core.config import SageConfig
     from ..paths import config_file
 
     candidates = [Path(config_path)] if config_path else []
@@ -289,9 +299,14 @@ def _observation_config(config_path: str | Path | None) -> ObservationConfig:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):
             continue
-        if isinstance(data, dict) and "observation" in data:
-            return load_yaml(ObservationConfig, path, "observation")
-    return ObservationConfig()
+        if not (isinstance(data, dict) and "observation" in data):
+            continue
+        if "dataset" in data:  # a dataset file with its own observation section
+            obs = load_yaml(ObservationConfig, path, "observation")
+            return obs, implied_robot(obs)
+        sage = SageConfig.from_yaml(path)
+        return sage.observation, sage.robot_contract()
+    return ObservationConfig(), implied_robot(ObservationConfig())
 
 
 def configs_for_model(dataset_config: str | Path | None = None, *, model_config: str | Path | None = None,
@@ -310,7 +325,8 @@ def configs_for_model(dataset_config: str | Path | None = None, *, model_config:
     else:
         raise ValueError("configs_for_model needs a checkpoint or a model config")
     dcfg = load_dataset_config(dataset_config)
-    return sage.observation, dataclasses.replace(dcfg, action_chunk=sage.model.action_chunk)
+    return sage.observation, dataclasses.replace(dcfg, action_chunk=sage.model.action_chunk,
+                                                 topics=dcfg.topics.for_robot(sage.robot_contract()))
 
 
 # ============================================================================ episodes
@@ -490,10 +506,14 @@ class BagDataset:
     """
 
     def __init__(self, bag_paths: str | Path | Iterable[str | Path], obs_cfg: ObservationConfig,
-                 cfg: DatasetConfig | None = None):
+                 cfg: DatasetConfig | None = None, robot: RobotContract | None = None):
         self.bag_paths = expand_bag_paths(bag_paths)
         self.obs_cfg = obs_cfg
-        self.cfg = cfg if cfg is not None else load_dataset_config()
+        cfg = cfg if cfg is not None else load_dataset_config()
+        # Topics not set in the dataset config are the robot contract's (the model's, or the one its
+        # observation implies: the default topics).
+        robot = robot if robot is not None else implied_robot(obs_cfg)
+        self.cfg = dataclasses.replace(cfg, topics=cfg.topics.for_robot(robot))
         self.schema = ObservationSchema(obs_cfg)
         absent = [m for m in self.cfg.require if m not in obs_cfg.modalities]
         if absent:
@@ -1244,7 +1264,7 @@ def export_samples(bag_paths: str | Path | Iterable[str | Path], out_dir: str | 
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
     cfg = dataset_cfg if dataset_cfg is not None else load_dataset_config(config_path)
-    ocfg = obs_cfg if obs_cfg is not None else _observation_config(config_path)
+    ocfg, robot = (obs_cfg, None) if obs_cfg is not None else _observation_config(config_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     old = list(out.glob("*.npz")) + list(out.glob(INDEX_FILE))
@@ -1253,7 +1273,7 @@ def export_samples(bag_paths: str | Path | Iterable[str | Path], out_dir: str | 
             raise FileExistsError(f"{out}: already holds an export ({len(old)} files); pass overwrite=True")
         for f in old:
             f.unlink()
-    ds = BagDataset(bag_paths, ocfg, cfg)
+    ds = BagDataset(bag_paths, ocfg, cfg, robot)
     episodes = ds.episodes()
     ep_ids = {(e.bag, e.index): i for i, e in enumerate(episodes)}
     say(f"export: {len(ds.bag_paths)} bag(s), {len(episodes)} episode(s) "

@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 
 from ..core.checkpoint_files import CheckpointError, read_meta
-from ..core.config import ObservationConfig
+from ..core.config import ObservationConfig, SageConfig
 from ..core.context_step import HBackend
 from ..core.observation import Observation, ObservationSchema
+from ..core.robot import RobotContract
 from .manifest import PRECISIONS, ExportError, find_export, read_manifest
 
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -61,6 +62,7 @@ class LoadedModel:
     providers: tuple[str, ...] = ()  # ONNX Runtime's session providers
     export_dir: str = ""
     h_rate_hz: float = 0.0  # model.h_rate_hz: the H rate it was trained at (0 = not recorded)
+    robot: RobotContract | None = None  # the checkpoint's robot contract (or the one it implies)
 
 
 def resolve_backend(model_dir: str, spec: BackendSpec) -> tuple[str, str]:
@@ -108,7 +110,8 @@ def load_model(model_dir: str, spec: BackendSpec | None = None, backend: str | N
             raise ExportError(f"{h.manifest.path}: its config differs from {os.path.join(model_dir, 'config.json')} "
                               f"(the checkpoint's config changed after the export); export again")
         sha, obs_cfg, latent_dim = h.model_hash, h.observation_config, h.latent_dim
-        h_rate = float(meta["config"].get("model", {}).get("h_rate_hz", 0.0))
+        cfg = SageConfig.from_dict(meta["config"], os.path.join(model_dir, "config.json"))
+        h_rate, robot = cfg.model.h_rate_hz, cfg.robot_contract()
         providers, export = tuple(h.providers), str(h.export_dir)
         if h.skipped_providers:
             reason += "; providers skipped: " + "; ".join(f"{k}: {v}" for k, v in h.skipped_providers.items())
@@ -123,8 +126,8 @@ def load_model(model_dir: str, spec: BackendSpec | None = None, backend: str | N
         sha = model_hash(model_dir)
         h = TorchHBackend(model)
         obs_cfg, latent_dim = model.cfg.observation, int(model.cfg.model.latent_dim)
-        h_rate = float(model.cfg.model.h_rate_hz)
+        h_rate, robot = model.cfg.model.h_rate_hz, model.cfg.robot_contract()
     arrays, _ = ObservationSchema(obs_cfg).prepare_arrays(Observation())
     h.encode(arrays, h.initial_state())
     return LoadedModel(h, backend, reason, os.path.abspath(model_dir), sha, tuple(obs_cfg.joint_names),
-                       int(latent_dim), obs_cfg, (time.perf_counter() - t0) * 1e3, providers, export, h_rate)
+                       int(latent_dim), obs_cfg, (time.perf_counter() - t0) * 1e3, providers, export, h_rate, robot)

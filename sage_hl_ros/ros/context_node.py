@@ -5,7 +5,9 @@ the subscriptions/publishers; ``activate`` resets the temporal state and starts 
 ``deactivate`` stops it; ``cleanup`` releases everything. With ``autostart:=true`` the node
 configures and activates itself (how the launch files start it without a lifecycle manager).
 
-Subscribed topics (defaults; QoS overridable via ``qos.<name>.{reliability,depth,durability}``)
+Subscribed topics (those of the checkpoint's robot contract unless a topic parameter names one;
+shown for a model without a contract, resolved in the node's namespace; QoS overridable via
+``qos.<name>.{reliability,depth,durability}``)
     /camera/image_raw         sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8)   qos.camera: sensor
     /camera/image_raw/compressed  sensor_msgs/CompressedImage (instead, when camera_compressed)
     /camera/depth/image_raw   sensor_msgs/Image (32FC1 metres, 16UC1/mono16 mm)     qos.depth: sensor
@@ -26,7 +28,7 @@ Services
     (plus the standard lifecycle services ~/change_state, ~/get_state, ...)
 Parameters (read at configure unless marked runtime)
     model_dir (str, "")                 checkpoint directory; required. Runtime: setting it reloads.
-    h_rate_hz (float, 10.0)             H loop rate
+    h_rate_hz (float, 0.0)              H loop rate; 0 = the checkpoint's model.h_rate_hz (10 Hz if none)
     inference_backend (str, "auto")     H path runtime: "torch" (eager SageHL.encode), "onnxruntime" (the
                                         checkpoint's export, MODEL_DIR/exports/<hash>/<precision>, made by
                                         `sage-hl export`), or "auto": onnxruntime when an export of the
@@ -45,10 +47,14 @@ Parameters (read at configure unless marked runtime)
                                         ONNX Runtime intra-op threads (no spinning between steps)
     torch_threads (int, 1)              torch intra-op threads for this process (torch backend only)
     camera_topic, camera_compressed (bool, false), depth_topic, audio_topic, tactile_topic,
-    joint_states_topic, latent_topic    topic names (see above). Only the sensors the checkpoint
-                                        declares (observation.sensors) are subscribed; the topic of
-                                        an undeclared one may be empty, and diagnostics report it
-                                        "not declared" at level OK, never stale
+    joint_states_topic (str, "")        topic names; "" = the checkpoint's robot contract (its
+                                        `robot:` section, or the defaults above for a checkpoint
+                                        without one); camera_compressed or the contract's
+                                        cameras[0].compressed subscribes <camera topic>/compressed.
+                                        Only the sensors the checkpoint declares (observation.sensors)
+                                        are subscribed; diagnostics report an undeclared one "not
+                                        declared" at level OK, never stale
+    latent_topic (str, "/sage/latent")  published latent
     observation_timeout_s (float, 0.5)  observations older than this are masked as stale; age =
                                         max(now - arrival, now - header stamp) on the node clock
     clock_skew_tolerance_s (float, 0.05)
@@ -90,7 +96,7 @@ from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import Trigger
 
 from ..core.checkpoint_files import CheckpointError
-from ..core.config import SENSORS, range_problem
+from ..core.config import range_problem
 from ..core.context_step import (
     DEFAULT_H_RATE_HZ,
     INPUTS,
@@ -108,8 +114,6 @@ from .qos import declare_qos
 from .sensor_cache import AudioWindow, SensorCache
 
 MODALITIES = INPUTS
-_TOPIC_PARAMS = ("camera_topic", "depth_topic", "audio_topic", "tactile_topic", "joint_states_topic",
-                 "latent_topic")
 
 
 class ContextNode(DeclaredParams, LifecycleNode):
@@ -125,12 +129,12 @@ class ContextNode(DeclaredParams, LifecycleNode):
         p("onnx_precision", "fp32", "precision of the ONNX export to run: fp32 | fp16 | int8")
         p("onnxruntime_providers", ["CPUExecutionProvider"], "ONNX Runtime execution providers, in order")
         p("onnxruntime_intra_op_threads", 1, "ONNX Runtime intra-op threads")
-        p("camera_topic", "/camera/image_raw", "RGB camera topic (sensor_msgs/Image)")
+        p("camera_topic", "", "RGB camera topic (sensor_msgs/Image); '' = the checkpoint's robot contract")
         p("camera_compressed", False, "subscribe sensor_msgs/CompressedImage on camera_topic + '/compressed'")
-        p("depth_topic", "/camera/depth/image_raw", "depth image topic (32FC1 m or 16UC1 mm)")
-        p("audio_topic", "/audio/frames", "audio frames (std_msgs/Float32MultiArray, PCM in [-1, 1])")
-        p("tactile_topic", "/tactile/array", "tactile array (std_msgs/Float32MultiArray)")
-        p("joint_states_topic", "/joint_states", "joint states (sensor_msgs/JointState, matched by name)")
+        p("depth_topic", "", "depth image topic (32FC1 m or 16UC1 mm); '' = the robot contract's")
+        p("audio_topic", "", "audio frames (std_msgs/Float32MultiArray, PCM in [-1, 1]); '' = the robot contract's")
+        p("tactile_topic", "", "tactile array (std_msgs/Float32MultiArray); '' = the robot contract's")
+        p("joint_states_topic", "", "joint states (sensor_msgs/JointState, by name); '' = the robot contract's")
         p("latent_topic", "/sage/latent", "published latent z (sensor_msgs/Image 32FC1, 1 x 256)")
         p("observation_timeout_s", 0.5, "observations older than this (by arrival or header stamp) are masked")
         p("clock_skew_tolerance_s", 0.05, "header stamps further ahead of the node clock than this are masked")
@@ -153,6 +157,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._reload_failed = False
         self._active = False
         self._h_rate = 0.0  # set at configure: h_rate_for(checkpoint, parameter)
+        self._topics: dict[str, str] = {}  # input -> topic, set at configure (parameter, else robot contract)
         self._subs: list = []
         self._pubs: list = []
         self._srvs: list = []
@@ -231,13 +236,16 @@ class ContextNode(DeclaredParams, LifecycleNode):
         # The robot's sensors are the checkpoint's (observation.sensors): an undeclared one is not
         # subscribed, its topic parameter may be empty, and no diagnostic warns about it.
         self._declared = declared_inputs(cfg)
-        for key in _TOPIC_PARAMS:  # rclpy would raise InvalidTopicNameException without saying which one
-            sensor = key.removesuffix("_topic")  # camera_topic -> camera, ...
-            if sensor in SENSORS and sensor not in self._declared:
-                continue
-            if not str(self._get(key)).strip():
-                hint = f" (or leave '{sensor}' out of the model's observation.sensors)" if sensor in SENSORS else ""
-                raise ValueError(f"{key} is empty: give it a topic name{hint}")
+        # Each input's topic: its parameter, else the checkpoint's robot contract.
+        robot = loaded.robot
+        self._topics = {name: str(self._get(f"{name}_topic")).strip() or robot.topic(name) for name in INPUTS}
+        for name in self._declared:  # rclpy would raise InvalidTopicNameException without saying which one
+            if not self._topics[name]:
+                raise ValueError(f"{name}_topic is empty and robot '{robot.name}' of {loaded.model_dir} names no "
+                                 f"{name} topic: give it one (or leave '{name}' out of the robot's sensors)")
+        if not str(self._get("latent_topic")).strip():
+            raise ValueError("latent_topic is empty: give it a topic name")
+        compressed = bool(self._get("camera_compressed")) or bool(robot.camera and robot.camera.compressed)
         self._joint_names = loaded.joint_names
         self._tactile_size = int(cfg.tactile_taxels)
         self._audio = AudioWindow(cfg.audio_window_samples, max_gap_s=self._timeout)
@@ -245,23 +253,25 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._reload_failed, self._reload_note = False, ""
         self._log.info(f"loaded {loaded.model_dir} (sha256 {loaded.sha256[:12]}, joints {list(loaded.joint_names)}) "
                        f"in {loaded.load_ms:.0f} ms; inference_backend {loaded.backend_name}: {loaded.backend_reason}"
-                       + (f"; providers {list(loaded.providers)}" if loaded.providers else ""))
+                       + (f"; providers {list(loaded.providers)}" if loaded.providers else "")
+                       + f"; robot '{robot.name}': " + ", ".join(f"{n} {self._topics[n]}" for n in self._declared))
 
         q = lambda name, preset: declare_qos(self, name, preset)  # current values of qos.* params
         sub = self.create_subscription
         ents = self._subs
         have = self._declared
-        if "camera" in have and self._get("camera_compressed"):
-            ents.append(sub(CompressedImage, self._get("camera_topic").rstrip("/") + "/compressed",
+        topics = self._topics
+        if "camera" in have and compressed:
+            ents.append(sub(CompressedImage, topics["camera"].rstrip("/") + "/compressed",
                             self._on_compressed, q("camera", "sensor")))
         elif "camera" in have:
-            ents.append(sub(Image, self._get("camera_topic"), self._on_camera, q("camera", "sensor")))
+            ents.append(sub(Image, topics["camera"], self._on_camera, q("camera", "sensor")))
         for sensor, msg_type, callback in (("depth", Image, self._on_depth),
                                            ("audio", Float32MultiArray, self._on_audio),
                                            ("tactile", Float32MultiArray, self._on_tactile)):
             if sensor in have:
-                ents.append(sub(msg_type, self._get(f"{sensor}_topic"), callback, q(sensor, "sensor")))
-        ents.append(sub(JointState, self._get("joint_states_topic"), self._on_joints, q("joint_states", "reliable")))
+                ents.append(sub(msg_type, topics[sensor], callback, q(sensor, "sensor")))
+        ents.append(sub(JointState, topics["joint_states"], self._on_joints, q("joint_states", "reliable")))
         self._latent_pub = self.create_publisher(Image, self._get("latent_topic"), q("latent", "reliable"))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", q("diagnostics", "reliable"))
         self._pubs = [self._latent_pub, self._diag_pub]
@@ -514,6 +524,12 @@ class ContextNode(DeclaredParams, LifecycleNode):
             raise CheckpointError(f"{path}: sensors {list(new.observation_config.sensors)} differ from the "
                                   f"running model's {list(current.observation_config.sensors)} (the node "
                                   f"subscribed to those); reconfigure the node to change sensors")
+        moved = {n: (self._topics[n], new.robot.topic(n)) for n in self._declared
+                 if not str(self._get(f"{n}_topic")).strip() and new.robot.topic(n) != self._topics[n]}
+        if moved:
+            raise CheckpointError(f"{path}: its robot contract puts " + ", ".join(
+                f"{n} on {b!r} (subscribed: {a!r})" for n, (a, b) in moved.items())
+                + "; reconfigure the node to change topics")
         recorded = new.h_rate_hz
         if recorded > 0 and abs(recorded - self._h_rate) > 1e-9:
             raise CheckpointError(f"{path}: trained at an H rate of {recorded:g} Hz (model.h_rate_hz), the node "

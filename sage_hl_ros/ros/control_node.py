@@ -51,20 +51,28 @@ Parameters (read at configure unless marked runtime)
                                      tighter of YAML and URDF, one only one gives is taken from it (either
                                      alone works; continuous joints: no position limit, velocity enforced).
                                      joint_limits_file may be the ros2_control / MoveIt joint_limits.yaml.
+                                     Both empty: the robot contract's joint_limits and urdf files.
     default_acceleration_max_rad_s2 (float, 0.0)  where no source gives an acceleration limit; 0 = 10.0
                                      (stated in the limits line of the log and diagnostics)
                                      Without any limits the node runs dry (publishes nothing) and
                                      enable_control cannot be set.
-    latent_topic, joint_states_topic topic names (see above)
+    latent_topic (str, "/sage/latent")  the latent from sage_context
+    joint_states_topic (str, "")     joint states; "" = the checkpoint's robot contract (joint_states
+                                     for a checkpoint without one: /joint_states in the root namespace)
     latent_timeout_s (float, 0.5)    hold when the latent is older than this (arrival or header stamp)
     joint_state_timeout_s (float, 0.1)  hold when the joint state is older than this (arrival or stamp)
     clock_skew_tolerance_s (float, 0.05)  header stamps up to this far in the future are accepted
     require_stamps (bool, false)     true: a zero header stamp makes an input stale (false: judged
                                      by arrival time, for drivers that do not stamp)
     enable_control (bool, false)     runtime; false publishes nothing
-    command_interface (str, "position_array")  position_array | joint_trajectory | joint_state
-    controller_name (str, "forward_position_controller")  ros2_control controller for the topic name
-    joint_command_topic (str, "/joint_command")  topic of the joint_state interface
+    command_interface (str, "")      position_array | joint_trajectory | joint_state; "" = the robot
+                                     contract's command.interface (position_array without a contract)
+    controller_name (str, "")        ros2_control controller for the topic name; "" = the contract's
+                                     command.controller (forward_position_controller without one)
+    joint_command_topic (str, "")    topic of the joint_state interface; "" = the contract's
+                                     command.joint_command_topic (joint_command without one)
+                                     A reload whose contract changes one of these left-empty values
+                                     is refused (reconfigure to change them).
     trajectory_time_from_start_s (float, 0.05)  time_from_start of the JointTrajectory point
     smoothing_alpha (float, 1.0)     ActionSmoother alpha in (0, 1]; 1 = no smoothing
     chunk_execution (str, "auto")    "play": a K-step chunk is played between latents (time-indexed
@@ -127,6 +135,7 @@ from std_msgs.msg import Bool, Empty
 from std_srvs.srv import Trigger
 
 from ..core.checkpoint_files import CheckpointError
+from ..core.robot import ROBOT_DESCRIPTION
 from ..safety import (
     ControlStep,
     ControlStepConfig,
@@ -164,21 +173,22 @@ class ControlNode(DeclaredParams, LifecycleNode):
         p("model_dir", "", "checkpoint directory; setting it at runtime reloads the model")
         p("control_rate_hz", 200.0, "control loop rate [Hz]")
         p("joint_names", [], "command joint order; [] = the checkpoint's order (must be the same joint set)")
-        p("joint_limits_file", "", "joint limits YAML (joint_limits: {name: {position_min_rad, ...}})")
+        p("joint_limits_file", "", "joint limits YAML (ros2_control / MoveIt joint_limits.yaml, or ours); with "
+          "urdf_file also '' = the robot contract's joint_limits and urdf files")
         p("urdf_file", "", "optional URDF file (or robot_description XML string) whose <limit>s tighten the YAML")
         p("default_acceleration_max_rad_s2", 0.0,
           "acceleration limit where neither YAML nor URDF gives one (URDF never does) [rad/s^2]; 0 = 10.0")
         p("latent_topic", "/sage/latent", "latent from sage_context (sensor_msgs/Image 32FC1)")
-        p("joint_states_topic", "/joint_states", "joint states (sensor_msgs/JointState)")
+        p("joint_states_topic", "", "joint states (sensor_msgs/JointState); '' = the robot contract's")
         p("latent_timeout_s", 0.5, "hold when the latent is older than this (arrival or header stamp) [s]")
         p("joint_state_timeout_s", 0.1, "hold when the joint state is older than this (arrival or stamp) [s]")
         p("clock_skew_tolerance_s", 0.05, "header stamps up to this far in the future are accepted [s]")
         p("require_stamps", False, "true: an input with a zero header stamp is stale (false: arrival time)")
         p("enable_control", False, "runtime: publish commands (false = publish nothing)")
-        p("command_interface", "position_array", "position_array | joint_trajectory | joint_state")
-        p("controller_name", "forward_position_controller", "ros2_control controller (topic /<name>/...)")
+        p("command_interface", "", "position_array | joint_trajectory | joint_state; '' = the robot contract's")
+        p("controller_name", "", "ros2_control controller (topic /<name>/...); '' = the robot contract's")
         p("check_controller_joints", True, "position_array: check the controller's joints parameter order")
-        p("joint_command_topic", "/joint_command", "topic of the joint_state command interface (Isaac Sim)")
+        p("joint_command_topic", "", "topic of the joint_state command interface (Isaac Sim); '' = the contract's")
         p("trajectory_time_from_start_s", 0.05, "time_from_start of the JointTrajectory point [s]")
         p("smoothing_alpha", 1.0, "first-order smoothing of targets, (0, 1]; 1 = none")
         p("chunk_execution", "auto", "auto | play | receding: how a K-step action chunk is executed")
@@ -197,6 +207,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
             declare_qos(self, name, preset)
 
         self._log = self.get_logger()
+        self._robot = None  # the checkpoint's robot contract, set at configure
         self._origin_ns = self.get_clock().now().nanoseconds  # 0 under use_sim_time before /clock
         self._closing = False
         self._throttle = Throttle(5.0)
@@ -278,10 +289,9 @@ class ControlNode(DeclaredParams, LifecycleNode):
             value = float(g(key))
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{key} must be > 0, got {value}")
-        self._interface = str(g("command_interface"))
-        if self._interface not in commands.COMMAND_INTERFACES:
-            raise ValueError(f"command_interface {self._interface!r}: "
-                             f"choose one of {list(commands.COMMAND_INTERFACES)}")
+        interface = str(g("command_interface")).strip()
+        if interface and interface not in commands.COMMAND_INTERFACES:
+            raise ValueError(f"command_interface {interface!r}: choose one of {list(commands.COMMAND_INTERFACES)}")
         estop_type = str(g("e_stop_msg_type")).lower()
         if estop_type not in ("bool", "empty"):
             raise ValueError(f"e_stop_msg_type {estop_type!r}: choose 'bool' or 'empty'")
@@ -289,13 +299,20 @@ class ControlNode(DeclaredParams, LifecycleNode):
         hb_type = str(g("e_stop_heartbeat_msg_type")).lower()
         if hb_type not in ("bool", "empty"):
             raise ValueError(f"e_stop_heartbeat_msg_type {hb_type!r}: choose 'bool' or 'empty'")
-        for key in ("latent_topic", "joint_states_topic", "e_stop_topic", "e_stop_reset_topic"):
+        for key in ("latent_topic", "e_stop_topic", "e_stop_reset_topic"):
             if not str(g(key)).strip():
                 raise ValueError(f"{key} is empty: give a topic name")
         names_param = list(g("joint_names") or [])
         if not all(isinstance(n, str) and n for n in names_param):
             raise ValueError(f"joint_names must be a list of non-empty strings, got {names_param}")
         policy = load_policy(g("model_dir"), names_param or None)
+        # Topics, command interface and URDF: the parameter where given, else the checkpoint's robot contract.
+        robot = policy.fast.cfg.robot_contract()
+        self._robot = robot
+        self._interface = interface or robot.command.interface
+        self._controller = str(g("controller_name")).strip("/") or robot.command.controller
+        self._joint_states_topic = str(g("joint_states_topic")).strip() or robot.joint_states_topic
+        self._joint_command_topic = str(g("joint_command_topic")).strip() or robot.command.joint_command_topic
         self._chunk_dt_s = self._chunk_spacing(policy)
         step_cfg = ControlStepConfig(
             period_s=self._period_s, latent_timeout_s=float(g("latent_timeout_s")),
@@ -327,7 +344,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         estop_qos = q("e_stop", "reliable")
         self._subs = [
             sub(Image, g("latent_topic"), self._on_latent, q("latent", "reliable")),
-            sub(JointState, g("joint_states_topic"), self._on_joints, q("joint_states", "reliable")),
+            sub(JointState, self._joint_states_topic, self._on_joints, q("joint_states", "reliable")),
         ]
         # E-stop and reset: the configured QoS and a best-effort twin, so a best-effort publisher (common
         # for joystick / teleop bridges) matches too. A reliable publisher reaches both: harmless, latching.
@@ -339,7 +356,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
             hb_msg = Bool if hb_type == "bool" else Empty
             for qos in (estop_qos, _best_effort(estop_qos)):
                 self._subs.append(sub(hb_msg, hb_topic, self._on_heartbeat, qos))
-        self._command_topic = commands.command_topic(self._interface, g("controller_name"), g("joint_command_topic"))
+        self._command_topic = commands.command_topic(self._interface, self._controller, self._joint_command_topic)
         self._cmd_pub = self.create_publisher(commands.command_msg_type(self._interface), self._command_topic,
                                               q("command", "command"))
         self._estop_pub = self.create_publisher(Bool, "~/e_stop_state", q("e_stop_state", "status"))
@@ -360,6 +377,9 @@ class ControlNode(DeclaredParams, LifecycleNode):
     def _load_limits(self, names: list[str]) -> JointLimits | None:
         """URDF (file or robot_description XML) and/or YAML (ros2_control/MoveIt or ours): the tighter wins."""
         yaml_file, urdf = str(self._get("joint_limits_file")), str(self._get("urdf_file"))
+        if self._robot is not None and not (yaml_file or urdf):  # the robot contract's files
+            yaml_file = self._robot.joint_limits
+            urdf = self._robot.urdf if self._robot.urdf != ROBOT_DESCRIPTION else ""
         self._limits_source = ""
         if not (yaml_file or urdf):
             return None
@@ -381,7 +401,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         if not self._get("check_controller_joints"):
             self._order_note = "check disabled: the array is sent in joint_names order"
             return
-        controller = str(self._get("controller_name")).strip("/")
+        controller = self._controller
         self._order_client = self.create_client(GetParameters, f"/{controller}/get_parameters")
         self._clients = [self._order_client]
         self._order_note = (f"unverified: /{controller}/get_parameters not reachable yet; the array is sent in "
@@ -413,7 +433,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         except Exception as exc:  # the controller went away mid-call
             self._order_note = f"unverified: get_parameters failed ({exc})"
             return
-        controller = str(self._get("controller_name")).strip("/")
+        controller = self._controller
         if not joints:
             self._order_note = f"unverified: /{controller} has no 'joints' parameter"
         elif joints != list(self._command_names):
@@ -700,6 +720,15 @@ class ControlNode(DeclaredParams, LifecycleNode):
                                   f"{list(current.model_names)}; reconfigure the node to change robots")
         if new.latent_dim != current.latent_dim:
             raise CheckpointError(f"{path}: latent_dim {new.latent_dim} differs from the running {current.latent_dim}")
+        robot = new.fast.cfg.robot_contract()
+        moved = [f"{key} {mine!r} -> {theirs!r}" for key, param, mine, theirs in (
+            ("command interface", "command_interface", self._interface, robot.command.interface),
+            ("controller", "controller_name", self._controller, robot.command.controller),
+            ("joint_states topic", "joint_states_topic", self._joint_states_topic, robot.joint_states_topic))
+            if not str(self._get(param)).strip() and mine != theirs]
+        if moved:
+            raise CheckpointError(f"{path}: its robot contract changes the {', '.join(moved)}; reconfigure the "
+                                  "node to change them")
         if self._chunk_spacing(new) != self._chunk_dt_s:
             raise CheckpointError(f"{path}: its action chunk (K={new.fast.cfg.model.action_chunk}, dt "
                                   f"{new.fast.cfg.model.action_chunk_dt_s} s) is played at another spacing than the "

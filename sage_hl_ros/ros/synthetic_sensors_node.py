@@ -23,7 +23,8 @@ Parameters
     rate_scale (float, 1.0)           multiplies every rate (e.g. 0.5 on a loaded machine)
     goal_period_s (float, 3.0)        how often the goal moves
     seed (int, 0)
-    camera_topic, depth_topic, audio_topic, tactile_topic (the defaults above)
+    camera_topic, depth_topic, audio_topic, tactile_topic (the defaults above; "" = not published,
+                                      as for a robot without that sensor)
     camera_frame_id (str, "camera")
 """
 
@@ -82,19 +83,21 @@ class SyntheticSensors(Node):
         self._goal_t = -1e9
         self._audio_phase = 0
         self.goal = None
+        topics = {k: t for k, t in topics.items() if t}
         self.published = {k: 0 for k in topics}
         self._pubs = {k: self.create_publisher(Image if k in ("camera", "depth") else Float32MultiArray, t,
                                                declare_qos(self, k, "sensor")) for k, t in topics.items()}
         self._goal_pub = self.create_publisher(Float64MultiArray, "/synthetic/goal_joints",
                                                declare_qos(self, "goal", "status"))
         self._maybe_new_goal()
-        self.create_timer(1.0 / cam_hz, self._pub_camera)
-        self.create_timer(1.0 / depth_hz, self._pub_depth)
-        self.create_timer(1.0 / audio_hz, self._pub_audio)
-        self.create_timer(1.0 / tactile_hz, self._pub_tactile)
-        self.get_logger().info(f"synthetic sensors: camera {width}x{height} @ {cam_hz:g} Hz, depth @ {depth_hz:g} Hz, "
-                               f"audio {self.frame_samples} samples @ {audio_hz:.2f} Hz, tactile {taxels} "
-                               f"@ {tactile_hz:g} Hz")
+        streams = {"camera": (cam_hz, self._pub_camera, f"camera {width}x{height} @ {cam_hz:g} Hz"),
+                   "depth": (depth_hz, self._pub_depth, f"depth @ {depth_hz:g} Hz"),
+                   "audio": (audio_hz, self._pub_audio, f"audio {self.frame_samples} samples @ {audio_hz:.2f} Hz"),
+                   "tactile": (tactile_hz, self._pub_tactile, f"tactile {taxels} @ {tactile_hz:g} Hz")}
+        for key in topics:
+            self.create_timer(1.0 / streams[key][0], streams[key][1])
+        self.get_logger().info("synthetic sensors: " + (", ".join(f"{streams[k][2]} on {t}" for k, t in topics.items())
+                                                        or "none (every topic empty)"))
 
     def _maybe_new_goal(self) -> None:
         now = time.monotonic()

@@ -52,17 +52,31 @@ def cmd_record(args, extra) -> int:
               "humble_compatible": not args.no_humble_compatible,
               "max_bag_size_mb": float(args.max_bag_size_mb), "max_bag_duration_s": float(args.max_bag_duration_s),
               "flush_period_s": float(args.flush_period_s), "exit_on_error": True, "autostart": True}
+    topic_types = list(args.topic_type or [])
     if args.all:
         params["topics"] = []
     elif args.topics:
         params["topics"] = args.topics
-    if args.topic_type:
-        params["topic_types"] = args.topic_type
+    elif args.model_dir:  # the checkpoint's robot: its contract's topics, with their types
+        types = _robot_topic_types(args.model_dir)
+        params["topics"] = list(types)
+        topic_types = [f"{t}:{ty}" for t, ty in types.items()] + topic_types
+    if topic_types:
+        params["topic_types"] = topic_types
     if args.qos_override:
         params["qos_overrides"] = args.qos_override
     if args.use_sim_time:
         params["use_sim_time"] = True
     return recorder_node.run(_ros_argv("sage-hl-bag", params, extra))
+
+
+def _robot_topic_types(model_dir: str) -> dict[str, str]:
+    from ..bags.robot_topics import robot_topic_types
+    from ..core.checkpoint_files import read_meta
+    from ..core.config import SageConfig
+
+    meta = read_meta(model_dir)
+    return robot_topic_types(SageConfig.from_dict(meta["config"], f"{model_dir}/config.json").robot_contract())
 
 
 def cmd_replay(args, extra) -> int:
@@ -129,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     p.add_argument("--topics", nargs="+", metavar="TOPIC", help="topics to record (default: the runtime's topics)")
     p.add_argument("-a", "--all", action="store_true", help="record every topic in the graph")
+    p.add_argument("--model-dir", default=None, help="record the topics of this checkpoint's robot (its robot "
+                   "contract's sensors, joint states and command stream, plus the runtime's latent, teacher, "
+                   "e-stop, episode and diagnostics topics)")
     p.add_argument("--topic-type", nargs="+", metavar="TOPIC:TYPE",
                    help="types of topics not yet advertised, added to the runtime topics' types "
                         "(subscribed at once), e.g. /e_stop:std_msgs/msg/Empty")

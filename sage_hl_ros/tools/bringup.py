@@ -45,6 +45,8 @@ def ros_value(value) -> str:
     """A Python value as a ``-p name:=value`` literal (YAML syntax, as ROS parses it)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value == "":
+        return '""'  # a bare "name:=" is not an empty string to rcl
     if isinstance(value, (list, tuple)):
         # Strings inside a flow list are quoted: "a:b" or "x,y" would otherwise split or become a mapping.
         return "[" + ",".join(json.dumps(v) if isinstance(v, str) else ros_value(v) for v in value) + "]"
@@ -138,7 +140,7 @@ def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
                  for spec in SIM_NODES]
     if sage:
         common = {"model_dir": str(Path(args.model_dir).resolve()), "autostart": True, "use_sim_time": use_sim_time}
-        control = {"joint_limits_file": str(Path(args.joint_limits_file).resolve())}
+        control = {"joint_limits_file": str(Path(args.joint_limits_file).resolve())} if args.joint_limits_file else {}
         if args.enable_control or not args.sim:
             control["enable_control"] = args.enable_control
         if args.command_interface:
@@ -147,15 +149,39 @@ def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
             overrides = {**common, **(control if spec.name == "sage_control" else {})}
             plan.append((spec, node_command(spec, [params_file], overrides)))
     if args.stand_ins:
-        # The loopback arm follows what the control node publishes (same interface, controller, topic).
-        follow = {key: node_parameter(params_file, "sage_control", key, default) for key, default in (
-            ("command_interface", "position_array"), ("controller_name", "forward_position_controller"),
-            ("joint_command_topic", "/joint_command"))}
+        # The loopback arm is the checkpoint's robot (its joints) and follows what the control node
+        # publishes: the params file's interface, controller and topics, else the robot contract's.
+        robot = _checkpoint_robot(args.model_dir)
+        follow = {key: node_parameter(params_file, "sage_control", key, "") or default for key, default in (
+            ("command_interface", robot.command.interface), ("controller_name", robot.command.controller),
+            ("joint_command_topic", robot.command.joint_command_topic),
+            ("joint_states_topic", robot.joint_states_topic))}
+        follow["joint_names"] = node_parameter(params_file, "sage_control", "joint_names", []) or robot.joints
         if args.command_interface:
             follow["command_interface"] = args.command_interface
-        overrides = {"synthetic_sensors": {"use_sim_time": False}, "loopback_robot": {"use_sim_time": False, **follow}}
+        # The synthetic sensors are the robot's: the context node's topics, nothing for a sensor it lacks.
+        sensors = {f"{n}_topic": node_parameter(params_file, "sage_context", f"{n}_topic", "") or robot.topic(n)
+                   for n in ("camera", "depth", "audio", "tactile")}
+        if robot.tactile is not None:
+            sensors["tactile_taxels"] = robot.tactile.taxels
+        if robot.audio is not None:
+            sensors["audio_sample_rate_hz"] = robot.audio.sample_rate_hz
+        overrides = {"synthetic_sensors": {"use_sim_time": False, **sensors},
+                     "loopback_robot": {"use_sim_time": False, **follow}}
         plan += [(spec, node_command(spec, [], overrides[spec.name])) for spec in STAND_IN_NODES]
     return plan
+
+
+def _checkpoint_robot(model_dir: str):
+    """The robot contract stored in the checkpoint (or the one its observation implies)."""
+    from ..core.checkpoint_files import CheckpointError, read_meta
+    from ..core.config import ConfigError, SageConfig
+
+    try:
+        meta = read_meta(model_dir)
+        return SageConfig.from_dict(meta["config"], str(Path(model_dir) / "config.json")).robot_contract()
+    except (CheckpointError, ConfigError, KeyError) as exc:
+        raise LaunchArgumentError(f"--stand-ins: cannot read the robot of checkpoint {model_dir}: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ROS parameter file of the SAGE nodes (the launch file's params_file; default "
                              "config/sage_hl.yaml, with --sim config/isaac_sim.yaml)")
     parser.add_argument("--model-dir", default=None, help="checkpoint directory (required unless --no-sage)")
-    parser.add_argument("--joint-limits-file", default=str(config_file("joint_limits.yaml")))
+    parser.add_argument("--joint-limits-file", default=None,
+                        help="joint limits YAML for sage_control (default: the checkpoint's robot contract's "
+                             "joint_limits / urdf files)")
     parser.add_argument("--command-interface", default=None,
                         help="position_array | joint_trajectory | joint_state (default: from the params file)")
     parser.add_argument("--enable-control", action="store_true", help="publish commands (default: off; "

@@ -168,6 +168,8 @@ class SleepTrainer:
             dcfg = copy.deepcopy(self.dataset_config)
         else:
             dcfg = load_dataset_config(self.dataset_config)
+        # Topics the dataset config leaves unset are the model's robot contract's.
+        dcfg = dataclasses.replace(dcfg, topics=dcfg.topics.for_robot(model.cfg.robot_contract()))
         m = model.cfg.model
         # The checkpoint records the H rate its data was aligned at (the context node runs at it);
         # data on another grid would change what its history means: refused, like the chunk spacing.
