@@ -2,6 +2,7 @@
 
     ros2 launch sage_hl_ros sage_hl.launch.py model_dir:=/path/to/checkpoint
     ros2 launch sage_hl_ros sage_hl.launch.py model_dir:=... command_interface:=joint_trajectory enable_control:=true
+    ros2 launch sage_hl_ros sage_hl.launch.py model_dir:=... namespace:=arm_left     # one of several robots
 
 Nodes and executables come from sage_hl_ros.launch_table (the same table the pure-Python
 bring-up `sage_hl_bringup` uses). Both nodes configure and activate themselves (autostart).
@@ -22,6 +23,8 @@ ARGUMENTS = {
     "params_file": (PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "sage_hl.yaml"]),
                     "ROS parameter file for sage_context and sage_control"),
     "model_dir": ("", "checkpoint directory (config.json + model.safetensors + normalizer.json)"),
+    "namespace": ("", "ROS namespace of both nodes: their relative topics (the robot contract's, sage/latent, "
+                      "the controller's) resolve in it, so robots side by side do not cross-talk"),
     "use_sim_time": ("false", "follow /clock (simulators, bag replay)"),
     "command_interface": ("", "position_array | joint_trajectory | joint_state; '' = the checkpoint's robot contract"),
     "enable_control": ("false", "publish commands (false: run everything but publish nothing)"),
@@ -39,7 +42,8 @@ def runtime_nodes(params_file, use_sim_time, overrides):
     for spec in RUNTIME_NODES:
         params = [params_file, dict(common, **overrides.get(spec.name, {}))]
         nodes.append(Node(package=PACKAGE, executable=spec.executable, name=spec.name,
-                          parameters=params, output="screen", emulate_tty=True))
+                          namespace=LaunchConfiguration("namespace"), parameters=params, output="screen",
+                          emulate_tty=True))
     return nodes
 
 

@@ -423,3 +423,6 @@ def test_bringup_stand_ins_are_the_checkpoints_robot(checkpoints):
     assert robot["joint_states_topic"] == "arm3/joint_states"
     with pytest.raises(LaunchArgumentError, match="cannot read the robot of checkpoint"):
         _plan("--stand-ins", "--model-dir", str(checkpoints / "missing"))
+    # --namespace puts the SAGE nodes and the stand-ins in it (their relative topics resolve there).
+    plan = _plan("--stand-ins", "--model-dir", str(checkpoints / "arm3"), "--namespace", "arm3")
+    assert all(cmd[cmd.index("__ns:=/arm3") - 1] == "-r" for cmd in plan.values()), plan

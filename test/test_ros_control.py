@@ -685,3 +685,62 @@ def test_joints_topics_interface_and_limits_come_from_the_checkpoints_robot_cont
     assert harness.set_params(name, {"model_dir": str(files / "arm_b_moved")})[0].successful
     _diag(harness, node, "model", since=time.monotonic(),
           predicate=lambda st: "controller 'arm_b_controller' -> 'other_controller'" in st[1])
+
+
+def test_two_namespaced_robots_on_one_graph_do_not_cross_talk(graph, files):
+    """Two control nodes in namespaces r1 and r2, each fed its own latent and joint states: each
+    commands its own controller (relative topics), nothing reaches the root namespace's controller."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float64MultiArray
+
+    from sage_hl_ros.ros.control_node import ControlNode
+    from sage_hl_ros.ros.convert import latent_to_msg
+
+    harness, spinner = graph
+    h = harness.node
+    positions = {"r1": POSITIONS, "r2": {k: v * 0.5 for k, v in POSITIONS.items()}}
+    pubs = {ns: (h.create_publisher(JointState, f"/{ns}/joint_states", 10),
+                 h.create_publisher(Image, f"/{ns}/sage/latent", 10)) for ns in positions}
+    recs = {ns: harness.record(Float64MultiArray, f"/{ns}/forward_position_controller/commands") for ns in positions}
+    root = harness.recorders[ARRAY_TOPIC]
+
+    def tick():
+        stamp = h.get_clock().now().to_msg()
+        for ns, (joints, latent) in pubs.items():
+            msg = JointState(name=list(PUBLISH_ORDER), position=[float(positions[ns][n]) for n in PUBLISH_ORDER],
+                             velocity=[0.0] * len(PUBLISH_ORDER))
+            msg.header.stamp = stamp
+            joints.publish(msg)
+            latent.publish(latent_to_msg(harness.latent, stamp))
+
+    timer = h.create_timer(0.02, tick)
+    harness.joint_stream = harness.latent_stream = False  # the root streams pause: only r1/r2 have inputs
+    nodes = {}
+    try:
+        for ns in positions:
+            node = ControlNode(node_name="sage_control", namespace=ns, parameter_overrides=[
+                Parameter(k, value=v) for k, v in {
+                    "model_dir": str(files / "zero"), "joint_limits_file": str(files / "limits.yaml"),
+                    "joint_names": COMMAND_ORDER, "enable_control": True, "check_controller_joints": False,
+                    "diagnostics_period_s": 0.25}.items()])
+            nodes[ns] = node
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            spinner.add(node)
+            assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+            assert node._command_topic == f"/{ns}/forward_position_controller/commands"
+        t0 = time.monotonic()
+        wait_for(lambda: all(len(r.since(t0)) > 20 for r in recs.values()), 20.0, what="commands of both robots")
+        for ns, rec in recs.items():  # each follows its own joint states (the zero model commands them)
+            expected = [min(positions[ns][n], 0.5) if n == "joint4" else positions[ns][n] for n in COMMAND_ORDER]
+            wait_for(lambda rec=rec, e=expected: np.allclose(rec.since(t0)[-1][1].data, e, atol=1e-6), 10.0,
+                     what=f"{ns} settled on its own joints")
+        assert root.since(t0) == []
+    finally:
+        h.destroy_timer(timer)
+        for node in nodes.values():
+            node.release()
+            spinner.remove(node)
+            node.destroy_node()
+        harness.joint_stream = harness.latent_stream = True

@@ -459,9 +459,10 @@ def test_joint_state_command_msg():
 
 def test_command_topic_and_type():
     assert commands.COMMAND_INTERFACES == ("position_array", "joint_trajectory", "joint_state")
-    assert commands.command_topic("position_array", "arm_controller") == "/arm_controller/commands"
-    assert commands.command_topic("joint_trajectory", "arm_controller") == "/arm_controller/joint_trajectory"
-    assert commands.command_topic("joint_state", "arm_controller") == "/joint_command"
+    # Relative: a namespaced node commands its own robot's controller.
+    assert commands.command_topic("position_array", "arm_controller") == "arm_controller/commands"
+    assert commands.command_topic("joint_trajectory", "arm_controller") == "arm_controller/joint_trajectory"
+    assert commands.command_topic("joint_state", "arm_controller") == "joint_command"
     assert commands.command_topic("joint_state", "x", joint_command_topic="/isaac/cmd") == "/isaac/cmd"
     assert commands.command_msg_type("position_array") is Float64MultiArray
     assert commands.command_msg_type("joint_trajectory") is JointTrajectory

@@ -121,8 +121,9 @@ def _check_interface(interface: str) -> None:
         )
 
 
-def command_topic(interface: str, controller_name: str, joint_command_topic: str = "/joint_command") -> str:
-    """Topic the given interface publishes on (ros2_control naming, or the Isaac Sim bridge)."""
+def command_topic(interface: str, controller_name: str, joint_command_topic: str = "joint_command") -> str:
+    """Topic the given interface publishes on (ros2_control naming, or the Isaac Sim bridge).
+    Relative, so a namespaced node commands its own robot's controller (``/<ns>/<controller>/...``)."""
     _check_interface(interface)
     if interface == "joint_state":
         return joint_command_topic
@@ -130,7 +131,7 @@ def command_topic(interface: str, controller_name: str, joint_command_topic: str
     if not controller:
         raise ValueError(f"command interface {interface!r} needs a controller_name")
     suffix = "commands" if interface == "position_array" else "joint_trajectory"
-    return f"/{controller}/{suffix}"
+    return f"{controller}/{suffix}"
 
 
 def command_msg_type(interface: str) -> type:

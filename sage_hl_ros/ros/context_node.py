@@ -54,7 +54,7 @@ Parameters (read at configure unless marked runtime)
                                         Only the sensors the checkpoint declares (observation.sensors)
                                         are subscribed; diagnostics report an undeclared one "not
                                         declared" at level OK, never stale
-    latent_topic (str, "/sage/latent")  published latent
+    latent_topic (str, "sage/latent")   published latent (relative: in the node's namespace)
     observation_timeout_s (float, 0.5)  observations older than this are masked as stale; age =
                                         max(now - arrival, now - header stamp) on the node clock
     clock_skew_tolerance_s (float, 0.05)
@@ -135,7 +135,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         p("audio_topic", "", "audio frames (std_msgs/Float32MultiArray, PCM in [-1, 1]); '' = the robot contract's")
         p("tactile_topic", "", "tactile array (std_msgs/Float32MultiArray); '' = the robot contract's")
         p("joint_states_topic", "", "joint states (sensor_msgs/JointState, by name); '' = the robot contract's")
-        p("latent_topic", "/sage/latent", "published latent z (sensor_msgs/Image 32FC1, 1 x 256)")
+        p("latent_topic", "sage/latent", "published latent z (sensor_msgs/Image 32FC1, 1 x 256)")
         p("observation_timeout_s", 0.5, "observations older than this (by arrival or header stamp) are masked")
         p("clock_skew_tolerance_s", 0.05, "header stamps further ahead of the node clock than this are masked")
         p("expected_image_width_px", 0, "0 = accept any camera width; otherwise other widths are rejected")

@@ -56,7 +56,7 @@ Parameters (read at configure unless marked runtime)
                                      (stated in the limits line of the log and diagnostics)
                                      Without any limits the node runs dry (publishes nothing) and
                                      enable_control cannot be set.
-    latent_topic (str, "/sage/latent")  the latent from sage_context
+    latent_topic (str, "sage/latent")   the latent from sage_context (relative: in the node's namespace)
     joint_states_topic (str, "")     joint states; "" = the checkpoint's robot contract (joint_states
                                      for a checkpoint without one: /joint_states in the root namespace)
     latent_timeout_s (float, 0.5)    hold when the latent is older than this (arrival or header stamp)
@@ -178,7 +178,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         p("urdf_file", "", "optional URDF file (or robot_description XML string) whose <limit>s tighten the YAML")
         p("default_acceleration_max_rad_s2", 0.0,
           "acceleration limit where neither YAML nor URDF gives one (URDF never does) [rad/s^2]; 0 = 10.0")
-        p("latent_topic", "/sage/latent", "latent from sage_context (sensor_msgs/Image 32FC1)")
+        p("latent_topic", "sage/latent", "latent from sage_context (sensor_msgs/Image 32FC1)")
         p("joint_states_topic", "", "joint states (sensor_msgs/JointState); '' = the robot contract's")
         p("latent_timeout_s", 0.5, "hold when the latent is older than this (arrival or header stamp) [s]")
         p("joint_state_timeout_s", 0.1, "hold when the joint state is older than this (arrival or stamp) [s]")
@@ -359,6 +359,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._command_topic = commands.command_topic(self._interface, self._controller, self._joint_command_topic)
         self._cmd_pub = self.create_publisher(commands.command_msg_type(self._interface), self._command_topic,
                                               q("command", "command"))
+        self._command_topic = self._cmd_pub.topic_name  # resolved in the node's namespace
         self._estop_pub = self.create_publisher(Bool, "~/e_stop_state", q("e_stop_state", "status"))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", q("diagnostics", "reliable"))
         self._pubs = [self._cmd_pub, self._estop_pub, self._diag_pub]
@@ -402,7 +403,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
             self._order_note = "check disabled: the array is sent in joint_names order"
             return
         controller = self._controller
-        self._order_client = self.create_client(GetParameters, f"/{controller}/get_parameters")
+        self._order_client = self.create_client(GetParameters, f"{controller}/get_parameters")
         self._clients = [self._order_client]
         self._order_note = (f"unverified: /{controller}/get_parameters not reachable yet; the array is sent in "
                             f"joint_names order {self._command_names}")

@@ -53,8 +53,11 @@ def ros_value(value) -> str:
     return str(value)
 
 
-def node_command(spec: NodeSpec, params_files: list[Path], overrides: dict | None = None) -> list[str]:
+def node_command(spec: NodeSpec, params_files: list[Path], overrides: dict | None = None,
+                 namespace: str = "") -> list[str]:
     cmd = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
+    if namespace:
+        cmd += ["-r", f"__ns:=/{namespace.strip('/')}"]
     for path in params_files:
         cmd += ["--params-file", str(path)]
     for name, value in (overrides or {}).items():
@@ -147,7 +150,7 @@ def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
             control["command_interface"] = args.command_interface
         for spec in RUNTIME_NODES:
             overrides = {**common, **(control if spec.name == "sage_control" else {})}
-            plan.append((spec, node_command(spec, [params_file], overrides)))
+            plan.append((spec, node_command(spec, [params_file], overrides, args.namespace)))
     if args.stand_ins:
         # The loopback arm is the checkpoint's robot (its joints) and follows what the control node
         # publishes: the params file's interface, controller and topics, else the robot contract's.
@@ -168,7 +171,7 @@ def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
             sensors["audio_sample_rate_hz"] = robot.audio.sample_rate_hz
         overrides = {"synthetic_sensors": {"use_sim_time": False, **sensors},
                      "loopback_robot": {"use_sim_time": False, **follow}}
-        plan += [(spec, node_command(spec, [], overrides[spec.name])) for spec in STAND_IN_NODES]
+        plan += [(spec, node_command(spec, [], overrides[spec.name], args.namespace)) for spec in STAND_IN_NODES]
     return plan
 
 
@@ -199,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enable-control", action="store_true", help="publish commands (default: off; "
                         "with --sim the params file's, on)")
     parser.add_argument("--use-sim-time", action="store_true", help="follow /clock (always on with --sim)")
+    parser.add_argument("--namespace", default="", help="ROS namespace of the SAGE nodes and stand-ins (their "
+                        "relative topics resolve in it; robots side by side do not cross-talk)")
     parser.add_argument("--stand-ins", action="store_true",
                         help="also start the synthetic sensors and the loopback robot (no hardware needed)")
     parser.add_argument("--sim", action="store_true",
