@@ -489,6 +489,44 @@ def test_loop_ticks_on_sim_time(graph, make_node):
     assert run_clock_until(lambda: node._ticks > paused + 10), "the loop did not resume with /clock"
 
 
+def test_a_clock_slower_than_the_control_rate_is_named_not_reported_slow(graph, make_node):
+    """/clock moving 10 ms per update caps a 200 Hz loop at 100 ticks per sim second: the node says so
+    (clock_limit_hz, a message naming both rates) and does not call itself slow; rates are per sim second."""
+    from builtin_interfaces.msg import Time
+    from rclpy.qos import QoSProfile
+    from rosgraph_msgs.msg import Clock
+
+    harness, _ = graph
+    node = make_node(enable_control=False, use_sim_time=True, control_rate_hz=200.0)
+    harness.wait_for_subscribers(Clock, "/clock")
+    pub = harness.publisher(Clock, "/clock", QoSProfile(depth=10))
+    sim_ns = 2000 * 10**9
+    stop = [False]
+
+    def run_clock():
+        nonlocal sim_ns
+        while not stop[0]:
+            sim_ns += 10_000_000  # 10 ms of sim time per update: a 100 Hz clock
+            pub.publish(Clock(clock=Time(sec=sim_ns // 10**9, nanosec=sim_ns % 10**9)))
+            time.sleep(0.01)
+
+    import threading
+
+    clock = threading.Thread(target=run_clock, daemon=True)
+    clock.start()
+    try:
+        _, _, values = _diag(harness, node, "control loop", time.monotonic(), timeout_s=30.0,
+                                   predicate=lambda st: float(st[2].get("clock_limit_hz", 0)) > 0)
+    finally:
+        stop[0] = True
+        clock.join()
+    assert float(values["clock_limit_hz"]) == pytest.approx(100.0, rel=0.05), values
+    assert 0 < float(values["rate_hz"]) <= 101.0, values  # ticks per sim second: never above the clock's rate
+    # At most one tick per clock update (the tick log holds sim-time stamps).
+    times, _ = node.tick_log()
+    assert len(np.unique(times)) == len(times)
+
+
 # --------------------------------------------------------------------------- wave 2: control-path safety
 def test_old_stamped_joint_state_arriving_now_holds_within_two_ticks(graph, make_node):
     """A late or replayed JointState (old header stamp, fresh arrival) must not count as fresh."""

@@ -631,6 +631,8 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._log_s = np.zeros(TICK_LOG_SIZE, dtype=np.int8)
         self._diag_ticks = 0
         self._diag_time = time.monotonic()
+        self._diag_clock = self._now_s()
+        self._clock_limit_logged = False
         self._last_logged_status = None
 
     def _tick(self, now_ns: int) -> None:
@@ -773,9 +775,21 @@ class ControlNode(DeclaredParams, LifecycleNode):
         now = self._now_s()
         mono = time.monotonic()
         ticks, published = self._counts
-        elapsed = mono - self._diag_time
+        # Ticks per second of the node's clock: sim time under use_sim_time (a sim running slower
+        # than real time is not a slow loop), wall time otherwise.
+        sim = bool(getattr(self.get_clock(), "ros_time_is_active", False))
+        elapsed = (now - self._diag_clock) if sim else (mono - self._diag_time)
         rate = (ticks - self._diag_ticks) / elapsed if elapsed > 0 else 0.0
-        self._diag_ticks, self._diag_time = ticks, mono
+        self._diag_ticks, self._diag_time, self._diag_clock = ticks, mono, now
+        # The loop ticks at most once per /clock update: a clock that moves in steps longer than
+        # the period caps the rate (a 100 Hz sim clock gives a 200 Hz loop 100 ticks per sim second).
+        step = self._loop.clock_step_s if self._loop is not None else 0.0
+        clock_cap = 1.0 / step if step > 1.05 * self._period_s else math.inf
+        if clock_cap < math.inf and not self._clock_limit_logged:
+            self._clock_limit_logged = True
+            self._log.warning(f"control_rate_hz {self._rate_hz:g} Hz exceeds what /clock delivers: sim time advances "
+                              f"{step * 1e3:.1f} ms per update ({clock_cap:.0f} Hz), and the loop ticks at most "
+                              f"once per update; set control_rate_hz to {clock_cap:.0f} (or speed up /clock)")
         active = self._loop is not None
         per = self._period_stats.summary()
         comp = self._compute_stats.summary()
@@ -797,8 +811,11 @@ class ControlNode(DeclaredParams, LifecycleNode):
             level, msg = "warn", f"{st.value}: {reason}"
         elif st is SafetyStatus.DISABLED:
             level, msg = "ok", reason if self._filter is None else "control disabled (enable_control=false)"
-        elif ticks > 10 and rate < 0.9 * self._rate_hz:
-            level, msg = "warn", f"loop slow: {rate:.1f} Hz < {self._rate_hz:g} Hz"
+        elif ticks > 10 and rate < 0.9 * min(self._rate_hz, clock_cap):
+            level, msg = "warn", f"loop slow: {rate:.1f} Hz < {min(self._rate_hz, clock_cap):g} Hz"
+        elif clock_cap < 0.9 * self._rate_hz:
+            level, msg = "ok", (f"commanding, limited by /clock: {clock_cap:.0f} Hz (sim time advances "
+                                f"{step * 1e3:.1f} ms per update) < control_rate_hz {self._rate_hz:g}")
         else:
             level, msg = "ok", "commanding"
         loop = self._loop
@@ -809,6 +826,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
             "e_stop_triggers": self.estop.trigger_count,
             "e_stop_heartbeat_age_ms": (now - self._heartbeat_s) * 1e3 if self._heartbeat_s is not None else math.nan,
             "rate_hz": rate, "target_hz": getattr(self, "_rate_hz", math.nan),
+            "clock_limit_hz": clock_cap if clock_cap < math.inf else 0.0,
             "period_p50_ms": per["p50"] * 1e3, "period_p99_ms": per["p99"] * 1e3, "period_max_ms": per["max"] * 1e3,
             "missed_ticks": self._missed, "skipped_deadlines": loop.skipped if loop else 0,
             "chunk_execution": f"play (dt {self._chunk_dt_s:g} s)" if self._chunk_dt_s else "receding horizon",

@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -116,6 +117,7 @@ class ClockLoop:
         self.skipped = 0
         self.errors = 0
         self.last_error = ""
+        self._clock_steps: deque[int] = deque(maxlen=64)  # sim time advanced per /clock update [ns]
 
     @property
     def running(self) -> bool:
@@ -145,11 +147,21 @@ class ClockLoop:
             except Exception:  # clock already gone at shutdown
                 pass
 
+    @property
+    def clock_step_s(self) -> float:
+        """Median sim time a /clock update advances (0 = unknown or not on sim time). A loop cannot
+        tick more often than the clock moves: at most once per update."""
+        steps = sorted(self._clock_steps)
+        return steps[len(steps) // 2] * 1e-9 if len(steps) >= 8 and self._ros_time_active() else 0.0
+
     def _on_jump(self, jump) -> None:
         # Called from the executor thread on every /clock update when ROS time is active.
         if jump.clock_change in (ClockChange.ROS_TIME_ACTIVATED, ClockChange.ROS_TIME_DEACTIVATED) \
                 or jump.delta.nanoseconds < 0:
             self._restart = True
+            self._clock_steps.clear()
+        elif jump.delta.nanoseconds > 0:
+            self._clock_steps.append(jump.delta.nanoseconds)
         self._wake.set()
 
     def _ros_time_active(self) -> bool:
