@@ -380,11 +380,11 @@ def test_bringup_refuses_contradictory_arguments(capsys, argv, fragment):
     assert fragment in capsys.readouterr().err
 
 
-def test_bringup_sim_mirrors_the_mujoco_launch():
+def test_bringup_sim_mirrors_the_mujoco_launch(checkpoints):
     expert_only = _plan("--sim", "--no-sage", "--expert-drives")
     assert set(expert_only) == {s.name for s in SIM_NODES}
     assert _params(expert_only["sim_expert"]) == {"use_sim_time": "true", "drive": "true"}
-    full = _plan("--sim", "--model-dir", "m")
+    full = _plan("--sim", "--model-dir", str(checkpoints / "plain"))
     assert set(full) == {s.name for s in SIM_NODES + RUNTIME_NODES}
     control = full["sage_control"]
     assert str(ROOT / "config" / "isaac_sim.yaml") in control and "enable_control" not in _params(control)
@@ -412,7 +412,11 @@ def test_bringup_loopback_robot_follows_the_control_nodes_interface(checkpoints)
         assert robot["command_interface"] == interface
         assert _params(plan["sage_control"]).get("command_interface", interface) == interface
         assert robot["controller_name"] == "forward_position_controller" and robot["use_sim_time"] == "false"
-        assert "joint_limits_file" not in _params(plan["sage_control"])  # the contract's, in the node
+        # No robot contract in this checkpoint: the package's 7-joint limits, as before contracts.
+        assert _params(plan["sage_control"])["joint_limits_file"] == str(ROOT / "config" / "joint_limits.yaml")
+    # A checkpoint with a contract: its own files, read by the node.
+    plan = _plan("--stand-ins", "--model-dir", str(checkpoints / "arm3"))
+    assert "joint_limits_file" not in _params(plan["sage_control"])
 
 
 def test_bringup_stand_ins_are_the_checkpoints_robot(checkpoints):

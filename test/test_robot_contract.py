@@ -143,3 +143,20 @@ def test_a_robot_is_recorded_on_its_contracts_topics(tmp_path, monkeypatch):
     argv = " ".join(seen["argv"])
     assert "/wrist/image_raw/compressed:sensor_msgs/msg/CompressedImage" in argv and "/arm/joint_trajectory" in argv
     assert "/camera/image_raw" not in argv
+
+
+def test_a_model_yaml_may_write_its_robot_inline(tmp_path):
+    """Inline, the contract's files are still relative to the YAML and joints [] come from its URDF;
+    the dataset finds the observation of a model YAML that has only a robot section."""
+    from sage_hl_ros.bags.dataset import _observation_config
+
+    (tmp_path / "arm.urdf").write_text(URDF)
+    model = _write(tmp_path, "robot:\n  name: inline\n  urdf: arm.urdf\n  joints: []\n", "model.yaml")
+    cfg = SageConfig.from_yaml(model)
+    assert cfg.robot.urdf == str((tmp_path / "arm.urdf").resolve())
+    assert cfg.observation.joint_names == ["shoulder_pan_joint", "elbow_joint", "wrist_3_joint"]
+    dataset = _write(tmp_path, "model_config: model.yaml\ndataset: {}\n", "dataset.yaml")
+    obs, robot = _observation_config(dataset)
+    assert obs.joint_names == cfg.observation.joint_names and robot == cfg.robot
+    with pytest.raises(ConfigError, match="is not a ROS topic name"):  # a robot's topic is never node-private
+        RobotContract(joints=["a"], joint_states_topic="~/joint_states")

@@ -299,9 +299,9 @@ def _observation_config(config_path: str | Path | None) -> tuple[ObservationConf
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):
             continue
-        if not (isinstance(data, dict) and "observation" in data):
+        if not (isinstance(data, dict) and ("observation" in data or "robot" in data)):
             continue
-        if "dataset" in data:  # a dataset file with its own observation section
+        if "dataset" in data and "observation" in data:  # a dataset file with its own observation section
             obs = load_yaml(ObservationConfig, path, "observation")
             return obs, implied_robot(obs)
         sage = SageConfig.from_yaml(path)

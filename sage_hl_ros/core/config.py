@@ -22,6 +22,7 @@ from .robot import (
     load_robot,
     observation_from_robot,
     observation_values,
+    robot_from_mapping,
 )
 from .validated import ConfigError, SelfValidating, from_dict, load_json, load_yaml, read_yaml, require_positive
 
@@ -291,6 +292,8 @@ class SageConfig(SelfValidating):
             except ConfigError as exc:
                 raise ConfigError(f"{path}: robot: {exc}") from None
             data = {**data, "robot": dataclasses.asdict(robot)}
+        elif isinstance(data, dict) and isinstance(data.get("robot"), dict):  # written inline
+            data = {**data, "robot": dataclasses.asdict(robot_from_mapping(data["robot"], path))}
         return cls.from_dict(data if data is not None else {}, str(path))
 
 

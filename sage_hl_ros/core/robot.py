@@ -27,7 +27,7 @@ from .validated import ConfigError, SelfValidating, from_dict, read_yaml, requir
 
 __all__ = ["COMMAND_INTERFACES", "ROBOT_DESCRIPTION", "ROBOT_OBSERVATION_KEYS", "AudioSpec", "CameraSpec",
            "CommandSpec", "RobotContract", "TactileSpec", "check_observation", "implied_robot", "load_robot",
-           "observation_from_robot", "observation_values"]
+           "observation_from_robot", "observation_values", "robot_from_mapping"]
 
 #: Command interfaces the control node speaks (ros/commands.py builds their messages).
 COMMAND_INTERFACES = ("position_array", "joint_trajectory", "joint_state")
@@ -35,8 +35,8 @@ COMMAND_INTERFACES = ("position_array", "joint_trajectory", "joint_state")
 #: on the running robot.
 ROBOT_DESCRIPTION = "robot_description"
 # ROS 2 topic names: tokens of letters, digits and underscores, not starting with a digit, separated
-# by '/'; a leading '/' makes the name absolute, '~/' private to the node.
-_TOPIC = re.compile(r"^(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+# by '/'; a leading '/' makes the name absolute.
+_TOPIC = re.compile(r"^/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")  # no '~/': a robot's, not a node's
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 
@@ -115,9 +115,9 @@ class RobotContract(SelfValidating):
     # Commanded joints in the order the model sees them. [] = the URDF file's movable joints
     # (revolute, prismatic, continuous) in file order, resolved when the contract is loaded.
     joints: list[str] = field(default_factory=list)
-    # URDF for joints and limits: a file (relative to the contract file), "robot_description" (the
-    # parameter / topic robot_state_publisher publishes, read by the control node), or "" (limits
-    # then come from a joint_limits YAML).
+    # URDF for joints and limits: a file (relative to the contract file), "robot_description" (what
+    # robot_state_publisher publishes: pass that XML as sage_control's urdf_file), or "" (limits
+    # then come from the joint_limits YAML).
     urdf: str = ""
     # Joint limits YAML (ros2_control / MoveIt joint_limits.yaml, or the package's format), relative
     # to the contract file; "" = the URDF's limits only. The control node enforces the tighter of both.
@@ -237,7 +237,14 @@ def load_robot(path: str | Path) -> RobotContract:
     data = read_yaml(path, "robot contract")
     if not isinstance(data, dict) or not isinstance(data.get("robot"), dict):
         raise ConfigError(f"{path}: a robot contract has a top-level 'robot:' mapping")
-    body = dict(data["robot"])
+    return robot_from_mapping(data["robot"], path)
+
+
+def robot_from_mapping(mapping: dict, path: str | Path) -> RobotContract:
+    """A contract from its ``robot:`` mapping, read from ``path`` (a contract file, or a model YAML
+    that writes it inline): files relative to that file, joints [] from the URDF file."""
+    path = Path(path)
+    body = dict(mapping)
     for key in ("urdf", "joint_limits"):  # files are relative to the contract
         value = body.get(key, "")
         if isinstance(value, str) and value and value != ROBOT_DESCRIPTION and not Path(value).is_absolute():

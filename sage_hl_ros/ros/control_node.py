@@ -26,8 +26,9 @@ Subscribed topics (QoS overridable via ``qos.<name>.{reliability,depth,durabilit
                                                                             best-effort publishers)
     <e_stop_heartbeat_topic>  optional dead-man heartbeat (Empty, or Bool data=true); silence latches
 Published topics
-    command_interface position_array:   std_msgs/Float64MultiArray  /<controller_name>/commands
-                      joint_trajectory: trajectory_msgs/JointTrajectory /<controller_name>/joint_trajectory
+    command_interface position_array:   std_msgs/Float64MultiArray  <controller_name>/commands
+                      joint_trajectory: trajectory_msgs/JointTrajectory <controller_name>/joint_trajectory
+                      (relative: in the node's namespace, /<controller_name>/... in the root one)
                                         (the command: positions + velocities at time_from_start;
                                         while a chunk plays, its remaining points follow
                                         action_chunk_dt_s apart, each safety-filtered)
@@ -208,6 +209,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
 
         self._log = self.get_logger()
         self._robot = None  # the checkpoint's robot contract, set at configure
+        self._robot_implied = True  # the checkpoint has none: the one its observation implies
         self._origin_ns = self.get_clock().now().nanoseconds  # 0 under use_sim_time before /clock
         self._closing = False
         self._throttle = Throttle(5.0)
@@ -308,7 +310,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         policy = load_policy(g("model_dir"), names_param or None)
         # Topics, command interface and URDF: the parameter where given, else the checkpoint's robot contract.
         robot = policy.fast.cfg.robot_contract()
-        self._robot = robot
+        self._robot, self._robot_implied = robot, policy.fast.cfg.robot is None
         self._interface = interface or robot.command.interface
         self._controller = str(g("controller_name")).strip("/") or robot.command.controller
         self._joint_states_topic = str(g("joint_states_topic")).strip() or robot.joint_states_topic
@@ -375,12 +377,22 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._diag_timer = self.create_timer(float(g("diagnostics_period_s")), self._publish_diagnostics)
         self._start_order_check()
 
+    def _contract_limits_files(self) -> tuple[str, str]:
+        """(limits YAML, URDF) files of the checkpoint's robot contract ('' = none; a checkpoint
+        without a contract names none, so without parameters it runs dry)."""
+        robot = self._robot
+        if robot is None or self._robot_implied:
+            return "", ""
+        if robot.urdf == ROBOT_DESCRIPTION:
+            self._log.warning("the robot contract's urdf is robot_description: pass that XML as the urdf_file "
+                              "parameter for its limits; only the contract's joint_limits file is used")
+        return robot.joint_limits, robot.urdf if robot.urdf != ROBOT_DESCRIPTION else ""
+
     def _load_limits(self, names: list[str]) -> JointLimits | None:
         """URDF (file or robot_description XML) and/or YAML (ros2_control/MoveIt or ours): the tighter wins."""
         yaml_file, urdf = str(self._get("joint_limits_file")), str(self._get("urdf_file"))
-        if self._robot is not None and not (yaml_file or urdf):  # the robot contract's files
-            yaml_file = self._robot.joint_limits
-            urdf = self._robot.urdf if self._robot.urdf != ROBOT_DESCRIPTION else ""
+        if not (yaml_file or urdf):
+            yaml_file, urdf = self._contract_limits_files()
         self._limits_source = ""
         if not (yaml_file or urdf):
             return None
@@ -727,8 +739,15 @@ class ControlNode(DeclaredParams, LifecycleNode):
         moved = [f"{key} {mine!r} -> {theirs!r}" for key, param, mine, theirs in (
             ("command interface", "command_interface", self._interface, robot.command.interface),
             ("controller", "controller_name", self._controller, robot.command.controller),
-            ("joint_states topic", "joint_states_topic", self._joint_states_topic, robot.joint_states_topic))
+            ("joint_states topic", "joint_states_topic", self._joint_states_topic, robot.joint_states_topic),
+            ("joint_command topic", "joint_command_topic", self._joint_command_topic,
+             robot.command.joint_command_topic))
             if not str(self._get(param)).strip() and mine != theirs]
+        if not (str(self._get("joint_limits_file")) or str(self._get("urdf_file"))):
+            mine = (self._robot.joint_limits, self._robot.urdf) if not self._robot_implied else ("", "")
+            theirs = (robot.joint_limits, robot.urdf) if new.fast.cfg.robot is not None else ("", "")
+            if mine != theirs:  # the limits in force were read from the running contract's files
+                moved.append(f"limits files {mine} -> {theirs}")
         if moved:
             raise CheckpointError(f"{path}: its robot contract changes the {', '.join(moved)}; reconfigure the "
                                   "node to change them")

@@ -20,8 +20,8 @@ Parameters
     rate_hz (float, 500.0)                joint_states publishing / integration rate
     time_constant_s (float, 0.05)         first-order response time constant
     command_interface (str, "position_array")  position_array | joint_trajectory | joint_state
-    controller_name (str, "forward_position_controller"), joint_command_topic (str, "/joint_command")
-    joint_states_topic (str, "/joint_states")
+    controller_name (str, "forward_position_controller"), joint_command_topic (str, "joint_command")
+    joint_states_topic (str, "joint_states")     (topics relative: in the node's namespace)
 Bad commands (wrong length, unknown joints, non-finite) are counted and ignored, logged at most
 every 5 s.
 """
@@ -58,8 +58,8 @@ class LoopbackRobot(Node):
         self.tau = float(p("time_constant_s", 0.05, "first-order response time constant [s]"))
         interface = str(p("command_interface", "position_array", "position_array | joint_trajectory | joint_state"))
         controller = str(p("controller_name", "forward_position_controller", "controller name for the topic"))
-        jc_topic = str(p("joint_command_topic", "/joint_command", "joint_state interface topic"))
-        js_topic = str(p("joint_states_topic", "/joint_states", "published joint states"))
+        jc_topic = str(p("joint_command_topic", "joint_command", "joint_state interface topic"))
+        js_topic = str(p("joint_states_topic", "joint_states", "published joint states"))
         if not names or not all(isinstance(n, str) for n in names):
             raise ValueError(f"joint_names must be a non-empty list of strings, got {names}")
         if initial and len(initial) != len(names):

@@ -96,6 +96,7 @@ class SyntheticSensors(Node):
                    "tactile": (tactile_hz, self._pub_tactile, f"tactile {taxels} @ {tactile_hz:g} Hz")}
         for key in topics:
             self.create_timer(1.0 / streams[key][0], streams[key][1])
+        self.create_timer(0.1, self._maybe_new_goal)  # the goal moves whether or not there is a camera
         self.get_logger().info("synthetic sensors: " + (", ".join(f"{streams[k][2]} on {t}" for k, t in topics.items())
                                                         or "none (every topic empty)"))
 
@@ -120,7 +121,6 @@ class SyntheticSensors(Node):
         return self.get_clock().now().to_msg()
 
     def _pub_camera(self) -> None:
-        self._maybe_new_goal()
         self._pubs["camera"].publish(convert.numpy_to_image(self._image, "rgb8", self._stamp(), self.frame_id))
         self.published["camera"] += 1
 

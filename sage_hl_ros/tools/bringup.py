@@ -143,7 +143,10 @@ def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
                  for spec in SIM_NODES]
     if sage:
         common = {"model_dir": str(Path(args.model_dir).resolve()), "autostart": True, "use_sim_time": use_sim_time}
-        control = {"joint_limits_file": str(Path(args.joint_limits_file).resolve())} if args.joint_limits_file else {}
+        limits = args.joint_limits_file
+        if not limits and _checkpoint_config(args.model_dir, "--model-dir").robot is None:
+            limits = str(config_file("joint_limits.yaml"))  # no robot contract: the package's 7-joint default
+        control = {"joint_limits_file": str(Path(limits).resolve())} if limits else {}
         if args.enable_control or not args.sim:
             control["enable_control"] = args.enable_control
         if args.command_interface:
@@ -175,16 +178,21 @@ def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
     return plan
 
 
-def _checkpoint_robot(model_dir: str):
-    """The robot contract stored in the checkpoint (or the one its observation implies)."""
+def _checkpoint_config(model_dir: str, why: str):
+    """The checkpoint's model config (its robot contract, or None for one without)."""
     from ..core.checkpoint_files import CheckpointError, read_meta
     from ..core.config import ConfigError, SageConfig
 
     try:
         meta = read_meta(model_dir)
-        return SageConfig.from_dict(meta["config"], str(Path(model_dir) / "config.json")).robot_contract()
+        return SageConfig.from_dict(meta["config"], str(Path(model_dir) / "config.json"))
     except (CheckpointError, ConfigError, KeyError) as exc:
-        raise LaunchArgumentError(f"--stand-ins: cannot read the robot of checkpoint {model_dir}: {exc}") from None
+        raise LaunchArgumentError(f"{why}: cannot read the robot of checkpoint {model_dir}: {exc}") from None
+
+
+def _checkpoint_robot(model_dir: str):
+    """The robot contract stored in the checkpoint (or the one its observation implies)."""
+    return _checkpoint_config(model_dir, "--stand-ins").robot_contract()
 
 
 def build_parser() -> argparse.ArgumentParser:
