@@ -521,7 +521,9 @@ def test_a_clock_slower_than_the_control_rate_is_named_not_reported_slow(graph, 
         stop[0] = True
         clock.join()
     assert float(values["clock_limit_hz"]) == pytest.approx(100.0, rel=0.05), values
-    assert 0 < float(values["rate_hz"]) <= 101.0, values  # ticks per sim second: never above the clock's rate
+    # Ticks per sim second stay near the clock's rate, not the 200 asked (a 0.25 s diagnostics window
+    # holds ~25 ticks, so one tick of window jitter is 4%: seen 104.2 under load).
+    assert 0 < float(values["rate_hz"]) <= 1.2 * float(values["clock_limit_hz"]), values
     # At most one tick per clock update (the tick log holds sim-time stamps).
     times, _ = node.tick_log()
     assert len(np.unique(times)) == len(times)
