@@ -399,7 +399,8 @@ def checkpoints(tmp_path_factory):
     make_checkpoint(root / "plain", [f"joint{i}" for i in range(1, 8)])  # no contract: the implied one
     make_checkpoint(root / "arm3", ["shoulder", "elbow", "wrist"], robot={
         "name": "arm3", "joints": ["shoulder", "elbow", "wrist"], "joint_states_topic": "arm3/joint_states",
-        "command": {"interface": "joint_trajectory", "controller": "arm_controller"}})
+        "command": {"interface": "joint_trajectory", "controller": "arm_controller"},
+        "cameras": [{"name": "wrist", "topic": "wrist/image", "compressed": True}]})
     return root
 
 
@@ -425,6 +426,10 @@ def test_bringup_stand_ins_are_the_checkpoints_robot(checkpoints):
     assert robot["joint_names"] == '["shoulder","elbow","wrist"]'
     assert (robot["command_interface"], robot["controller_name"]) == ("joint_trajectory", "arm_controller")
     assert robot["joint_states_topic"] == "arm3/joint_states"
+    # The synthetic sensors are its sensors: a JPEG wrist camera, nothing for what it lacks.
+    sensors = _params(_plan("--stand-ins", "--model-dir", str(checkpoints / "arm3"))["synthetic_sensors"])
+    assert (sensors["camera_topic"], sensors["camera_compressed"]) == ("wrist/image", "true")
+    assert sensors["depth_topic"] == sensors["tactile_topic"] == sensors["audio_topic"] == '""'
     with pytest.raises(LaunchArgumentError, match="cannot read the robot of checkpoint"):
         _plan("--stand-ins", "--model-dir", str(checkpoints / "missing"))
     # --namespace puts the SAGE nodes and the stand-ins in it (their relative topics resolve there).

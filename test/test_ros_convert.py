@@ -627,3 +627,15 @@ def test_declare_qos_overrides_and_errors(ros_context):
             declare_qos(node, "bad_type", "sensor")
     finally:
         node.destroy_node()
+
+
+def test_the_synthetic_jpeg_camera_decodes_like_a_real_one():
+    from sensor_msgs.msg import CompressedImage
+
+    from sage_hl_ros.msg_arrays import compressed_image_to_rgb
+    from sage_hl_ros.ros.synthetic_sensors_node import _jpeg
+
+    rgb = np.zeros((16, 24, 3), np.uint8)
+    rgb[:, :12, 0] = 200
+    out = compressed_image_to_rgb(CompressedImage(format="jpeg", data=_jpeg(rgb)))
+    assert out.shape == rgb.shape and np.abs(out.astype(int) - rgb).max() < 40  # JPEG is lossy

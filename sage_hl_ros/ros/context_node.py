@@ -158,6 +158,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._active = False
         self._h_rate = 0.0  # set at configure: h_rate_for(checkpoint, parameter)
         self._topics: dict[str, str] = {}  # input -> topic, set at configure (parameter, else robot contract)
+        self._compressed = False  # camera subscribed as CompressedImage
         self._subs: list = []
         self._pubs: list = []
         self._srvs: list = []
@@ -246,6 +247,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
         if not str(self._get("latent_topic")).strip():
             raise ValueError("latent_topic is empty: give it a topic name")
         compressed = bool(self._get("camera_compressed")) or bool(robot.camera and robot.camera.compressed)
+        self._compressed = compressed
         self._joint_names = loaded.joint_names
         self._tactile_size = int(cfg.tactile_taxels)
         self._audio = AudioWindow(cfg.audio_window_samples, max_gap_s=self._timeout)
@@ -526,6 +528,10 @@ class ContextNode(DeclaredParams, LifecycleNode):
                                   f"subscribed to those); reconfigure the node to change sensors")
         moved = {n: (self._topics[n], new.robot.topic(n)) for n in self._declared
                  if not str(self._get(f"{n}_topic")).strip() and new.robot.topic(n) != self._topics[n]}
+        if not self._get("camera_compressed") and "camera" in self._declared \
+                and bool(new.robot.camera and new.robot.camera.compressed) != self._compressed:
+            moved["camera transport"] = ("compressed" if self._compressed else "raw",
+                                         "raw" if self._compressed else "compressed")
         if moved:
             raise CheckpointError(f"{path}: its robot contract puts " + ", ".join(
                 f"{n} on {b!r} (subscribed: {a!r})" for n, (a, b) in moved.items())

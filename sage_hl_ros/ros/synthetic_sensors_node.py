@@ -26,6 +26,7 @@ Parameters
     camera_topic, depth_topic, audio_topic, tactile_topic (the defaults above; "" = not published,
                                       as for a robot without that sensor)
     camera_frame_id (str, "camera")
+    camera_compressed (bool, false)   publish JPEG sensor_msgs/CompressedImage on <camera_topic>/compressed
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32MultiArray, Float64MultiArray
 
 from ..core.config import ObservationConfig
@@ -68,6 +69,12 @@ class SyntheticSensors(Node):
         topics = {k: str(p(f"{k}_topic", v, f"{k} topic")) for k, v in (
             ("camera", "/camera/image_raw"), ("depth", "/camera/depth/image_raw"),
             ("audio", "/audio/frames"), ("tactile", "/tactile/array"))}
+        # A robot whose camera publishes compressed (robot contract cameras[0].compressed): JPEG
+        # sensor_msgs/CompressedImage on <camera_topic>/compressed instead of the raw Image.
+        self.compressed = bool(p("camera_compressed", False, "JPEG CompressedImage on <camera_topic>/compressed"))
+        if self.compressed and topics["camera"]:
+            topics["camera"] = topics["camera"].rstrip("/") + "/compressed"
+        self._jpeg = b""
         self.frame_id = str(p("camera_frame_id", "camera", "frame_id of camera and depth images"))
         if min(width, height) < 16 or min(cam_hz, depth_hz, tactile_hz, scale) <= 0:
             raise ValueError("camera size must be >= 16 px and every rate > 0")
@@ -85,8 +92,9 @@ class SyntheticSensors(Node):
         self.goal = None
         topics = {k: t for k, t in topics.items() if t}
         self.published = {k: 0 for k in topics}
-        self._pubs = {k: self.create_publisher(Image if k in ("camera", "depth") else Float32MultiArray, t,
-                                               declare_qos(self, k, "sensor")) for k, t in topics.items()}
+        types = {"camera": CompressedImage if self.compressed else Image, "depth": Image,
+                 "audio": Float32MultiArray, "tactile": Float32MultiArray}
+        self._pubs = {k: self.create_publisher(types[k], t, declare_qos(self, k, "sensor")) for k, t in topics.items()}
         self._goal_pub = self.create_publisher(Float64MultiArray, "/synthetic/goal_joints",
                                                declare_qos(self, "goal", "status"))
         self._maybe_new_goal()
@@ -108,6 +116,8 @@ class SyntheticSensors(Node):
         self.goal = self.task.sample_goal(1)[0]
         obs = self.task.observation(self.goal, torch.zeros(self.task.cfg.num_joints))
         self._image = np.ascontiguousarray(obs.image)
+        if self.compressed:
+            self._jpeg = _jpeg(self._image)
         self._depth = np.ascontiguousarray(obs.depth, dtype=np.float32)
         # One second of the goal's tone; frames are consecutive slices of it (continuous phase).
         freq = 300.0 + 400.0 * float(self.goal[2])
@@ -121,6 +131,12 @@ class SyntheticSensors(Node):
         return self.get_clock().now().to_msg()
 
     def _pub_camera(self) -> None:
+        if self.compressed:
+            msg = CompressedImage(format="jpeg", data=self._jpeg)
+            msg.header.stamp, msg.header.frame_id = self._stamp(), self.frame_id
+            self._pubs["camera"].publish(msg)
+            self.published["camera"] += 1
+            return
         self._pubs["camera"].publish(convert.numpy_to_image(self._image, "rgb8", self._stamp(), self.frame_id))
         self.published["camera"] += 1
 
@@ -139,6 +155,16 @@ class SyntheticSensors(Node):
         noise = (0.005 * self._rng.standard_normal(self._tactile.size)).astype(np.float32)
         self._pubs["tactile"].publish(convert.numpy_to_float32_multiarray(self._tactile + noise, "taxels"))
         self.published["tactile"] += 1
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
 
 
 def main(args=None) -> None:

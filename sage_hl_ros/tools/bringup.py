@@ -168,6 +168,9 @@ def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
         # The synthetic sensors are the robot's: the context node's topics, nothing for a sensor it lacks.
         sensors = {f"{n}_topic": node_parameter(params_file, "sage_context", f"{n}_topic", "") or robot.topic(n)
                    for n in ("camera", "depth", "audio", "tactile")}
+        if robot.camera is not None:
+            sensors["camera_compressed"] = bool(node_parameter(params_file, "sage_context", "camera_compressed", False)
+                                                or robot.camera.compressed)
         if robot.tactile is not None:
             sensors["tactile_taxels"] = robot.tactile.taxels
         if robot.audio is not None:
