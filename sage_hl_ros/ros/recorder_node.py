@@ -103,7 +103,8 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -315,6 +316,10 @@ class WriterThread:
 # ----------------------------------------------------------------------------- node
 
 
+_REPLAY_MEMORY = 16  # small messages remembered per volatile subscription
+_REPLAY_MAX_BYTES = 4096
+
+
 @dataclass
 class _Sub:
     key: int
@@ -327,6 +332,11 @@ class _Sub:
     registered: bool = False  # connection sent to the writer (with the first message)
     count: int = 0
     msg_class: object = None
+    # Small messages recorded while volatile, and after a re-subscription to transient-local the
+    # ones the publisher's history may deliver again (dropped once each: a latched marker such as
+    # "start:reach" received live before discovery is not recorded twice).
+    recent: deque = field(default_factory=lambda: deque(maxlen=_REPLAY_MEMORY))
+    replay: list = field(default_factory=list)
 
 
 class RecorderNode(DeclaredParams, LifecycleNode):
@@ -372,6 +382,7 @@ class RecorderNode(DeclaredParams, LifecycleNode):
         self._srvs: list = []
         self._unavailable: set = set()
         self._drain_ok = True
+        self._replayed_dropped = 0  # transient-local history messages already recorded (not written twice)
         self._ready_logged = -1  # matched publishers when 'ready' was last logged
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self._get("diagnostics_period_s"))
@@ -531,6 +542,8 @@ class RecorderNode(DeclaredParams, LifecycleNode):
                 return  # best-effort already matches reliable publishers; re-creating it would lose messages
             # A publisher appeared that our subscription cannot match: re-create it.
             self._log.info(f"{topic}: re-subscribing {rel.name.lower()}/{dur.name.lower()} to match its publishers")
+            if sub.durability == DurabilityPolicy.VOLATILE and dur == DurabilityPolicy.TRANSIENT_LOCAL:
+                sub.replay = list(sub.recent)  # its history may hold messages already recorded
             self.destroy_subscription(sub.handle)
             sub.handle = None
         try:
@@ -580,11 +593,24 @@ class RecorderNode(DeclaredParams, LifecycleNode):
         clock = self.get_clock()
         now = (lambda: clock.now().nanoseconds) if self._sim else time.time_ns
 
+        volatile = sub.durability == DurabilityPolicy.VOLATILE
+
+        def take(t: int, data: bytes) -> None:
+            if sub.replay:
+                if data in sub.replay:  # history re-delivered after the transient-local re-subscription
+                    sub.replay.remove(data)
+                    self._replayed_dropped += 1
+                    return
+                sub.replay = []  # history is delivered first: past it, everything is new
+            if volatile and len(data) <= _REPLAY_MAX_BYTES:
+                sub.recent.append(bytes(data))
+            put(sub.key, t, data)
+
         def on_message(data: bytes) -> None:
             t = now()
             if not sub.registered:
                 self._register(sub)
-            put(sub.key, t, data)
+            take(t, data)
             n = 1
             # Drain whatever else is already queued on this subscription. rclpy's executor takes one
             # message per subscription per wait cycle, and with camera streams in the same process a
@@ -599,7 +625,7 @@ class RecorderNode(DeclaredParams, LifecycleNode):
                             got = handle.take_message(sub.msg_class, True)
                             if got is None:
                                 break
-                            put(sub.key, now(), got[0])
+                            take(now(), got[0])
                             n += 1
                 except Exception as exc:  # an rclpy without it: one message per callback
                     self._drain_ok = False
