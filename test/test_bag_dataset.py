@@ -630,14 +630,24 @@ def test_reads_split_bag_from_the_recorder_writer(tmp_path):
     assert [float(s.obs.joint_position[0, 0]) for s in seqs] == [float(t) for t in range(0, 1001, 100)]
 
 
+def _renamed_copy(src: Path, bag: Path, rename: dict[str, str]) -> None:
+    """Copy bag ``src`` to ``bag`` with topics renamed (a robot recorded on other topic names)."""
+    from rosbags.rosbag2 import Reader
+
+    from sage_hl_ros.bags.recording import BagWriter
+
+    with Reader(src) as reader, BagWriter(bag) as writer:
+        ids = {c.id: writer.add_connection(rename.get(c.topic, c.topic), c.msgtype) for c in reader.connections}
+        for conn, t, data in reader.messages():
+            writer.write(ids[conn.id], t, bytes(data))
+
+
 def test_sim_bags_convert_with_one_command(tmp_path, capsys):
     """A bag on the sim bridge's topics (/rgb, /depth, /joint_command) with the sim model's
     observation (64x64 images, 4 taxels) converts with ``--config config/sim_dataset.yaml`` alone:
     the file names its model config, so nobody merges observation sections by hand (the package's
     model.yaml expects 16 taxels and failed with "multiarray has 4 values, expected 16")."""
-    from rosbags.rosbag2 import Reader
 
-    from sage_hl_ros.bags.recording import BagWriter
     from sage_hl_ros.bags.synthetic import SyntheticBagSpec, write_synthetic_bag
     from sage_hl_ros.core.config import SageConfig
     from sage_hl_ros.tools import bag_cli
@@ -647,10 +657,7 @@ def test_sim_bags_convert_with_one_command(tmp_path, capsys):
     rename = {"/camera/image_raw": "/rgb", "/camera/depth/image_raw": "/depth",
               "/forward_position_controller/commands": "/joint_command"}
     bag = tmp_path / "sim_bag"
-    with Reader(src) as reader, BagWriter(bag) as writer:
-        ids = {c.id: writer.add_connection(rename.get(c.topic, c.topic), c.msgtype) for c in reader.connections}
-        for conn, t, data in reader.messages():
-            writer.write(ids[conn.id], t, bytes(data))
+    _renamed_copy(src, bag, rename)
     assert bag_cli.main(["convert", str(bag), "--out", str(tmp_path / "a"), "--config",
                          str(config_file("sim_dataset.yaml"))]) == 0, capsys.readouterr().err
     index = json.loads((tmp_path / "a" / "index.json").read_text())
@@ -791,9 +798,7 @@ def test_sleep_phase_losses_train_k_step_chunks_against_teacher_chunks(tmp_path)
 def test_topics_a_dataset_config_leaves_unset_are_the_robot_contracts(tmp_path):
     """A robot on its own topics (relative names, recorded in the root namespace) is read with a
     dataset config that names none of them: the contract names them once."""
-    from rosbags.rosbag2 import Reader
 
-    from sage_hl_ros.bags.recording import BagWriter
     from sage_hl_ros.bags.synthetic import SyntheticBagSpec, write_synthetic_bag
     from sage_hl_ros.core.robot import CameraSpec, CommandSpec, RobotContract, TactileSpec
 
@@ -802,10 +807,7 @@ def test_topics_a_dataset_config_leaves_unset_are_the_robot_contracts(tmp_path):
               "/tactile/array": "/arm_b/skin", "/joint_states": "/arm_b/joint_states",
               "/forward_position_controller/commands": "/arm_b_controller/commands"}
     bag = tmp_path / "arm_b"
-    with Reader(src) as reader, BagWriter(bag) as writer:
-        ids = {c.id: writer.add_connection(rename.get(c.topic, c.topic), c.msgtype) for c in reader.connections}
-        for conn, t, data in reader.messages():
-            writer.write(ids[conn.id], t, bytes(data))
+    _renamed_copy(src, bag, rename)
     robot = RobotContract(name="arm_b", joints=JOINTS, joint_states_topic="arm_b/joint_states",
                           command=CommandSpec(controller="arm_b_controller"),
                           cameras=[CameraSpec(topic="arm_b/wrist/image_raw", depth_topic="arm_b/wrist/depth")],

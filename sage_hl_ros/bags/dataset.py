@@ -315,11 +315,11 @@ def configs_for_model(dataset_config: str | Path | None = None, *, model_config:
     section and ``action_chunk`` (from ``checkpoint``'s config.json or the ``model_config`` YAML),
     with the ``dataset`` section of ``dataset_config``. What the sleep trainer does with the model
     it trains, for ``sage-hl-bag convert --checkpoint DIR`` / ``--model-config FILE``."""
-    from ..core.checkpoint_files import CONFIG_FILE, read_meta
+    from ..core.checkpoint_files import read_config
     from ..core.config import SageConfig
 
     if checkpoint is not None:
-        sage = SageConfig.from_dict(read_meta(checkpoint)["config"], str(Path(checkpoint) / CONFIG_FILE))
+        sage = read_config(checkpoint)
     elif model_config is not None:
         sage = SageConfig.from_yaml(model_config)
     else:

@@ -101,6 +101,13 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+
+def read_config(directory: str | Path):
+    """The checkpoint's model config (``SageConfig``, its robot contract included), from config.json."""
+    from .config import SageConfig  # pure; imported here so this module stays importable on its own
+
+    return SageConfig.from_dict(read_meta(directory)["config"], str(Path(directory) / CONFIG_FILE))
+
 def tensor_group_sha256(tensors: Mapping[str, np.ndarray]) -> str:
     """SHA-256 over ``tensors`` in name order: name, dtype, shape and the raw bytes of each."""
     h = hashlib.sha256()
@@ -252,5 +259,6 @@ def _is_sha256(value: object) -> bool:
 
 __all__ = ["CONFIG_FILE", "FORMAT_VERSION", "GROUP_PREFIXES", "L_STEP_PREFIX", "NORMALIZER_FIELDS",
            "NORMALIZER_FILE", "NORMALIZER_STATS", "WEIGHTS_FILE", "CheckpointError", "UnverifiedWeightsWarning",
-           "load_tensors_numpy", "load_verified_tensors_numpy", "read_meta", "read_normalizer", "sha256_file",
+           "load_tensors_numpy", "load_verified_tensors_numpy", "read_config", "read_meta", "read_normalizer",
+           "sha256_file",
            "tensor_group_sha256", "verify_weights"]

@@ -72,11 +72,9 @@ def cmd_record(args, extra) -> int:
 
 def _robot_topic_types(model_dir: str) -> dict[str, str]:
     from ..bags.robot_topics import robot_topic_types
-    from ..core.checkpoint_files import read_meta
-    from ..core.config import SageConfig
+    from ..core.checkpoint_files import read_config
 
-    meta = read_meta(model_dir)
-    return robot_topic_types(SageConfig.from_dict(meta["config"], f"{model_dir}/config.json").robot_contract())
+    return robot_topic_types(read_config(model_dir).robot_contract())
 
 
 def cmd_replay(args, extra) -> int:

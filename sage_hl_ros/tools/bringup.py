@@ -183,13 +183,12 @@ def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
 
 def _checkpoint_config(model_dir: str, why: str):
     """The checkpoint's model config (its robot contract, or None for one without)."""
-    from ..core.checkpoint_files import CheckpointError, read_meta
-    from ..core.config import ConfigError, SageConfig
+    from ..core.checkpoint_files import CheckpointError, read_config
+    from ..core.config import ConfigError
 
     try:
-        meta = read_meta(model_dir)
-        return SageConfig.from_dict(meta["config"], str(Path(model_dir) / "config.json"))
-    except (CheckpointError, ConfigError, KeyError) as exc:
+        return read_config(model_dir)
+    except (CheckpointError, ConfigError) as exc:
         raise LaunchArgumentError(f"{why}: cannot read the robot of checkpoint {model_dir}: {exc}") from None
 
 

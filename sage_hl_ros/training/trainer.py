@@ -171,15 +171,9 @@ class SleepTrainer:
         # Topics the dataset config leaves unset are the model's robot contract's.
         dcfg = dataclasses.replace(dcfg, topics=dcfg.topics.for_robot(model.cfg.robot_contract()))
         m = model.cfg.model
-        # The checkpoint records the H rate its data was aligned at (the context node runs at it);
-        # data on another grid would change what its history means: refused, like the chunk spacing.
-        if m.h_rate_hz > 0 and abs(dcfg.rate_hz - m.h_rate_hz) > 1e-9:
-            raise ValueError(f"dataset rate_hz {dcfg.rate_hz:g} Hz differs from the model's model.h_rate_hz "
-                             f"{m.h_rate_hz:g} Hz (the H rate it was trained at); align the data at the model's "
-                             "rate or start from a new model")
-        if m.h_rate_hz != dcfg.rate_hz:
-            self.log(f"model.h_rate_hz -> {dcfg.rate_hz:g} Hz (the dataset's grid rate)")
-            m.h_rate_hz = dcfg.rate_hz
+        # The H rate the data is aligned at: the context node runs at it; data on another grid would
+        # change what the model's history means.
+        self._keep_recorded(m, "h_rate_hz", "rate_hz", dcfg.rate_hz, "Hz", "the dataset's grid rate")
         chunk = m.action_chunk
         if dcfg.action_chunk != chunk:
             self.log(f"dataset.action_chunk {dcfg.action_chunk} -> {chunk} (the model's action_chunk)")
@@ -189,14 +183,20 @@ class SleepTrainer:
             # at that spacing. A model that has one keeps it: data aligned at another spacing is refused.
             if m.action_chunk_dt_s > 0 and not dcfg.action_chunk_dt_s:
                 dcfg = dataclasses.replace(dcfg, action_chunk_dt_s=m.action_chunk_dt_s)
-            elif m.action_chunk_dt_s > 0 and abs(dcfg.chunk_dt_s - m.action_chunk_dt_s) > 1e-9:
-                raise ValueError(f"dataset action_chunk_dt_s {dcfg.chunk_dt_s:g} s differs from the model's "
-                                 f"model.action_chunk_dt_s {m.action_chunk_dt_s:g} s (what its chunk was trained "
-                                 "at); use the model's spacing or start from a new model")
-            if m.action_chunk_dt_s != dcfg.chunk_dt_s:
-                self.log(f"model.action_chunk_dt_s -> {dcfg.chunk_dt_s:g} s (the dataset's chunk spacing)")
-                m.action_chunk_dt_s = dcfg.chunk_dt_s
+            self._keep_recorded(m, "action_chunk_dt_s", "action_chunk_dt_s", dcfg.chunk_dt_s, "s",
+                                "the dataset's chunk spacing")
         return dcfg
+
+    def _keep_recorded(self, m, key: str, data_key: str, value: float, unit: str, what: str) -> None:
+        """A fact the checkpoint records about the data it was trained on (model.<key>; 0 = none
+        yet): recorded from the data once, and data that disagrees with it later is refused."""
+        recorded = getattr(m, key)
+        if recorded > 0 and abs(value - recorded) > 1e-9:
+            raise ValueError(f"dataset {data_key} {value:g} {unit} differs from the model's model.{key} {recorded:g} "
+                             f"{unit} (what it was trained at); use the model's value or start from a new model")
+        if recorded != value:
+            self.log(f"model.{key} -> {value:g} {unit} ({what})")
+            setattr(m, key, value)
 
     def _eval_cfg(self, dcfg: DatasetConfig) -> DatasetConfig:
         e = self.cfg.eval.sequence_steps
