@@ -26,7 +26,7 @@ from typing import Any
 from .validated import ConfigError, SelfValidating, from_dict, read_yaml, require_positive
 
 __all__ = ["COMMAND_INTERFACES", "ROBOT_DESCRIPTION", "ROBOT_OBSERVATION_KEYS", "AudioSpec", "CameraSpec",
-           "CommandSpec", "RobotContract", "TactileSpec", "check_observation", "implied_robot", "load_robot",
+           "CommandSpec", "GRIPPER_MODES", "GripperSpec", "RobotContract", "TactileSpec", "check_observation", "implied_robot", "load_robot",
            "observation_from_robot", "observation_values", "robot_from_mapping"]
 
 #: Command interfaces the control node speaks (ros/commands.py builds their messages).
@@ -107,6 +107,36 @@ class CommandSpec(SelfValidating):
         _check_topic(where, "joint_command_topic", self.joint_command_topic)
 
 
+#: How a gripper is commanded: a position in its joint's range, or open / closed only.
+GRIPPER_MODES = ("position", "open_close")
+
+
+@dataclass
+class GripperSpec(SelfValidating):
+    """A gripper whose joint the model observes and predicts like any other, but whose command goes
+    to its own controller (std_msgs/Float64MultiArray, one value, as ros2_control's forward command
+    controllers take it) instead of the arm's command. Its joint is one of ``joints`` (so its limits
+    are in the limits file like the others), and the arm's command leaves it out."""
+
+    joint: str = ""
+    topic: str = "gripper_controller/commands"
+    mode: str = "position"  # position | open_close
+    # open_close: the command is open_position or closed_position, whichever the model's position is
+    # nearer; position ignores both.
+    open_position: float = 0.04
+    closed_position: float = 0.0
+
+    def validate(self, where: str) -> None:
+        if not self.joint.strip():
+            raise ConfigError(f"{where}.joint: the gripper's joint (one of the robot's joints)")
+        _check_topic(where, "topic", self.topic)
+        if self.mode not in GRIPPER_MODES:
+            raise ConfigError(f"{where}.mode: one of {list(GRIPPER_MODES)}, got {self.mode!r}")
+        if self.mode == "open_close" and self.open_position == self.closed_position:
+            raise ConfigError(f"{where}: open_position and closed_position are both {self.open_position}: "
+                              "an open/close gripper needs two positions")
+
+
 @dataclass
 class RobotContract(SelfValidating):
     """A robot as the package sees it. ``sensors`` (derived) is the model's ``observation.sensors``."""
@@ -127,6 +157,7 @@ class RobotContract(SelfValidating):
     cameras: list[CameraSpec] = field(default_factory=list)
     audio: AudioSpec | None = None
     tactile: TactileSpec | None = None
+    gripper: GripperSpec | None = None  # a gripper joint commanded on its own topic
 
     def validate(self, where: str) -> None:
         if not _NAME.match(self.name):
@@ -147,10 +178,19 @@ class RobotContract(SelfValidating):
         if len(self.cameras) > 1:
             raise ConfigError(f"{where}.cameras: {len(self.cameras)} cameras {names}, but the model encodes one "
                               "view today (N-camera encoding is not built yet): keep the one the policy needs")
-        for key in ("audio", "tactile"):
+        for key in ("audio", "tactile", "gripper"):
             spec = getattr(self, key)
             if spec is not None:
                 spec.validate(f"{where}.{key}")
+        if self.gripper is not None:
+            if self.gripper.joint not in self.joints:
+                raise ConfigError(f"{where}.gripper.joint: {self.gripper.joint!r} is not one of joints {self.joints}")
+            if len(self.joints) < 2:
+                raise ConfigError(f"{where}.gripper: the gripper is the only joint: leave gripper out and command "
+                                  "it as the arm")
+            topics = {self.gripper.topic, self.command.joint_command_topic}
+            if len(topics) < 2:
+                raise ConfigError(f"{where}.gripper.topic: {self.gripper.topic!r} is also the arm's command topic")
 
     @property
     def sensors(self) -> list[str]:
@@ -165,6 +205,11 @@ class RobotContract(SelfValidating):
         if self.tactile is not None:
             out.append("tactile")
         return out
+
+    @property
+    def arm_joints(self) -> list[str]:
+        """The joints of the arm's command: ``joints`` without the gripper's."""
+        return [j for j in self.joints if self.gripper is None or j != self.gripper.joint]
 
     @property
     def camera(self) -> CameraSpec | None:
