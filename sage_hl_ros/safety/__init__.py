@@ -6,6 +6,7 @@ Kept free of ROS so the rules that protect the hardware are unit-tested without 
 from .control_step import ControlStep, ControlStepConfig, JointInput, LatentInput, LoadedPolicy, TickResult
 from .estop import EStopLatch
 from .filter import SafetyFilter, SafetyOutput, SafetyStatus
+from .gripper import GripperError, GripperOutput
 from .limits import JointLimit, JointLimits, LimitsError
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "LoadedPolicy",
     "TickResult",
     "EStopLatch",
+    "GripperError",
+    "GripperOutput",
     "JointLimit",
     "JointLimits",
     "LimitsError",
