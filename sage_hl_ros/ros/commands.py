@@ -27,6 +27,7 @@ __all__ = [
     "joint_state_command_msg",
     "command_topic",
     "command_msg_type",
+    "gripper_command_msg",
 ]
 
 
@@ -53,6 +54,14 @@ def position_array_msg(positions: np.ndarray) -> Float64MultiArray:
     """
     msg = Float64MultiArray()
     msg.data = _f64(positions)
+    return msg
+
+
+def gripper_command_msg(value: float) -> Float64MultiArray:
+    """Float64MultiArray with the gripper's one value, for its forward command controller
+    (``<controller>/commands``; see safety/gripper.py for how the value is made)."""
+    msg = Float64MultiArray()
+    msg.data = _pyarray("d", (float(value),))
     return msg
 
 

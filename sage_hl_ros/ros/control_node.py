@@ -33,7 +33,13 @@ Published topics
                                         while a chunk plays, its remaining points follow
                                         action_chunk_dt_s apart, each safety-filtered)
                       joint_state:      sensor_msgs/JointState      <joint_command_topic> (Isaac Sim)
-                      all in the configured joint order                     qos.command: command
+                      all in the configured joint order, the gripper's joint left out (below)
+                                                                            qos.command: command
+    <gripper_topic>    std_msgs/Float64MultiArray, one value: the gripper's command, only when the robot
+                       contract has a gripper (its joint is predicted and safety-filtered with the
+                       others; mode position: the filtered position, open_close: open_position or
+                       closed_position, whichever it is nearer). Published on the same ticks as the
+                       arm's command (holds included), never otherwise.          qos.command: command
     ~/e_stop_state     std_msgs/Bool, transient-local: true while the e-stop is latched (on every change)
     /diagnostics       diagnostic_msgs/DiagnosticArray every diagnostics_period_s
 Services
@@ -72,8 +78,12 @@ Parameters (read at configure unless marked runtime)
                                      command.controller (forward_position_controller without one)
     joint_command_topic (str, "")    topic of the joint_state interface; "" = the contract's
                                      command.joint_command_topic (joint_command without one)
+    gripper_topic (str, "")          the gripper's command topic; "" = the contract's gripper.topic. Set
+                                     with a contract without a gripper: configure fails. open_close
+                                     positions outside the joint's limits: configure fails naming them.
                                      A reload whose contract changes one of these left-empty values
-                                     is refused (reconfigure to change them).
+                                     (or the gripper's joint, mode or open/closed positions) is refused
+                                     (reconfigure to change them).
     trajectory_time_from_start_s (float, 0.05)  time_from_start of the JointTrajectory point
     smoothing_alpha (float, 1.0)     ActionSmoother alpha in (0, 1]; 1 = no smoothing
     chunk_execution (str, "auto")    "play": a K-step chunk is played between latents (time-indexed
@@ -89,7 +99,8 @@ Parameters (read at configure unless marked runtime)
                                      the first heartbeat after activation)
     e_stop_heartbeat_msg_type (str, "empty")  "empty" (any message counts) or "bool" (data=true counts)
     check_controller_joints (bool, true)  position_array: read the controller's ``joints`` parameter
-                                     (``/<controller_name>/get_parameters``); a different order or set
+                                     (``/<controller_name>/get_parameters``; the arm's joints, the
+                                     gripper left out); a different order or set
                                      refuses to command. Unreachable: reported in /diagnostics as
                                      unverified (the array is then sent in ``joint_names`` order).
     realtime_priority (int, 0)       >0: SCHED_FIFO priority of the control thread (needs CAP_SYS_NICE)
@@ -132,7 +143,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Empty
+from std_msgs.msg import Bool, Empty, Float64MultiArray
 from std_srvs.srv import Trigger
 
 from ..core.checkpoint_files import CheckpointError
@@ -141,12 +152,14 @@ from ..safety import (
     ControlStep,
     ControlStepConfig,
     EStopLatch,
+    GripperOutput,
     JointInput,
     JointLimits,
     LatentInput,
     LoadedPolicy,
     SafetyStatus,
 )
+from ..safety.gripper import describe_gripper
 from ..safety.policy_loader import load_policy
 from . import commands, convert
 from .diagnostics import RollingStats, diagnostic_array, status
@@ -159,6 +172,14 @@ _STATUS_BY_CODE = list(SafetyStatus)
 TICK_LOG_SIZE = 8192  # ring of (tick time, status) for diagnostics and tests
 RELOAD_LOG_SIZE = 256  # (start ns, swap ns, cpu ms) of recent reloads, node clock
 _HOLDS = (SafetyStatus.HOLD_STALE_LATENT, SafetyStatus.HOLD_STALE_JOINTS, SafetyStatus.HOLD_INVALID_TARGET)
+
+
+def _gripper_key(spec, keep_topic: bool):
+    """What of a contract's gripper a reload may not change (its topic only where the contract names it)."""
+    if spec is None:
+        return None
+    positions = (spec.open_position, spec.closed_position) if spec.mode == "open_close" else None  # else unused
+    return spec.joint, spec.mode, positions, None if keep_topic else spec.topic
 
 
 def _best_effort(profile: QoSProfile) -> QoSProfile:
@@ -190,6 +211,8 @@ class ControlNode(DeclaredParams, LifecycleNode):
         p("controller_name", "", "ros2_control controller (topic /<name>/...); '' = the robot contract's")
         p("check_controller_joints", True, "position_array: check the controller's joints parameter order")
         p("joint_command_topic", "", "topic of the joint_state command interface (Isaac Sim); '' = the contract's")
+        p("gripper_topic", "", "the gripper's command topic (std_msgs/Float64MultiArray, one value); '' = the "
+          "robot contract's gripper.topic")
         p("trajectory_time_from_start_s", 0.05, "time_from_start of the JointTrajectory point [s]")
         p("smoothing_alpha", 1.0, "first-order smoothing of targets, (0, 1]; 1 = none")
         p("chunk_execution", "auto", "auto | play | receding: how a K-step action chunk is executed")
@@ -210,6 +233,9 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._log = self.get_logger()
         self._robot = None  # the checkpoint's robot contract, set at configure
         self._robot_implied = True  # the checkpoint has none: the one its observation implies
+        self._gripper: GripperOutput | None = None  # the contract's gripper, set at configure
+        self._gripper_topic = ""
+        self._arm_index = None  # command columns of the arm's message (None: all: no gripper)
         self._origin_ns = self.get_clock().now().nanoseconds  # 0 under use_sim_time before /clock
         self._closing = False
         self._throttle = Throttle(5.0)
@@ -275,6 +301,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
             self._log.error(f"configure failed: {kind}{exc}")
             self._destroy_entities()
             self._policy = self._step = self._filter = None
+            self._gripper = self._arm_index = None
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
 
@@ -329,6 +356,17 @@ class ControlNode(DeclaredParams, LifecycleNode):
         if limits is None and self._enabled:
             raise ValueError("enable_control is true but no joint limits are configured: set joint_limits_file "
                              "(and/or urdf_file); refusing to command a robot without limits")
+        gripper_topic = str(g("gripper_topic")).strip()
+        spec = robot.gripper
+        if spec is None and gripper_topic:
+            raise ValueError(f"gripper_topic is {gripper_topic!r} but the robot contract of {policy.model_dir} has "
+                             "no gripper: leave gripper_topic empty, or add gripper: to the contract")
+        self._gripper = None if spec is None else GripperOutput.build(
+            self._command_names, spec, limits,
+            f"{policy.model_dir}/config.json (robot contract '{robot.name}'): config.robot.gripper")
+        self._gripper_topic = gripper_topic or (spec.topic if spec is not None else "")
+        self._arm_index = self._gripper.arm_index if self._gripper is not None else None
+        self._arm_names = list(self._gripper.arm_names) if self._gripper is not None else list(self._command_names)
         self._policy = policy
         self._step = ControlStep(step_cfg, limits, self.estop)
         self._filter = self._step.filter
@@ -338,7 +376,8 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._reset_inputs()
         self._log.info(
             f"loaded {policy.model_dir} (sha256 {policy.sha256[:12]}, verified) in {policy.load_ms:.0f} ms; "
-            f"command order {self._command_names}; limits: {self._limits_source or 'NONE (dry run)'}")
+            f"command order {self._command_names}; limits: {self._limits_source or 'NONE (dry run)'}"
+            + (f"; gripper {describe_gripper(spec)} -> {self._gripper_topic}" if spec is not None else ""))
 
         q = lambda name, preset: declare_qos(self, name, preset)  # noqa: E731
         sub = self.create_subscription
@@ -365,6 +404,14 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._estop_pub = self.create_publisher(Bool, "~/e_stop_state", q("e_stop_state", "status"))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", q("diagnostics", "reliable"))
         self._pubs = [self._cmd_pub, self._estop_pub, self._diag_pub]
+        self._gripper_pub = None
+        if self._gripper is not None:
+            self._gripper_pub = self.create_publisher(Float64MultiArray, self._gripper_topic, q("command", "command"))
+            self._pubs.append(self._gripper_pub)
+            self._gripper_topic = self._gripper_pub.topic_name  # resolved in the node's namespace
+            if self._gripper_topic == self._command_topic:
+                raise ValueError(f"the gripper's topic {self._gripper_topic} is the arm's command topic: give the "
+                                 "gripper its own controller (gripper_topic, or the contract's gripper.topic)")
         self._estop_published = None
         self._publish_estop_state()
         self._srvs = [self.create_service(Trigger, "~/reload_model", self._on_reload_srv,
@@ -418,7 +465,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._order_client = self.create_client(GetParameters, f"{controller}/get_parameters")
         self._clients = [self._order_client]
         self._order_note = (f"unverified: /{controller}/get_parameters not reachable yet; the array is sent in "
-                            f"joint_names order {self._command_names}")
+                            f"joint_names order {self._arm_names}")
         self._order_timer = self.create_timer(1.0, self._poll_order)
         self._order_future = None
         self._order_polls = 0
@@ -449,10 +496,12 @@ class ControlNode(DeclaredParams, LifecycleNode):
         controller = self._controller
         if not joints:
             self._order_note = f"unverified: /{controller} has no 'joints' parameter"
-        elif joints != list(self._command_names):
+        elif joints != list(self._arm_names):
             self._order_problem = (f"controller /{controller} expects joints {joints} but commands are in order "
-                                   f"{list(self._command_names)}: set joint_names to the controller's order; "
-                                   "refusing to command")
+                                   f"{list(self._arm_names)}"
+                                   + (f" (the gripper {self._gripper.joint!r} goes to {self._gripper_topic})"
+                                      if self._gripper is not None else "")
+                                   + ": set joint_names to the controller's order; refusing to command")
             self._order_note = self._order_problem
             self._log.error(self._order_problem)
         else:
@@ -478,6 +527,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._destroy_entities()
         self._reload_worker.close()
         self._policy = self._step = self._filter = None
+        self._gripper = self._arm_index = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -634,6 +684,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         # (ticks, commands published) as of the end of the last tick, one tuple swapped in per tick: the
         # diagnostics thread reads both from the same tick (two attribute reads can straddle ticks).
         self._counts = (0, 0)
+        self._gripper_state = (0, math.nan)  # (gripper commands published, last value), swapped as one
         self._last_tick_ns = 0
         self._status = SafetyStatus.HOLD_NO_INPUT
         self._status_reason = "not started"
@@ -665,6 +716,11 @@ class ControlNode(DeclaredParams, LifecycleNode):
         if res.command is not None:
             self._publish(res, now_ns)
             self._published += 1
+            gripper = self._gripper
+            if gripper is not None:  # the same filtered vector: holds hold the gripper too
+                value = gripper.value(res.command[gripper.index])
+                self._gripper_pub.publish(commands.gripper_command_msg(value))
+                self._gripper_state = (self._gripper_state[0] + 1, value)
         if res.status is SafetyStatus.ESTOP and self._estop_published is False:
             self._publish_estop_state()  # a heartbeat timeout latched it inside the step
         status = res.status
@@ -677,19 +733,25 @@ class ControlNode(DeclaredParams, LifecycleNode):
         self._counts = (self._ticks, self._published)
         self._compute_stats.add(time.perf_counter() - t0)
 
+    def _arm(self, values):
+        """The arm's columns of a (J,) or (M, J) array in command order: all of them without a gripper."""
+        arm = self._arm_index
+        return values if arm is None or values is None else values[..., arm]
+
     def _publish_array(self, res, now_ns) -> None:
-        self._cmd_pub.publish(commands.position_array_msg(res.command))
+        self._cmd_pub.publish(commands.position_array_msg(self._arm(res.command)))
 
     def _publish_trajectory(self, res, now_ns) -> None:
         # Zero stamp = "start now" for joint_trajectory_controller (immune to clock offsets). A played
         # chunk's remaining points follow the command (ControlStep's trajectory_preview).
+        arm = self._arm
         self._cmd_pub.publish(commands.joint_trajectory_msg(
-            self._command_names, res.command, res.velocity, None, self._tfs,
-            res.preview_positions, res.preview_velocities, self._chunk_dt_s))
+            self._arm_names, arm(res.command), arm(res.velocity), None, self._tfs,
+            arm(res.preview_positions), arm(res.preview_velocities), self._chunk_dt_s))
 
     def _publish_joint_state(self, res, now_ns) -> None:
         stamp = TimeMsg(sec=now_ns // 1_000_000_000, nanosec=now_ns % 1_000_000_000)
-        self._cmd_pub.publish(commands.joint_state_command_msg(self._command_names, res.command, stamp))
+        self._cmd_pub.publish(commands.joint_state_command_msg(self._arm_names, self._arm(res.command), stamp))
 
     def tick_log(self):
         """(tick times ns, statuses) of the last ticks, oldest first (for tests and tools)."""
@@ -743,6 +805,10 @@ class ControlNode(DeclaredParams, LifecycleNode):
             ("joint_command topic", "joint_command_topic", self._joint_command_topic,
              robot.command.joint_command_topic))
             if not str(self._get(param)).strip() and mine != theirs]
+        mine_g, theirs_g = self._robot.gripper, robot.gripper
+        keep_topic = bool(str(self._get("gripper_topic")).strip())  # the parameter's topic, not the contract's
+        if _gripper_key(mine_g, keep_topic) != _gripper_key(theirs_g, keep_topic):
+            moved.append(f"gripper ({describe_gripper(mine_g)}) -> ({describe_gripper(theirs_g)})")
         if not (str(self._get("joint_limits_file")) or str(self._get("urdf_file"))):
             mine = (self._robot.joint_limits, self._robot.urdf) if not self._robot_implied else ("", "")
             theirs = (robot.joint_limits, robot.urdf) if new.fast.cfg.robot is not None else ("", "")
@@ -794,6 +860,7 @@ class ControlNode(DeclaredParams, LifecycleNode):
         now = self._now_s()
         mono = time.monotonic()
         ticks, published = self._counts
+        gripper_published, gripper_last = self._gripper_state
         # Ticks per second of the node's clock: sim time under use_sim_time (a sim running slower
         # than real time is not a slow loop), wall time otherwise.
         sim = bool(getattr(self.get_clock(), "ros_time_is_active", False))
@@ -865,6 +932,9 @@ class ControlNode(DeclaredParams, LifecycleNode):
             "scheduling": loop.rt_status if loop else "",
             "command_interface": getattr(self, "_interface", ""), "command_topic": getattr(self, "_command_topic", ""),
             "controller_joint_order": self._order_note,
+            "gripper_topic": self._gripper_topic if self._gripper is not None else "",
+            "gripper_mode": self._gripper.mode if self._gripper is not None else "",
+            "gripper_commands_published": gripper_published, "gripper_last_command": gripper_last,
             "torch_imported": "torch" in sys.modules,
         }
         for s, count in self._status_counts.items():
