@@ -784,3 +784,162 @@ def test_two_namespaced_robots_on_one_graph_do_not_cross_talk(graph, files):
             spinner.remove(node)
             node.destroy_node()
         harness.joint_stream = harness.latent_stream = True
+
+
+# --------------------------------------------------------------------------- the gripper's own output
+GRIPPER_TOPIC = "/gripper_controller/commands"
+ARM_ORDER = [n for n in COMMAND_ORDER if n != "joint4"]  # the arm's command: joint4 is the gripper
+EXPECTED_ARM = EXPECTED[[COMMAND_ORDER.index(n) for n in ARM_ORDER]]
+
+
+@pytest.fixture(scope="module")
+def gripper_files(files):
+    """Checkpoints of a robot whose joint4 is a gripper (limits [-0.5, 0.5]) on its own topic."""
+    root = files / "gripper"
+    contract = {"name": "arm_g", "joints": CKPT_ORDER, "joint_limits": str(files / "limits.yaml"),
+                "gripper": {"joint": "joint4", "topic": "gripper_controller/commands", "mode": "position"}}
+    make_checkpoint(root / "position", CKPT_ORDER, robot=contract)
+    make_checkpoint(root / "open_close", CKPT_ORDER, robot={**contract, "gripper": {
+        **contract["gripper"], "mode": "open_close", "open_position": 0.5, "closed_position": -0.5}})
+    make_checkpoint(root / "outside", CKPT_ORDER, robot={**contract, "gripper": {
+        **contract["gripper"], "mode": "open_close", "open_position": 0.8, "closed_position": -0.5}})
+    return root
+
+
+def _gripper_values(rec, since=0.0):
+    values = [list(m.data) for _, m in rec.since(since)]
+    assert all(len(v) == 1 for v in values), "a gripper command with other than one value"
+    return [v[0] for v in values]
+
+
+def test_the_gripper_has_its_own_topic_and_an_estop_holds_it_with_the_arm(graph, make_node, gripper_files):
+    """The arm's command carries the arm's joints only; the gripper's topic gets the filtered position of
+    its joint (inside its limits); a latched e-stop holds both (judged by the node's own counters)."""
+    from std_msgs.msg import Bool, Float64MultiArray
+
+    harness, _ = graph
+    grip = harness.recorders.get(GRIPPER_TOPIC) or harness.record(Float64MultiArray, GRIPPER_TOPIC)
+    node = make_node(enable_control=True, model_dir=str(gripper_files / "position"))
+    assert node._gripper is not None and node._gripper_topic == GRIPPER_TOPIC and node._arm_names == ARM_ORDER
+    arm = harness.recorders[ARRAY_TOPIC]
+    wait_for(lambda: arm.count() > 20 and grip.count() > 20, 15.0, what="arm and gripper commands")
+    every = np.array([c for _, c in _commands(harness, 0.0)])
+    assert every.shape[1] == 3, "the arm's command carries the gripper joint"
+    np.testing.assert_allclose(every[-1], EXPECTED_ARM, atol=1e-6)
+    values = _gripper_values(grip)
+    assert all(-0.5 <= v <= 0.5 for v in values), "a gripper command left the joint's limits"
+    assert values[-1] == 0.5  # measured 0.9, filtered to the limit
+    published = node._gripper_state[0]
+    assert published >= len(values) - 1 and node._gripper_state[1] == 0.5
+    _, _, diag = _diag(harness, node, "control loop", since=time.monotonic(),
+                       predicate=lambda st: int(st[2]["gripper_commands_published"]) > published)
+    assert diag["gripper_topic"] == GRIPPER_TOPIC and diag["gripper_mode"] == "position"
+    assert float(diag["gripper_last_command"]) == 0.5
+
+    # E-stop: both hold their last command while the measurements move; the gripper keeps getting it.
+    harness.wait_for_subscribers(Bool, "/e_stop")
+    harness.publish(Bool, "/e_stop", Bool(data=True))
+    _wait_status(node, "estop", 5.0)
+    harness.joint_positions = dict(POSITIONS, joint1=0.2, joint4=-0.3)
+    held = node._gripper_state[0]
+    wait_for(lambda: node._gripper_state[0] > held + 20, 10.0, what="gripper holds published")
+    t = node._now_s()
+    wait_for(lambda: len(_ticks_after(node, t)[1]) >= 10, 5.0, what="e-stop ticks")
+    assert set(_ticks_after(node, t)[1]) == {"estop"}
+    assert node._gripper_state[1] == 0.5, "the gripper followed a measurement during an e-stop"
+    t_rec = time.monotonic()
+    wait_for(lambda: len(_gripper_values(grip, t_rec)) >= 10 and len(_commands(harness, t_rec)) >= 10, 10.0,
+             what="held commands received")
+    assert set(_gripper_values(grip, t_rec)) == {0.5}
+    for _, c in _commands(harness, t_rec):
+        np.testing.assert_allclose(c, EXPECTED_ARM, atol=1e-6)
+    # Reset: both follow the new measurements again (the gripper through the filter, to -0.3).
+    node._reset_estop("test")
+    _wait_status(node, "ok", 5.0)
+    wait_for(lambda: abs(node._gripper_state[1] + 0.3) < 1e-6, 10.0, what="the gripper following after reset")
+    assert all(-0.5 <= v <= 0.5 for v in _gripper_values(grip))
+
+
+def test_gripper_with_the_named_interfaces_leaves_the_gripper_out(graph, make_node, gripper_files):
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory
+
+    harness, _ = graph
+    traj = harness.record(JointTrajectory, "/forward_position_controller/joint_trajectory")
+    js = harness.record(JointState, "/joint_command")
+    grips = [harness.record(Float64MultiArray, f"/g_{k}") for k in ("traj", "js")]
+    model = str(gripper_files / "position")
+    make_node(enable_control=True, control_rate_hz=100.0, model_dir=model, command_interface="joint_trajectory",
+              gripper_topic="/g_traj")
+    make_node(enable_control=True, control_rate_hz=100.0, model_dir=model, command_interface="joint_state",
+              gripper_topic="/g_js")
+    for rec in (traj, js, *grips):
+        wait_for(lambda rec=rec: rec.count() > 20, 15.0, what="commands on every topic")
+    t = traj.last()
+    assert list(t.joint_names) == ARM_ORDER and len(t.points[0].velocities) == 3
+    np.testing.assert_allclose(np.array(t.points[0].positions), EXPECTED_ARM, atol=1e-6)
+    j = js.last()
+    assert list(j.name) == ARM_ORDER
+    np.testing.assert_allclose(np.array(j.position), EXPECTED_ARM, atol=1e-6)
+    for rec in grips:
+        assert _gripper_values(rec)[-1] == 0.5
+
+
+def test_open_close_gripper_drives_the_loopback_robot_and_a_reload_may_not_change_it(graph, make_node,
+                                                                                     gripper_files):
+    """The loopback stand-in takes the gripper's topic: an open/close gripper measured at 0.3 is
+    commanded open (0.5, the nearer of 0.5 / -0.5) and the simulated joint gets there, while the arm's
+    array carries the other three joints. A checkpoint whose gripper is another mode is refused."""
+    from rclpy.parameter import Parameter
+
+    from sage_hl_ros.ros.loopback_robot_node import LoopbackRobot
+
+    harness, spinner = graph
+    robot = LoopbackRobot(node_name="loopback_gripper", parameter_overrides=[Parameter(k, value=v) for k, v in {
+        "joint_names": CKPT_ORDER, "gripper_joint": "joint4", "gripper_topic": "/loop_g/gripper",
+        "controller_name": "loop_g_controller", "joint_states_topic": "/loop_g/joint_states",
+        "initial_positions": [0.1, -0.2, 0.3, 0.3], "rate_hz": 100.0}.items()])
+    spinner.add(robot)
+    try:
+        node = make_node(enable_control=True, model_dir=str(gripper_files / "open_close"), joint_names=CKPT_ORDER,
+                         controller_name="loop_g_controller", joint_states_topic="/loop_g/joint_states",
+                         gripper_topic="/loop_g/gripper", check_controller_joints=False, **_PATIENT_INPUTS)
+        wait_for(lambda: robot.gripper_commands_received > 10 and robot.position[3] > 0.49, 20.0,
+                 what="the loopback's gripper joint opened")
+        assert robot.commands_received > 10 and robot.commands_rejected == 0, robot.commands_rejected
+        assert set(np.unique(robot.command[3:])) == {0.5}
+        np.testing.assert_allclose(robot.position[:3], [0.1, -0.2, 0.3], atol=1e-6)  # the arm stays put
+        assert node._gripper_state[1] == 0.5 and node._gripper.mode == "open_close"
+
+        assert harness.set_params(node.get_name(), {"model_dir": str(gripper_files / "position")})[0].successful
+        _, message, _ = _diag(harness, node, "model", since=time.monotonic(),
+                              predicate=lambda st: "gripper" in st[1] and st[0] == 2, timeout_s=60.0)
+        assert "mode open_close (open 0.5, closed -0.5)" in message and "mode position" in message, message
+        assert node._policy.model_dir == str(gripper_files / "open_close")
+    finally:
+        spinner.remove(robot)
+        robot.destroy_node()
+
+
+def test_gripper_configure_failures_name_their_cause(graph, files, gripper_files, capfd):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from sage_hl_ros.ros.control_node import ControlNode
+
+    cases = [({"model_dir": str(files / "zero"), "gripper_topic": "/g"}, "has no gripper"),
+             ({"model_dir": str(gripper_files / "outside")}, "config.robot.gripper.open_position: 0.8 is outside"),
+             ({"model_dir": str(gripper_files / "position"), "gripper_topic": ARRAY_TOPIC},
+              "is the arm's command topic")]
+    for params, fragment in cases:
+        _counter[0] += 1
+        node = ControlNode(node_name=f"sage_control_cfg_{_counter[0]}", parameter_overrides=[
+            Parameter(k, value=v) for k, v in {"joint_limits_file": str(files / "limits.yaml"), **params}.items()])
+        try:
+            assert node.trigger_configure() == TransitionCallbackReturn.FAILURE, params
+        finally:
+            node.release()
+            node.destroy_node()
+        err = capfd.readouterr().err
+        assert "configure failed" in err and fragment in err, (fragment, err[-600:])

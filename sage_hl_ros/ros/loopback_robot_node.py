@@ -6,14 +6,18 @@ Each joint follows its latest position command with a first-order response
 (``x += (cmd - x) * (1 - exp(-dt / time_constant_s))``) and the node publishes the result as
 ``sensor_msgs/JointState`` (positions + velocities, header stamped with the node clock).
 
-Subscribed topics (by ``command_interface``)
-    position_array:   std_msgs/Float64MultiArray  /<controller_name>/commands   (data in joint_names order)
+Subscribed topics (by ``command_interface``; the arm's joints: joint_names without gripper_joint)
+    position_array:   std_msgs/Float64MultiArray  /<controller_name>/commands   (data in the arm's joint_names order)
     joint_trajectory: trajectory_msgs/JointTrajectory /<controller_name>/joint_trajectory (by name; first point)
     joint_state:      sensor_msgs/JointState      <joint_command_topic>          (by name)
+    with gripper_joint: std_msgs/Float64MultiArray <gripper_topic>, one value: the gripper joint's position
+                      command (the arm's command must leave that joint out, as sage_control's does)
 Published topics
     /joint_states     sensor_msgs/JointState at rate_hz, reliable (qos.joint_states)
 Parameters
-    joint_names (str[], joint1..joint7)   the arm's joints (and the position_array order)
+    joint_names (str[], joint1..joint7)   the robot's joints, gripper included (and the position_array order)
+    gripper_joint (str, "")               one of joint_names commanded on gripper_topic; "" = no gripper
+    gripper_topic (str, "gripper_controller/commands")  the gripper's command topic (with gripper_joint)
     shuffle_names (bool, false)           publish name[] in a different (reversed) order than
                                           joint_names, to exercise by-name matching downstream
     initial_positions (float[], [])       start positions; [] = all 0.0
@@ -35,6 +39,7 @@ import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
 
 from . import commands
 from .node_main import Throttle, run_node
@@ -60,15 +65,23 @@ class LoopbackRobot(Node):
         controller = str(p("controller_name", "forward_position_controller", "controller name for the topic"))
         jc_topic = str(p("joint_command_topic", "joint_command", "joint_state interface topic"))
         js_topic = str(p("joint_states_topic", "joint_states", "published joint states"))
+        gripper = str(p("gripper_joint", "", "joint commanded on gripper_topic; '' = no gripper"))
+        gripper_topic = str(p("gripper_topic", "gripper_controller/commands", "the gripper's command topic"))
         if not names or not all(isinstance(n, str) for n in names):
             raise ValueError(f"joint_names must be a non-empty list of strings, got {names}")
         if initial and len(initial) != len(names):
             raise ValueError(f"initial_positions has {len(initial)} values for {len(names)} joints")
         if not (self.rate_hz > 0 and self.tau > 0):
             raise ValueError("rate_hz and time_constant_s must be > 0")
+        if gripper and (gripper not in names or len(names) < 2):
+            raise ValueError(f"gripper_joint {gripper!r} must be one of joint_names {names} (besides the arm's)")
 
         self.names = names
-        self.index = {n: i for i, n in enumerate(names)}
+        self.gripper_joint = gripper
+        self.arm_names = [n for n in names if n != gripper]
+        self.index = {n: i for i, n in enumerate(names) if n != gripper}  # what the arm's command may name
+        self.arm_index = np.array([i for i, n in enumerate(names) if n != gripper], dtype=np.intp)
+        self.gripper_commands_received = 0
         self.position = np.array(initial or [0.0] * len(names), dtype=np.float64)
         self.velocity = np.zeros(len(names))
         self.command = self.position.copy()
@@ -87,9 +100,14 @@ class LoopbackRobot(Node):
                     "joint_state": self._on_joint_state}[interface]
         self.create_subscription(commands.command_msg_type(interface), topic, callback,
                                  declare_qos(self, "command", "reliable"))
+        if gripper:
+            self._gripper_index = names.index(gripper)
+            self.create_subscription(Float64MultiArray, gripper_topic, self._on_gripper,
+                                     declare_qos(self, "command", "reliable"))
         self._pub = self.create_publisher(JointState, js_topic, declare_qos(self, "joint_states", "reliable"))
         self.create_timer(1.0 / self.rate_hz, self._step)
-        self.get_logger().info(f"loopback arm {names} at {self.rate_hz:g} Hz, commands from {topic} ({interface})")
+        self.get_logger().info(f"loopback arm {self.arm_names} at {self.rate_hz:g} Hz, commands from {topic} "
+                               f"({interface})" + (f"; gripper {gripper!r} from {gripper_topic}" if gripper else ""))
 
     # -------------------------------------------------------------- commands
     def _bad(self, reason: str) -> None:
@@ -113,16 +131,31 @@ class LoopbackRobot(Node):
         for name, value in zip(names, positions, strict=True):
             i = self.index.get(name)
             if i is None:
-                self._bad(f"unknown joint {name!r}")
+                self._bad(f"joint {name!r} is commanded on the gripper topic" if name == self.gripper_joint
+                          else f"unknown joint {name!r}")
                 return
             cmd[i] = value
         self._set(cmd)
 
     def _on_array(self, msg) -> None:
-        if len(msg.data) != len(self.names):
-            self._bad(f"{len(msg.data)} values for {len(self.names)} joints")
+        if len(msg.data) != len(self.arm_names):
+            self._bad(f"{len(msg.data)} values for {len(self.arm_names)} joints {self.arm_names}")
             return
-        self._set(np.frombuffer(msg.data, dtype=np.float64) if isinstance(msg.data, array) else msg.data)
+        cmd = self.command.copy()
+        cmd[self.arm_index] = np.frombuffer(msg.data, dtype=np.float64) if isinstance(msg.data, array) else msg.data
+        self._set(cmd)
+
+    def _on_gripper(self, msg) -> None:
+        if len(msg.data) != 1:
+            self._bad(f"gripper command with {len(msg.data)} values (one expected)")
+            return
+        value = float(msg.data[0])
+        if not math.isfinite(value):
+            self._bad("non-finite gripper command")
+            return
+        self.command = self.command.copy()  # the arm's callbacks copy too: never mutate a shared array
+        self.command[self._gripper_index] = value
+        self.gripper_commands_received += 1
 
     def _on_trajectory(self, msg) -> None:
         if not msg.points:
