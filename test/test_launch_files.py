@@ -401,6 +401,9 @@ def checkpoints(tmp_path_factory):
         "name": "arm3", "joints": ["shoulder", "elbow", "wrist"], "joint_states_topic": "arm3/joint_states",
         "command": {"interface": "joint_trajectory", "controller": "arm_controller"},
         "cameras": [{"name": "wrist", "topic": "wrist/image", "compressed": True}]})
+    make_checkpoint(root / "grip", ["shoulder", "elbow", "finger"], robot={
+        "name": "grip", "joints": ["shoulder", "elbow", "finger"],
+        "gripper": {"joint": "finger", "topic": "hand/commands", "mode": "open_close"}})
     return root
 
 
@@ -435,3 +438,20 @@ def test_bringup_stand_ins_are_the_checkpoints_robot(checkpoints):
     # --namespace puts the SAGE nodes and the stand-ins in it (their relative topics resolve there).
     plan = _plan("--stand-ins", "--model-dir", str(checkpoints / "arm3"), "--namespace", "arm3")
     assert all(cmd[cmd.index("__ns:=/arm3") - 1] == "-r" for cmd in plan.values()), plan
+
+
+def test_bringup_loopback_robot_takes_the_contracts_gripper(checkpoints, tmp_path):
+    """A contract with a gripper: the loopback arm subscribes the gripper's topic for that joint (the
+    control node's gripper_topic where the params file sets one); no gripper, no gripper parameters."""
+    robot = _params(_plan("--stand-ins", "--model-dir", str(checkpoints / "grip"))["loopback_robot"])
+    assert (robot["gripper_joint"], robot["gripper_topic"]) == ("finger", "hand/commands")
+    assert robot["joint_names"] == '["shoulder","elbow","finger"]'
+    params = yaml.safe_load((ROOT / "config" / "sage_hl.yaml").read_text())
+    params["sage_control"]["ros__parameters"]["gripper_topic"] = "/my_gripper/commands"
+    path = tmp_path / "sage_hl.yaml"
+    path.write_text(yaml.safe_dump(params))
+    robot = _params(_plan("--stand-ins", "--model-dir", str(checkpoints / "grip"), "--params-file", str(path))[
+        "loopback_robot"])
+    assert robot["gripper_topic"] == "/my_gripper/commands"
+    plain = _params(_plan("--stand-ins", "--model-dir", str(checkpoints / "arm3"))["loopback_robot"])
+    assert "gripper_joint" not in plain and "gripper_topic" not in plain

@@ -9,7 +9,8 @@ files, on machines without ROS launch (pip-installed ROS 2, CI, quick experiment
 Arguments that contradict each other are refused before anything starts (exit code 2): two nodes
 commanding one arm (``--expert-drives`` with the SAGE nodes), two ``/joint_states`` sources
 (``--sim`` with ``--stand-ins``), sim time with nothing publishing ``/clock`` (``--stand-ins
---use-sim-time``). The loopback robot follows the command interface the control node publishes.
+--use-sim-time``). The loopback robot follows the command interface the control node publishes
+(and, for a robot contract with a gripper, the gripper's command topic).
 
 Each node is its own process (DESIGN §6: separate processes keep the GIL from coupling the H and
 L loops), started as ``python -m <module> --ros-args ...`` in its own process group, and stopped
@@ -165,6 +166,10 @@ def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
         follow["joint_names"] = node_parameter(params_file, "sage_control", "joint_names", []) or robot.joints
         if args.command_interface:
             follow["command_interface"] = args.command_interface
+        if robot.gripper is not None:  # the gripper's own command topic, as the control node publishes it
+            follow["gripper_joint"] = robot.gripper.joint
+            follow["gripper_topic"] = (node_parameter(params_file, "sage_control", "gripper_topic", "")
+                                       or robot.gripper.topic)
         # The synthetic sensors are the robot's: the context node's topics, nothing for a sensor it lacks.
         sensors = {f"{n}_topic": node_parameter(params_file, "sage_context", f"{n}_topic", "") or robot.topic(n)
                    for n in ("camera", "depth", "audio", "tactile")}
