@@ -26,9 +26,9 @@ from .robot import (
 )
 from .validated import ConfigError, SelfValidating, from_dict, load_json, load_yaml, read_yaml, require_positive
 
-__all__ = ["CONTEXT_DIM", "COMPRESSORS", "LATENT_DIM", "MODALITIES", "SENSORS", "SENSOR_MODALITY", "ConfigError",
-           "InputRanges", "LossConfig", "ModelConfig", "ObservationConfig", "RobotContract", "SageConfig",
-           "SelfValidating", "from_dict", "load_json", "load_yaml", "range_problem", "require_positive"]
+__all__ = ["CONTEXT_DIM", "COMPRESSORS", "LATENT_DIM", "MAX_CAMERAS", "MODALITIES", "SENSORS", "SENSOR_MODALITY",
+           "ConfigError", "InputRanges", "LossConfig", "ModelConfig", "ObservationConfig", "RobotContract",
+           "SageConfig", "SelfValidating", "from_dict", "load_json", "load_yaml", "range_problem", "require_positive"]
 
 MODALITIES = ("visual", "depth", "audio", "tactile", "proprio")
 #: Sensors a robot may declare (``observation.sensors``), each feeding one schema modality.
@@ -39,6 +39,8 @@ COMPRESSORS = ("bottleneck", "attention", "hierarchical", "hybrid")
 PROPRIO_FEATURES = ("position", "velocity")
 LATENT_DIM = 256
 CONTEXT_DIM = 4096
+#: Most RGB views one model takes (each is a full image input of the H path).
+MAX_CAMERAS = 8
 
 
 @dataclass
@@ -113,6 +115,9 @@ class ObservationConfig(SelfValidating):
     audio_hop_samples: int = 256
     audio_n_mels: int = 32
     tactile_taxels: int = 16
+    # RGB views the model takes (the robot contract's cameras; 1 where it has none). They share the
+    # visual slice of the context: see encoders.VisualViews.
+    num_cameras: int = 1
     # The sensors this robot has. One left out is never subscribed, read from bags or encoded (its
     # slice of the context is zeros and its mask bit is off, as for a dead sensor) and raises no
     # stale warning; its size keys above keep their defaults.
@@ -134,6 +139,8 @@ class ObservationConfig(SelfValidating):
         if bad or len(set(self.sensors)) != len(self.sensors):
             raise ConfigError(f"{where}.sensors: a list of distinct names from {list(SENSORS)} "
                               f"(joint states are always used), got {self.sensors}")
+        if not 1 <= self.num_cameras <= MAX_CAMERAS:
+            raise ConfigError(f"{where}.num_cameras: must be 1..{MAX_CAMERAS}, got {self.num_cameras}")
         if self.tactile_taxels <= 0:  # the tensor shapes keep it even where tactile is absent
             raise ConfigError(f"{where}.tactile_taxels: must be > 0, got {self.tactile_taxels} "
                               f"(a robot without tactile sensing leaves 'tactile' out of sensors)")

@@ -32,15 +32,24 @@ import numpy as np
 from .config import SENSOR_MODALITY, SENSORS, ConfigError, ObservationConfig
 from .freshness import Freshness
 from .freshness import freshness as _freshness
-from .observation import Observation, ObservationSchema
+from .observation import Observation, ObservationSchema, view_key
+from .robot import camera_input
 
 __all__ = ["ContextStep", "ContextStepConfig", "DEFAULT_H_RATE_HZ", "Freshness", "HBackend", "Mask", "Reading",
            "StepResult", "freshness", "h_rate_for", "INPUTS", "declared_inputs"]
 
-# The context node's inputs (topic side) and the schema modality each one feeds.
+# The context node's inputs (topic side) and the schema modality each one feeds. A model with
+# more than one camera also has the inputs camera_1, camera_2, ... (robot.camera_input), each
+# feeding one view of the visual modality (schema key observation.view_key).
 INPUTS = (*SENSORS, "joint_states")
 SCHEMA_MODALITY = {**SENSOR_MODALITY, "joint_states": "proprio"}
-_INPUT_OF = {v: k for k, v in SCHEMA_MODALITY.items()}
+
+
+def schema_key(name: str) -> str:
+    """The schema's problem key of an input (``camera_2`` -> ``visual:2``)."""
+    if name.startswith("camera_"):
+        return view_key(int(name.removeprefix("camera_")))
+    return SCHEMA_MODALITY[name]
 
 
 #: H rate of a checkpoint that records none (model.h_rate_hz 0: made by init-model, or before it was kept).
@@ -63,8 +72,15 @@ def h_rate_for(source: str, recorded_hz: float, asked_hz: float) -> float:
 
 
 def declared_inputs(cfg: ObservationConfig) -> tuple[str, ...]:
-    """The inputs (``INPUTS`` order) a robot with this observation config has."""
-    return tuple(n for n in INPUTS if SCHEMA_MODALITY[n] in cfg.modalities)
+    """The inputs a robot with this observation config has: ``INPUTS`` order, the further cameras
+    (``camera_1``...) right after ``camera``."""
+    out = []
+    for n in INPUTS:
+        if SCHEMA_MODALITY[n] in cfg.modalities:
+            out.append(n)
+            if n == "camera":
+                out += [camera_input(k) for k in range(1, cfg.num_cameras)]
+    return tuple(out)
 
 
 class HBackend(Protocol):
@@ -106,7 +122,7 @@ class ContextStepConfig:
 class Reading:
     """The latest accepted message of one input, already converted to arrays.
 
-    ``value``: camera (H, W, 3) uint8 RGB; depth (H, W) metres; audio (N,) PCM; tactile (T,);
+    ``value``: camera (and camera_<k>) (H, W, 3) uint8 RGB; depth (H, W) metres; audio (N,) PCM; tactile (T,);
     joint_states (positions, velocities) in the model's joint order. ``problem`` set means the
     message arrived but could not be used (e.g. a compressed frame that failed to decode).
     """
@@ -187,15 +203,17 @@ class ContextStep:
         def value(name: str):
             return fresh[name].value if name in fresh else None
 
-        obs = Observation(image=value("camera"), depth=value("depth"), audio=value("audio"),
-                          tactile=value("tactile"),
+        views = [n for n in self.declared if n.startswith("camera_")]
+        obs = Observation(image=value("camera"), extra_views=[value(n) for n in views], depth=value("depth"),
+                          audio=value("audio"), tactile=value("tactile"),
                           joint_position=joints.value[0] if joints is not None else None,
                           joint_velocity=joints.value[1] if joints is not None else None,
-                          stamps_s={SCHEMA_MODALITY[n]: _stamp_or_arrival(r) for n, r in fresh.items()})
+                          stamps_s={schema_key(n): _stamp_or_arrival(r) for n, r in fresh.items()})
         t0 = time.perf_counter()
         arrays, problems = self.schema.prepare_arrays(obs)
+        input_of = {schema_key(n): n for n in self.declared}
         for modality, reason in problems.items():
-            name = _INPUT_OF[modality]
+            name = input_of[modality]
             if name in fresh:  # "missing" ones are already in masked with their own reason
                 masked[name] = Mask("invalid", reason)
                 del fresh[name]

@@ -1,5 +1,7 @@
 """Modality encoders: raw sensing -> the five sensory slices (visual 512, others 256).
 
+N cameras share the visual slice (``VisualViews``).
+
 A masked modality yields exactly zeros in its slice; the mask itself travels beside the context so
 later stages can tell "dark image" from "no camera".
 """
@@ -85,6 +87,34 @@ class HFVisualBackbone(nn.Module):
         return self.proj(pooled.flatten(1))
 
 
+class VisualViews(nn.Module):
+    """N camera views -> the one 512-D visual slice.
+
+    Each view runs the same image encoder (weights shared: a wrist and a fixed camera see the same
+    kind of scene), then a projection of its own (which camera saw it matters: the wrist view moves
+    with the arm), and the slice is the mean over the views that are present, layer-normalised. So
+    the slice keeps its size and its meaning for any N: "what the cameras see", whichever of them
+    are working. A view is absent when its image is all zeros, which is what the observation schema
+    writes for a missing, stale or malformed one (a frame that is exactly black everywhere is
+    treated the same: it shows nothing). A model with one camera uses the image encoder alone.
+    """
+
+    def __init__(self, encoder: nn.Module, num_views: int, dim: int = 512):
+        super().__init__()
+        self.encoder, self.num_views = encoder, num_views
+        self.view_proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_views))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = image.shape
+        views = image.reshape(b, self.num_views, 3, h, w)
+        present = (views.abs().amax(dim=(2, 3, 4)) > 0).to(image.dtype)  # (B, V)
+        feats = self.encoder(views.reshape(b * self.num_views, 3, h, w)).reshape(b, self.num_views, -1)
+        proj = torch.stack([p(feats[:, k]) for k, p in enumerate(self.view_proj)], dim=1)
+        pooled = (proj * present[..., None]).sum(dim=1) / present.sum(dim=1, keepdim=True).clamp(min=1.0)
+        return self.norm(pooled)
+
+
 def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
     """HTK mel filterbank, (n_mels, n_fft // 2 + 1)."""
     def hz_to_mel(f: float) -> float:
@@ -146,6 +176,8 @@ class ModalityEncoders(nn.Module):
             self.visual: nn.Module = ImageCNN(3, 512)
         else:
             self.visual = HFVisualBackbone(model_cfg.visual_backbone, 512, obs_cfg.image_height_px)
+        if obs_cfg.num_cameras > 1:
+            self.visual = VisualViews(self.visual, obs_cfg.num_cameras)
         self.depth = ImageCNN(1, 256, width=16)
         self.audio = AudioEncoder(obs_cfg)
         self.tactile = mlp(obs_cfg.tactile_taxels, 128, 256)

@@ -35,7 +35,9 @@ _SENSOR_FIELDS = (("image", "visual"), ("depth", "depth"), ("audio", "audio"), (
 class Observation:
     """One time step of raw sensing. Arrays may be None (modality absent)."""
 
-    image: np.ndarray | None = None  # (H, W, 3) uint8 RGB
+    image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, the first camera
+    # The further cameras' images (views 1.. of ``num_cameras``, contract order); None = missing.
+    extra_views: list[np.ndarray | None] = field(default_factory=list)
     depth: np.ndarray | None = None  # (H, W) float32 metres
     audio: np.ndarray | None = None  # (N,) float32 PCM in [-1, 1]
     tactile: np.ndarray | None = None  # (taxels,) float32
@@ -48,7 +50,7 @@ class Observation:
 class ObservationBatch:
     """Model-ready tensors. Masked entries are zeros; ``mask[:, i]`` is MODALITIES[i] present."""
 
-    image: torch.Tensor  # (B, 3, H, W) float [0, 1]
+    image: torch.Tensor  # (B, 3 V, H, W) float [0, 1]: V views stacked on channels, an absent view all zeros
     depth: torch.Tensor  # (B, 1, H, W) float, metres / depth_max_m, clipped to [0, 1]
     audio: torch.Tensor  # (B, N) float
     tactile: torch.Tensor  # (B, T) float
@@ -111,7 +113,7 @@ class ObservationSchema:
         c = self.cfg
         f32 = np.float32
         return {
-            "image": np.zeros((batch, 3, c.image_height_px, c.image_width_px), f32),
+            "image": np.zeros((batch, 3 * c.num_cameras, c.image_height_px, c.image_width_px), f32),
             "depth": np.zeros((batch, 1, c.depth_height_px, c.depth_width_px), f32),
             "audio": np.zeros((batch, c.audio_window_samples), f32),
             "tactile": np.zeros((batch, c.tactile_taxels), f32),
@@ -131,21 +133,31 @@ class ObservationSchema:
     def prepare_arrays(self, obs: Observation) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Arrays of a batch of one (``ARRAY_FIELDS``) plus ``{modality: reason}`` for every
         declared modality that was masked (``observation.sensors`` leaves the others out: their
-        arrays stay zeros, mask bits off). The arrays never share memory with ``obs``."""
+        arrays stay zeros, mask bits off). The arrays never share memory with ``obs``.
+
+        Views: camera k fills channels 3k..3k+2 of ``image``; one that is missing or malformed is
+        left all zeros with its reason under ``view_key(k)``, and the visual mask bit is on while
+        any view is usable (the encoder leaves an all-zero view out: encoders.VisualViews)."""
         c = self.cfg
         r = c.input_ranges
         out = self.empty_arrays(1)
         problems: dict[str, str] = {}
         have = c.modalities  # an undeclared sensor's reading is dropped here: never encoded
         obs = replace(obs, **{f: None for f, m in _SENSOR_FIELDS if m not in have})
+        if "visual" not in have:
+            obs = replace(obs, extra_views=[])
 
-        image = _check(obs.image, "visual", problems, ndim=3, channels=3)
-        if image is not None:
-            x = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-            if image.dtype == np.uint8:
-                x /= np.float32(255.0)
-            out["image"][0] = np.clip(resize_aa(x, c.image_height_px, c.image_width_px), 0.0, 1.0)
-            out["mask"][0, 0] = True
+        views = [obs.image, *obs.extra_views[:c.num_cameras - 1]]
+        views += [None] * (c.num_cameras - len(views))
+        for k, view in enumerate(views):
+            image = _check(view, view_key(k), problems, ndim=3, channels=3)
+            if image is not None:
+                x = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+                if image.dtype == np.uint8:
+                    x /= np.float32(255.0)
+                out["image"][0, 3 * k:3 * k + 3] = np.clip(resize_aa(x, c.image_height_px, c.image_width_px),
+                                                           0.0, 1.0)
+                out["mask"][0, 0] = True  # visual: at least one view
 
         depth = _check(obs.depth, "depth", problems, ndim=2, allow_nonfinite=True)
         if depth is not None:
@@ -180,7 +192,12 @@ class ObservationSchema:
             out["joint_position"][0] = pos
             out["joint_velocity"][0] = vel
             out["mask"][0, 4] = True
-        return out, {m: why for m, why in problems.items() if m in have}
+        return out, {m: why for m, why in problems.items() if m.split(":")[0] in have}
+
+
+def view_key(k: int) -> str:
+    """The schema's problem key of view ``k``: ``visual`` for the first camera, ``visual:<k>`` after it."""
+    return "visual" if k == 0 else f"visual:{k}"
 
 
 def valid_depth_m(depth: np.ndarray, ranges: InputRanges) -> np.ndarray:

@@ -25,9 +25,10 @@ from typing import Any
 
 from .validated import ConfigError, SelfValidating, from_dict, read_yaml, require_positive
 
-__all__ = ["COMMAND_INTERFACES", "ROBOT_DESCRIPTION", "ROBOT_OBSERVATION_KEYS", "AudioSpec", "CameraSpec",
-           "CommandSpec", "GRIPPER_MODES", "GripperSpec", "RobotContract", "TactileSpec", "check_observation", "implied_robot", "load_robot",
-           "observation_from_robot", "observation_values", "robot_from_mapping"]
+__all__ = ["COMMAND_INTERFACES", "GRIPPER_MODES", "ROBOT_DESCRIPTION", "ROBOT_OBSERVATION_KEYS", "AudioSpec",
+           "CameraSpec", "CommandSpec", "GripperSpec", "RobotContract", "TactileSpec", "camera_input",
+           "check_observation", "implied_robot", "load_robot", "observation_from_robot", "observation_values",
+           "robot_from_mapping"]
 
 #: Command interfaces the control node speaks (ros/commands.py builds their messages).
 COMMAND_INTERFACES = ("position_array", "joint_trajectory", "joint_state")
@@ -175,9 +176,14 @@ class RobotContract(SelfValidating):
             raise ConfigError(f"{where}.cameras: camera names must differ, got {names}")
         for i, cam in enumerate(self.cameras):
             cam.validate(f"{where}.cameras[{i}]")
-        if len(self.cameras) > 1:
-            raise ConfigError(f"{where}.cameras: {len(self.cameras)} cameras {names}, but the model encodes one "
-                              "view today (N-camera encoding is not built yet): keep the one the policy needs")
+        from .config import MAX_CAMERAS  # config imports this module
+
+        if len(self.cameras) > MAX_CAMERAS:
+            raise ConfigError(f"{where}.cameras: at most {MAX_CAMERAS} cameras, got {len(self.cameras)}")
+        for i, cam in enumerate(self.cameras[1:], start=1):
+            if cam.depth_topic:  # one depth slice in the context: the first camera's
+                raise ConfigError(f"{where}.cameras[{i}].depth_topic: depth is read from the first camera only "
+                                  f"({self.cameras[0].name!r}); put the depth camera first or leave this empty")
         for key in ("audio", "tactile", "gripper"):
             spec = getattr(self, key)
             if spec is not None:
@@ -216,9 +222,11 @@ class RobotContract(SelfValidating):
         return self.cameras[0] if self.cameras else None
 
     def topic(self, stream: str) -> str:
-        """Topic of ``camera``, ``depth``, ``audio``, ``tactile`` or ``joint_states``; '' = none."""
+        """Topic of ``camera``, ``camera_<k>`` (the k-th further camera), ``depth``, ``audio``,
+        ``tactile`` or ``joint_states``; '' = none."""
         cam = self.camera
         topics = {"camera": cam.topic if cam else "", "depth": cam.depth_topic if cam else "",
+                  **{camera_input(k): c.topic for k, c in enumerate(self.cameras) if k},
                   "audio": self.audio.topic if self.audio else "",
                   "tactile": self.tactile.topic if self.tactile else "",
                   "joint_states": self.joint_states_topic}
@@ -227,11 +235,20 @@ class RobotContract(SelfValidating):
         return topics[stream]
 
 
+def camera_input(k: int) -> str:
+    """The input name of view ``k`` (0-based, contract order): ``camera``, then ``camera_1``, ..."""
+    return "camera" if k == 0 else f"camera_{k}"
+
+
 def implied_robot(observation: Any, name: str = "robot") -> RobotContract:
-    """The contract of a model config that names none: its joints and sensors on the default topics."""
+    """The contract of a model config that names none: its joints and sensors on the default topics
+    (a second camera and on: ``camera_<k>/image_raw``)."""
     sensors = set(observation.sensors)
     cameras = [CameraSpec(depth_topic="camera/depth/image_raw" if "depth" in sensors else "")] \
         if "camera" in sensors else []
+    if cameras:
+        cameras += [CameraSpec(name=f"camera_{k}", topic=f"camera_{k}/image_raw")
+                    for k in range(1, observation.num_cameras)]
     return RobotContract(
         name=name, joints=list(observation.joint_names), cameras=cameras,
         audio=AudioSpec(sample_rate_hz=observation.audio_sample_rate_hz) if "audio" in sensors else None,
@@ -239,11 +256,12 @@ def implied_robot(observation: Any, name: str = "robot") -> RobotContract:
 
 
 #: Observation keys the contract owns: a model config naming a robot takes them from it.
-ROBOT_OBSERVATION_KEYS = ("joint_names", "sensors", "tactile_taxels", "audio_sample_rate_hz")
+ROBOT_OBSERVATION_KEYS = ("joint_names", "sensors", "num_cameras", "tactile_taxels", "audio_sample_rate_hz")
 
 
 def observation_values(robot: RobotContract) -> dict[str, Any]:
-    values: dict[str, Any] = {"joint_names": list(robot.joints), "sensors": robot.sensors}
+    values: dict[str, Any] = {"joint_names": list(robot.joints), "sensors": robot.sensors,
+                              "num_cameras": max(1, len(robot.cameras))}
     if robot.tactile is not None:
         values["tactile_taxels"] = robot.tactile.taxels
     if robot.audio is not None:

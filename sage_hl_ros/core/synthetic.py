@@ -48,6 +48,14 @@ class SyntheticReachTask:
         image = self._blob(goal, c.image_height_px, c.image_width_px, sigma=0.08)
         colour = torch.tensor([1.0, 0.3, 0.1]).view(1, 3, 1, 1)
         image = (0.15 + 0.8 * image[:, None] * colour + 0.03 * torch.rand(n, 3, 1, 1, generator=self.gen))
+        if c.num_cameras > 1:  # further cameras: view k sees the scene mirrored (odd k) in its own tint
+            views = [image]
+            for k in range(1, c.num_cameras):
+                mirrored = goal * torch.tensor([-1.0 if k % 2 else 1.0, 1.0, 1.0])
+                blob = self._blob(mirrored, c.image_height_px, c.image_width_px, sigma=0.08)
+                tint = torch.tensor([0.2, 0.9, 0.3 + 0.1 * k]).view(1, 3, 1, 1)
+                views.append(0.15 + 0.8 * blob[:, None] * tint + 0.03 * torch.rand(n, 3, 1, 1, generator=self.gen))
+            image = torch.cat(views, 1)
         bump = self._blob(goal, c.depth_height_px, c.depth_width_px, sigma=0.1)
         depth = (2.0 - (2.0 - goal[:, 2, None, None]) * bump)[:, None] / c.depth_max_m
         t = torch.arange(c.audio_window_samples) / c.audio_sample_rate_hz
@@ -90,8 +98,10 @@ class SyntheticReachTask:
     def observation(self, goal: torch.Tensor, pos: torch.Tensor) -> Observation:
         """One raw, numpy observation as a robot would deliver it (for nodes and demos)."""
         b = self.render(goal[None], pos[None])
+        views = [(b.image[0, 3 * k:3 * k + 3].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+                 for k in range(self.cfg.num_cameras)]
         return Observation(
-            image=(b.image[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+            image=views[0], extra_views=views[1:],
             depth=(b.depth[0, 0].numpy() * self.cfg.depth_max_m).astype(np.float32),
             audio=b.audio[0].numpy(), tactile=b.tactile[0].numpy(),
             joint_position=pos.numpy().astype(np.float64), joint_velocity=b.joint_velocity[0].numpy(),

@@ -52,6 +52,14 @@ def drop_rows(obs: ObservationBatch, rows: torch.Tensor, modality: str) -> None:
         t.mul_(_expand((~rows).to(t.dtype), t))
 
 
+def _views_seen(image: torch.Tensor) -> torch.Tensor:
+    """(N, 3 V, 1, 1): 1 on the channels of each view that is not all zeros (a present camera).
+    Colour changes must keep an absent view all zeros: that is how the encoder knows it is absent."""
+    n, c, h, w = image.shape
+    seen = image.reshape(n, c // 3, 3 * h * w).abs().amax(dim=2) > 0
+    return seen.repeat_interleave(3, dim=1).to(image.dtype)[:, :, None, None]
+
+
 def _present(obs: ObservationBatch, modality: str, like: torch.Tensor) -> torch.Tensor:
     return _expand(obs.mask[:, MODALITIES.index(modality)].to(like.dtype), like)
 
@@ -80,9 +88,10 @@ def augment(batch: SequenceBatch, cfg: AugmentConfig, gen: torch.Generator,
     img = obs.image
     c = _rows(_uniform(gen, (b, 1, 1, 1), 1 - cfg.contrast, 1 + cfg.contrast), t)
     br = _rows(_uniform(gen, (b, 1, 1, 1), 1 - cfg.brightness, 1 + cfg.brightness), t)
-    gain = _rows(_uniform(gen, (b, 3, 1, 1), 1 - cfg.channel_gain, 1 + cfg.channel_gain), t)
+    views = img.shape[1] // 3  # the cameras, each with its own gains
+    gain = _rows(_uniform(gen, (b, 3 * views, 1, 1), 1 - cfg.channel_gain, 1 + cfg.channel_gain), t)
     mean = img.mean(dim=(1, 2, 3), keepdim=True)
-    present = _present(obs, "visual", img)
+    present = _present(obs, "visual", img) * _views_seen(img)
     obs.image = (((img - mean) * c + mean) * br * gain).clamp(0.0, 1.0) * present
     # crop (same box for camera and the registered depth image), resized back
     if cfg.crop_fraction > 0:
@@ -107,6 +116,15 @@ def augment(batch: SequenceBatch, cfg: AugmentConfig, gen: torch.Generator,
     # time jitter: camera, depth and microphone one step late
     jitter = torch.rand(b, generator=gen) < cfg.time_jitter_prob
     _stale(obs, jitter, b, t, ("image", "depth", "audio"))
+    # camera dropout (several cameras): one view of a chosen sequence goes dark (the others stay),
+    # so the policy learns to act on whichever cameras are left
+    if views > 1:
+        lose = torch.rand(b, generator=gen) < cfg.modality_dropout
+        view = torch.randint(views, (b,), generator=gen)
+        keep = torch.ones(b, 3 * views)
+        for k in range(views):
+            keep[lose & (view == k), 3 * k:3 * k + 3] = 0.0
+        obs.image = obs.image * _rows(keep, t)[:, :, None, None]
     # modality dropout: one exteroceptive modality per chosen sequence
     drop = torch.rand(b, generator=gen) < cfg.modality_dropout
     which = torch.randint(len(EXTEROCEPTIVE), (b,), generator=gen)
@@ -200,7 +218,7 @@ def dream_situations(batch: SequenceBatch, cfg: DreamConfig, gen: torch.Generato
     if bool(pert.any()):
         dark = torch.rand(b, generator=gen) < 0.5
         light = torch.where(dark, _uniform(gen, (b,), 0.3, 0.6), _uniform(gen, (b,), 1.5, 2.5))
-        cast = _uniform(gen, (b, 3), 0.7, 1.3)
+        cast = _uniform(gen, (b, 3), 0.7, 1.3).repeat(1, obs.image.shape[1] // 3)
         factor = _rows(light[:, None] * cast, t)[:, :, None, None]
         p = _expand(pert.to(obs.image.dtype), obs.image)
         obs.image = obs.image * (1 - p) + (obs.image * factor).clamp(0, 1) * p
