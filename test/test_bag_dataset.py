@@ -93,6 +93,7 @@ TYPES = {
     "/tactile/array": "std_msgs/msg/Float32MultiArray",
     "/forward_position_controller/commands": "std_msgs/msg/Float64MultiArray",
     "/joint_command": "sensor_msgs/msg/JointState",
+    "/gripper_controller/commands": "std_msgs/msg/Float64MultiArray",
     "/teacher/joint_command": "sensor_msgs/msg/JointState",
     "/teacher/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
     "/sage/episode": "std_msgs/msg/String",
@@ -820,3 +821,27 @@ def test_topics_a_dataset_config_leaves_unset_are_the_robot_contracts(tmp_path):
     assert len(seqs) > 0 and all(bool(s.obs.mask[:, 0].all()) for s in seqs)  # the camera was read
     # Without the contract the default topics find no joint states: no usable step.
     assert all_seqs(BagDataset(bag, OBS, DatasetConfig()), "all") == []
+
+
+def test_a_grippers_own_command_stream_fills_its_column_of_the_executed_command(tmp_path):
+    """With a contract gripper the arm's command names the other joints only; the gripper's
+    Float64MultiArray fills its column, and a step without a gripper command has no command label."""
+    from sage_hl_ros.core.robot import robot_from_mapping
+
+    robot = robot_from_mapping({"name": "gripper_arm", "joints": JOINTS, "gripper": {"joint": "j2"}},
+                               tmp_path / "robot.yaml")
+    msgs = [("/sage/episode", ms(0), string("start:grip"))]
+    for t in range(0, 500, 100):
+        msgs.append(("/joint_states", ms(t), joint_state(ms(t), pos_of(t / 100))))
+        msgs.append(("/forward_position_controller/commands", ms(t + 1), f64([1000 + t / 100, 3000 + t / 100])))
+        if t < 300:  # the gripper's controller is told only in the first three steps
+            msgs.append(("/gripper_controller/commands", ms(t + 2), f64([0.5 + t / 1000])))
+    msgs.append(("/sage/episode", ms(450), string("end:success")))
+    bag = write_bag(tmp_path / "grip", msgs)
+    ds = BagDataset(bag, OBS, cfg(sequence_steps=1, command_delay_s=0.005, max_age_s={"action": 0.05}),
+                    robot=robot)
+    labels = np.array([s.action[0, 0, 0].tolist() for s in ds.iter_sequences()])
+    assert np.allclose(labels, [[1000.0, 0.5, 3000.0], [1001.0, 0.6, 3001.0], [1002.0, 0.7, 3002.0]])
+    from sage_hl_ros.bags.robot_topics import robot_topic_types
+
+    assert robot_topic_types(robot)["/gripper_controller/commands"] == "std_msgs/msg/Float64MultiArray"

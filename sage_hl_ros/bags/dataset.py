@@ -133,16 +133,23 @@ ROLE_TYPES: dict[str, frozenset[str]] = {
     "commands": _LABEL_TYPES,
     "joint_command": _LABEL_TYPES,
     "joint_trajectory": _LABEL_TYPES,
+    "gripper": frozenset({_F64}),
     "teacher": _LABEL_TYPES,
     "teacher_chunk": frozenset({_TRAJECTORY}),
     "episode": frozenset({_STRING}),
 }
 _IMAGE_ROLES = ("camera", "camera_compressed", "depth")
+_VIEW_TYPES = frozenset({_IMAGE, _COMPRESSED})  # a further camera: raw or compressed, as recorded
+
+
+def _view_role(k: int) -> str:
+    """Topic role of camera view ``k`` >= 1 (``topics.cameras[k - 1]``)."""
+    return f"camera_{k}"
 # A sensor's roles (named as the sensor, plus the compressed camera) are read only where
 # observation.sensors declares it.
 _ROLE_SENSOR = {"camera_compressed": "camera"}
 _COMMAND_ROLES = ("commands", "joint_command", "joint_trajectory")  # executed commands, in priority order
-_SMALL_ROLES = ("joint_states", "tactile", "audio", "teacher", "teacher_chunk", *_COMMAND_ROLES)
+_SMALL_ROLES = ("joint_states", "tactile", "audio", "teacher", "teacher_chunk", *_COMMAND_ROLES, "gripper")
 SOURCE_NONE, SOURCE_COMMAND, SOURCE_TEACHER, SOURCE_TEACHER_CHUNK = 0, 1, 2, 3
 SPLITS = ("train", "val")
 
@@ -158,6 +165,8 @@ class TopicsConfig(SelfValidating):
 
     camera: str | None = None
     camera_compressed: str | None = None  # used where the raw camera is absent
+    # The further cameras (views 2..N, the contract's order): Image or CompressedImage topics.
+    cameras: list[str] | None = None
     depth: str | None = None
     audio: str | None = None
     tactile: str | None = None
@@ -165,6 +174,9 @@ class TopicsConfig(SelfValidating):
     commands: str | None = None  # executed commands (Float64MultiArray), first choice
     joint_command: str | None = None  # Isaac Sim bridge (JointState), second choice
     joint_trajectory: str | None = None  # third choice (first point)
+    # A contract's gripper command (Float64MultiArray, one value): with a gripper the executed
+    # commands above carry the arm's joints only, and this stream fills in the gripper's column.
+    gripper: str | None = None
     teacher: str = "/teacher/joint_command"
     teacher_chunk: str = "/teacher/joint_trajectory"  # whole teacher chunks (e.g. GR00T's), preferred
     episode: str = "/sage/episode"
@@ -176,14 +188,27 @@ class TopicsConfig(SelfValidating):
 
     def validate(self, where: str) -> None:
         seen: dict[str, str] = {}
-        for f in dataclasses.fields(self):
-            topic = getattr(self, f.name)
+        named = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "cameras"]
+        named += [(f"cameras[{i}]", t) for i, t in enumerate(self.cameras or [])]
+        for key, topic in named:
+            if topic is not None and not isinstance(topic, str):
+                raise ConfigError(f"{where}.{key}: a topic name, got {topic!r}")
             if topic and not topic.startswith("/"):
-                raise ConfigError(f"{where}.{f.name}: topic must start with '/', got {topic!r}")
+                raise ConfigError(f"{where}.{key}: topic must start with '/', got {topic!r}")
             if topic and topic in seen:
-                raise ConfigError(f"{where}.{f.name}: topic {topic!r} is already used by {seen[topic]}")
+                raise ConfigError(f"{where}.{key}: topic {topic!r} is already used by {seen[topic]}")
             if topic:
-                seen[topic] = f.name
+                seen[topic] = key
+        if self.cameras is not None and not all(self.cameras):
+            raise ConfigError(f"{where}.cameras: every further camera needs its topic, got {self.cameras}")
+
+    def topic(self, role: str) -> str:
+        """The topic of a role ('' = not read); ``camera_<k>`` is ``cameras[k - 1]``."""
+        if role.startswith("camera_") and role != "camera_compressed":
+            k = int(role.removeprefix("camera_"))
+            cams = self.cameras or []
+            return cams[k - 1] if k <= len(cams) else ""
+        return getattr(self, role) or ""
 
 
 @dataclass
@@ -203,7 +228,7 @@ class MaxAgeConfig(SelfValidating):
                 raise ConfigError(f"{where}.{f.name}: must be > 0, got {getattr(self, f.name)}")
 
     def get(self, modality: str) -> float:
-        return getattr(self, modality)
+        return getattr(self, modality.split(":")[0])  # a camera view (visual:<k>) is visual
 
 
 @dataclass
@@ -425,11 +450,11 @@ class _ImageStream:
 
 
 class _Buffers:
-    def __init__(self, ep: EpisodeInfo, win_start: int, win_stop: int):
+    def __init__(self, ep: EpisodeInfo, win_start: int, win_stop: int, image_roles: tuple[str, ...]):
         self.ep = ep
         self.win_start, self.win_stop = win_start, win_stop
         self.small = {r: _Stream() for r in _SMALL_ROLES}
-        self.images = {r: _ImageStream() for r in _IMAGE_ROLES}
+        self.images = {r: _ImageStream() for r in image_roles}
         self.offsets: dict[str, list[int]] = {}  # topic -> receive - header stamp (clock check)
         self.messages: Counter = Counter()
 
@@ -522,6 +547,20 @@ class BagDataset:
         # Topics of sensors the robot does not declare are never read (not even decoded).
         self._roles = [r for r in ROLE_TYPES
                        if _ROLE_SENSOR.get(r, r) not in SENSORS or _ROLE_SENSOR.get(r, r) in obs_cfg.sensors]
+        # Camera views 2..N (observation.num_cameras), where the camera is declared.
+        self._views = [_view_role(k) for k in range(1, obs_cfg.num_cameras)] if "camera" in obs_cfg.sensors else []
+        missing = [v for v in self._views if not self.cfg.topics.topic(v)]
+        if missing:
+            raise ConfigError(f"dataset.topics.cameras: the model takes {obs_cfg.num_cameras} cameras, but "
+                              f"{len(self.cfg.topics.cameras or [])} further camera topics are named "
+                              f"({self.cfg.topics.cameras}); the robot contract's cameras[1:] fill them in")
+        self._roles += self._views
+        self._image_roles = (*_IMAGE_ROLES, *self._views)
+        self._role_types = {**ROLE_TYPES, **dict.fromkeys(self._views, _VIEW_TYPES)}
+        # A gripper commanded on its own topic: executed commands name the other joints only.
+        gripper = robot.gripper
+        self._gripper_col = obs_cfg.joint_names.index(gripper.joint) if gripper is not None else -1
+        self._command_joints = [n for n in obs_cfg.joint_names if gripper is None or n != gripper.joint]
         self._episodes: dict[str, list[EpisodeInfo]] | None = None
         self._skipped: dict[tuple[str, str], Counter] = {}  # (bag, topic) -> reason counts
         self._seen_bad: set[tuple[str, str, int, int]] = set()
@@ -666,15 +705,17 @@ class BagDataset:
 
     def _connections(self, reader, bag: Path) -> dict[str, list]:
         topics = self.cfg.topics
-        by_topic = {getattr(topics, r): r for r in self._roles if getattr(topics, r)}
-        out: dict[str, list] = {r: [] for r in ROLE_TYPES}
+        by_topic = {topics.topic(r): r for r in self._roles if topics.topic(r)}
+        out: dict[str, list] = {r: [] for r in self._role_types}
         for conn in reader.connections:
             role = by_topic.get(conn.topic)
             if role is None:
                 continue
-            if conn.msgtype not in ROLE_TYPES[role]:
-                raise BagError(bag, f"has type {conn.msgtype}, expected {' or '.join(sorted(ROLE_TYPES[role]))} "
-                                    f"(dataset.topics.{role})", topic=conn.topic)
+            types = self._role_types[role]
+            if conn.msgtype not in types:
+                key = f"cameras[{int(role[7:]) - 1}]" if role in self._views else role
+                raise BagError(bag, f"has type {conn.msgtype}, expected {' or '.join(sorted(types))} "
+                                    f"(dataset.topics.{key})", topic=conn.topic)
             out[role].append(conn)
         return out
 
@@ -777,8 +818,8 @@ class BagDataset:
         reader = self._open(bag)
         try:
             conns = self._connections(reader, bag)
-            role_of = {c.id: r for r in (*_SMALL_ROLES, *_IMAGE_ROLES) for c in conns[r]}
-            read = [c for r in (*_SMALL_ROLES, *_IMAGE_ROLES) for c in conns[r]]
+            role_of = {c.id: r for r in (*_SMALL_ROLES, *self._image_roles) for c in conns[r]}
+            read = [c for r in (*_SMALL_ROLES, *self._image_roles) for c in conns[r]]
             counters: Counter = Counter()  # topic -> messages read so far (index from bag start)
             active: list[_Buffers] = []
             nxt = 0
@@ -789,7 +830,7 @@ class BagDataset:
                     yield self._plan(bag, active.pop(0))
                 while nxt < len(windows) and ts >= windows[nxt][0]:
                     ws, we, ep = windows[nxt]
-                    active.append(_Buffers(ep, ws, we))
+                    active.append(_Buffers(ep, ws, we, self._image_roles))
                     active.sort(key=lambda b: b.win_stop)
                     nxt += 1
                 inside = [b for b in active if b.win_start <= ts < b.win_stop]
@@ -799,7 +840,7 @@ class BagDataset:
                     continue
                 self._take(reader, bag, role_of[conn.id], conn, index, ts, raw, inside)
             while nxt < len(windows):  # windows starting after the last message
-                active.append(_Buffers(windows[nxt][2], windows[nxt][0], windows[nxt][1]))
+                active.append(_Buffers(windows[nxt][2], windows[nxt][0], windows[nxt][1], self._image_roles))
                 nxt += 1
             active.sort(key=lambda b: b.win_stop)
             for buf in active:
@@ -810,7 +851,7 @@ class BagDataset:
     def _take(self, reader, bag: Path, role: str, conn, index: int, ts: int, raw: bytes,
               bufs: list[_Buffers]) -> None:
         joints = self.obs_cfg.joint_names
-        if role in _IMAGE_ROLES:
+        if role in self._image_roles:
             try:
                 raw_stamp = cdr_header_stamp_ns(raw)
             except DecodeError as exc:
@@ -845,6 +886,13 @@ class BagDataset:
                 extra = None
             elif role == "teacher_chunk":
                 value, extra = trajectory_chunk(msg, joints), None
+            elif role == "gripper":
+                value, extra = multiarray_to_numpy(msg, expected_size=1).astype(np.float64), None
+                if not np.isfinite(value).all():
+                    raise DecodeError("non-finite gripper command")
+            elif role in _COMMAND_ROLES and self._gripper_col >= 0:  # the arm's joints; the gripper's column follows
+                arm = command_positions(msg, conn.msgtype, self._command_joints, self.obs_cfg.input_ranges)
+                value, extra = (None if arm is None else np.insert(arm, self._gripper_col, np.nan)), None
             else:
                 value, extra = command_positions(msg, conn.msgtype, joints, self.obs_cfg.input_ranges), None
         except DecodeError as exc:
@@ -908,7 +956,8 @@ class BagDataset:
         image_index: dict[tuple, int] = {}
         image_stamp: dict[str, np.ndarray] = {}
         cam = "camera" if buf.images["camera"].stamps else "camera_compressed"
-        for modality, role in (("visual", cam), ("depth", "depth")):
+        views = [(f"visual:{k}", role) for k, role in enumerate(self._views, start=1)]
+        for modality, role in (("visual", cam), ("depth", "depth"), *views):
             s = buf.images[role]
             stamps = np.array(s.stamps, np.int64)
             held[modality] = h = hold(stamps, grid, age.get(modality))
@@ -950,13 +999,13 @@ class BagDataset:
         cfg, j, k = self.cfg, self.obs_cfg.num_joints, self.cfg.action_chunk
         offsets = np.array([seconds_to_ns(i * cfg.chunk_dt_s) for i in range(k)], np.int64)
 
-        def held_labels(stream: _Stream, delay_s: float) -> tuple[np.ndarray, np.ndarray]:
+        def held_labels(stream: _Stream, delay_s: float, width: int = j) -> tuple[np.ndarray, np.ndarray]:
             stamps = np.array(stream.stamps, np.int64)
-            values = np.array(stream.values, np.float64).reshape(-1, j)
+            values = np.array(stream.values, np.float64).reshape(-1, width)
             keep = stamps <= ep.end_ns  # nothing after the episode's end (a reset may follow)
             times = (grid[:, None] + seconds_to_ns(delay_s) + offsets[None, :]).ravel()
             h = hold(stamps[keep], times, cfg.max_age_s.action)
-            vals = h.take(values[keep]).reshape(grid.size, k, j)
+            vals = h.take(values[keep]).reshape(grid.size, k, width)
             return vals, h.valid.reshape(grid.size, k).all(1)
 
         def chunk_labels(stream: _Stream, delay_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -986,6 +1035,10 @@ class BagDataset:
         teacher = held_labels(buf.small["teacher"], cfg.teacher_delay_s)
         command_role = next((r for r in _COMMAND_ROLES if buf.small[r].stamps), _COMMAND_ROLES[0])
         command = held_labels(buf.small[command_role], cfg.command_delay_s)
+        if self._gripper_col >= 0:  # the gripper's executed command, held the same way, fills its column
+            vals, valid = held_labels(buf.small["gripper"], cfg.command_delay_s, width=1)
+            command[0][:, :, self._gripper_col] = vals[:, :, 0]
+            command = (command[0], command[1] & valid)
         teachers = [(chunk, SOURCE_TEACHER_CHUNK), (teacher, SOURCE_TEACHER)]
         order = [*teachers, (command, SOURCE_COMMAND)] if cfg.prefer_teacher else [(command, SOURCE_COMMAND), *teachers]
         action = np.zeros((grid.size, k, j), np.float32)
@@ -1036,8 +1089,7 @@ class BagDataset:
     def _steps(self, reader, bag: Path, plan: _Plan) -> Iterator[tuple[int, ObservationBatch]]:
         """Prepared observations of the used steps, in order; images decoded once, when first needed."""
         used = plan.used
-        modalities = [m for m in ("visual", "depth") if any(k is not None for k in
-                                                            (plan.image_keys[m][g] for g in used))]
+        modalities = [m for m in plan.image_keys if any(k is not None for k in (plan.image_keys[m][g] for g in used))]
         last_use: dict[tuple, int] = {}  # (role, receive ns, raw stamp) -> last position in `used`
         for p, g in enumerate(used):
             for m in modalities:
@@ -1092,9 +1144,9 @@ class BagDataset:
         if msg is None:
             return None
         try:
-            if role == "camera":
+            if role == "camera" or (role in self._views and conn.msgtype == _IMAGE):
                 arr = image_to_rgb(msg)
-            elif role == "camera_compressed":
+            elif role == "camera_compressed" or role in self._views:
                 arr = compressed_image_to_rgb(msg)
             else:
                 arr = depth_to_meters(msg)
@@ -1115,6 +1167,10 @@ class BagDataset:
         if images.get("depth") is not None:
             obs.depth = images["depth"]
             stamps["depth"] = plan.image_stamp["depth"][g] / NS
+        obs.extra_views = [images.get(f"visual:{k}") for k in range(1, len(self._views) + 1)]
+        for k in range(1, len(self._views) + 1):
+            if obs.extra_views[k - 1] is not None:
+                stamps[f"visual:{k}"] = plan.image_stamp[f"visual:{k}"][g] / NS
         start, end = plan.audio_range[0][g], plan.audio_range[1][g]
         if held["audio"].valid[g] and end > start:
             obs.audio = plan.audio[start:end]
@@ -1189,7 +1245,7 @@ class _ShardWriter:
         self.out_dir, self.split, self.cfg = out_dir, split, cfg
         c, cap = obs_cfg, cfg.shard_steps + cfg.sequence_steps
         self.buf = {
-            "image": np.zeros((cap, 3, c.image_height_px, c.image_width_px), np.uint8),
+            "image": np.zeros((cap, 3 * c.num_cameras, c.image_height_px, c.image_width_px), np.uint8),
             "depth": np.zeros((cap, 1, c.depth_height_px, c.depth_width_px), np.float32),
             "audio": np.zeros((cap, c.audio_window_samples), np.float32),
             "tactile": np.zeros((cap, c.tactile_taxels), np.float32),

@@ -5,6 +5,8 @@ What a bag holds, per episode (``/sage/episode`` ``start:reach`` ... ``end:succe
 
     /camera/image_raw                        sensor_msgs/Image rgb8 (header stamp = step time)
     /camera/depth/image_raw                  sensor_msgs/Image 32FC1 metres
+    /camera_<k>/image_raw                    sensor_msgs/Image rgb8: the further cameras of a model with
+                                             observation.num_cameras > 1 (the default contract's topics)
     /audio/frames                            std_msgs/Float32MultiArray, sample_rate / rate_hz samples
                                              of a phase-continuous tone whose pitch encodes the goal depth
     /tactile/array                           std_msgs/Float32MultiArray, taxels (contact near the goal)
@@ -168,7 +170,9 @@ def write_synthetic_bag(path: str | Path, obs_cfg: ObservationConfig, spec: Synt
         for k in range(spec.steps_per_episode):
             t = t0 + k * dt_ns
             obs = task.render(g, pos[None])
-            image = (obs.image[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+            views = [(obs.image[0, 3 * v:3 * v + 3].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255)
+                     .astype(np.uint8) for v in range(obs_cfg.num_cameras)]
+            image = views[0]
             depth = (obs.depth[0, 0].numpy() * obs_cfg.depth_max_m).astype(np.float32)
             n = np.arange(sample, sample + frame)
             sample += frame
@@ -189,6 +193,7 @@ def write_synthetic_bag(path: str | Path, obs_cfg: ObservationConfig, spec: Synt
                 ("joint_states", t, m.joint_state(t, names, pos.numpy(), velocity)),
                 ("commands", t + lat_ns, m.f64(executed.numpy())),
             ]
+            messages += [(f"camera_{v}", t, m.image(t, views[v], "rgb8")) for v in range(1, len(views))]
             if spec.teacher:
                 messages.append(("teacher", t + lat_ns // 2, m.joint_state(t, names, target.numpy())))
             prev, pos = pos, executed.clone()
@@ -200,7 +205,7 @@ def write_synthetic_bag(path: str | Path, obs_cfg: ObservationConfig, spec: Synt
     with Writer(path, version=9, storage_plugin=plugin) as w:
         conns = {}
         for role, t, msg in sorted(messages, key=lambda x: x[1]):
-            topic, msgtype = TOPICS[role]
+            topic, msgtype = TOPICS[role] if role in TOPICS else (f"/{role}/image_raw", TOPICS["camera"][1])
             if role not in conns:
                 conns[role] = w.add_connection(topic, msgtype, typestore=ts)
             w.write(conns[role], t, bytes(ts.serialize_cdr(msg, msgtype)))
