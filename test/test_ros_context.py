@@ -27,6 +27,9 @@ def files(tmp_path_factory):
     make_checkpoint(root / "arm_b", JOINTS, robot={  # a robot contract: one camera, its own topics
         "name": "arm_b", "joints": JOINTS, "joint_states_topic": "arm_b/joint_states",
         "cameras": [{"name": "wrist", "topic": "arm_b/wrist/image_raw"}]})
+    make_checkpoint(root / "two_cam", JOINTS, robot={  # two cameras: the second one on a topic of its own
+        "name": "two_cam", "joints": JOINTS,
+        "cameras": [{"name": "front", "topic": "camera/image_raw"}, {"name": "wrist", "topic": "wrist/image_raw"}]})
     shutil.copytree(root / "a", root / "corrupt")
     (root / "corrupt" / "model.safetensors").write_bytes(b"\x00not safetensors" * 10)
     return root
@@ -336,8 +339,8 @@ def test_compressed_camera(graph, make_node):
         harness.publish(CompressedImage, topic, m)
 
     send(msg)
-    wait_for(lambda: node._decoded[1] is not None, 5.0, what="a decoded JPEG")
-    assert node._decoded[1].shape == (SIZE, SIZE, 3)
+    wait_for(lambda: node._decoded.get("camera", (None, None))[1] is not None, 5.0, what="a decoded JPEG")
+    assert node._decoded["camera"][1].shape == (SIZE, SIZE, 3)
     slot = node._cache.slots["camera"]
     send(bad)
     wait_for(lambda: slot.reasons["decode_error"] + slot.reasons["malformed"] >= 1, 5.0, what="decode rejection")
@@ -522,3 +525,44 @@ def test_a_robot_without_depth_audio_tactile_runs_with_no_warning_about_them(gra
     assert harness.set_params(node.get_name(), {"model_dir": str(files / "a")})[0].successful
     _, message, _ = _diag(harness, node, "model", since=time.monotonic(), predicate=lambda st: "sensors" in st[1])
     assert "sensors ['camera', 'depth', 'audio', 'tactile'] differ from the running model's ['camera']" in message
+
+
+def test_a_second_camera_is_subscribed_from_the_contract_and_diagnosed_on_its_own(graph, make_node, files):
+    from sensor_msgs.msg import Image
+
+    from sage_hl_ros.ros import convert
+
+    harness, _, sensors = graph
+    for absent in ("depth", "audio", "tactile"):
+        sensors.on[absent] = False
+    node = make_node(model_dir=str(files / "two_cam"))
+    assert node._declared == ("camera", "camera_1", "joint_states")
+    assert sorted(s.topic_name for s in node.subscriptions) == ["/camera/image_raw", "/joint_states",
+                                                                "/wrist/image_raw"]
+    pub = harness.publisher(Image, "/wrist/image_raw")
+    wrist = {"on": True, "sent": 0}
+    frame = np.full((SIZE, SIZE, 3), 200, np.uint8)
+
+    def tick():
+        if wrist["on"]:
+            pub.publish(convert.numpy_to_image(frame, "rgb8", harness.node.get_clock().now().to_msg(), "wrist"))
+            wrist["sent"] += 1
+
+    timer = harness.node.create_timer(0.04, tick)
+    try:
+        t0 = time.monotonic()
+        _diag(harness, node, "camera_1", since=t0, predicate=lambda st: st[2]["state"] == "ok")
+        assert _diag(harness, node, "camera", since=t0)[2]["state"] == "ok"
+        used = node._step  # the H step used both views
+        wait_for(lambda: node._masked["camera_1"] == {} and node._published >= 3, 15.0, what="latents from both")
+        wrist["on"] = False  # the wrist camera goes silent: stale on its own, latents keep coming
+        t1 = time.monotonic()
+        level, message, values = _diag(harness, node, "camera_1", since=t1,
+                                       predicate=lambda st: st[2]["state"] == "stale")
+        assert level == 1 and "stale" in message
+        assert _diag(harness, node, "camera", since=time.monotonic())[2]["state"] == "ok"
+        published = node._published
+        wait_for(lambda: node._published >= published + 3, 15.0, what="latents from the front camera alone")
+        assert node._masked["camera_1"]["stale"] > 0 and used is node._step
+    finally:
+        harness.node.destroy_timer(timer)

@@ -11,6 +11,8 @@ shown for a model without a contract, resolved in the node's namespace; QoS over
     /camera/image_raw         sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8)   qos.camera: sensor
     /camera/image_raw/compressed  sensor_msgs/CompressedImage (instead, when camera_compressed)
     /camera/depth/image_raw   sensor_msgs/Image (32FC1 metres, 16UC1/mono16 mm)     qos.depth: sensor
+    <cameras[k].topic>        each further camera of the contract (k >= 1, input camera_<k>; its
+                              own `compressed` flag)                                qos.camera: sensor
     /audio/frames             std_msgs/Float32MultiArray (PCM frames, dim "samples") qos.audio: sensor
     /tactile/array            std_msgs/Float32MultiArray (taxels)                   qos.tactile: sensor
     /joint_states             sensor_msgs/JointState (matched by name)              qos.joint_states: reliable
@@ -53,7 +55,9 @@ Parameters (read at configure unless marked runtime)
                                         cameras[0].compressed subscribes <camera topic>/compressed.
                                         Only the sensors the checkpoint declares (observation.sensors)
                                         are subscribed; diagnostics report an undeclared one "not
-                                        declared" at level OK, never stale
+                                        declared" at level OK, never stale. A second camera and on
+                                        take the contract's topics (no parameter): the checkpoint's
+                                        views are the contract's cameras, in order
     latent_topic (str, "sage/latent")   published latent (relative: in the node's namespace)
     observation_timeout_s (float, 0.5)  observations older than this are masked as stale; age =
                                         max(now - arrival, now - header stamp) on the node clock
@@ -80,6 +84,7 @@ Diagnostics (model status) also carry ``inference_backend``, ``onnx_precision``,
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -106,6 +111,7 @@ from ..core.context_step import (
     declared_inputs,
     h_rate_for,
 )
+from ..core.robot import camera_input
 from ..deploy.h_loader import BackendSpec, LoadedModel, load_model
 from . import convert
 from .diagnostics import RateMeter, RollingStats, diagnostic_array, status
@@ -158,15 +164,15 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._active = False
         self._h_rate = 0.0  # set at configure: h_rate_for(checkpoint, parameter)
         self._topics: dict[str, str] = {}  # input -> topic, set at configure (parameter, else robot contract)
-        self._compressed = False  # camera subscribed as CompressedImage
+        self._compressed: dict[str, bool] = {}  # camera input -> subscribed as CompressedImage
         self._subs: list = []
         self._pubs: list = []
         self._srvs: list = []
         self._h_timer = None
         self._diag_timer = None
-        self._cache = SensorCache(MODALITIES)
+        self._set_inputs(INPUTS)
         self._audio: AudioWindow | None = None
-        self._decoded: tuple = (None, None)  # (compressed msg, rgb or exception text)
+        self._decoded: dict[str, tuple] = {}  # camera input -> (compressed msg, rgb or exception text)
         self._step: ContextStep | None = None
         self._step_cfg = ContextStepConfig()
         self._spec = BackendSpec()
@@ -177,13 +183,17 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._published = 0
         self._skipped: Counter = Counter()  # skip kind -> count (see StepResult.skip_kind)
         self._last_skip_reason = ""
-        self._masked = {name: Counter() for name in MODALITIES}  # mask state -> H steps
-        self._mask_reason = dict.fromkeys(MODALITIES, "")  # why the last H step left it out
         self._declared: tuple[str, ...] = INPUTS  # the loaded model's sensors (set at configure)
         self._step_errors = 0
         self._last_step_error = ""
         self._other_joint_states = 0  # JointStates naming none of our joints (skipped, no warning)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _set_inputs(self, names) -> None:
+        """Fresh cache slots and mask counts for these inputs."""
+        self._cache = SensorCache(names)
+        self._masked = {name: Counter() for name in names}  # mask state -> H steps
+        self._mask_reason = dict.fromkeys(names, "")  # why the last H step left it out
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -240,6 +250,8 @@ class ContextNode(DeclaredParams, LifecycleNode):
         # Each input's topic: its parameter, else the checkpoint's robot contract.
         robot = loaded.robot
         self._topics = {name: str(self._get(f"{name}_topic")).strip() or robot.topic(name) for name in INPUTS}
+        # Further cameras (camera_1, ...): the contract's topics (no parameter of their own).
+        self._topics.update({name: robot.topic(name) for name in self._declared if name not in INPUTS})
         for name in self._declared:  # rclpy would raise InvalidTopicNameException without saying which one
             if not self._topics[name]:
                 raise ValueError(f"{name}_topic is empty and robot '{robot.name}' of {loaded.model_dir} names no "
@@ -247,11 +259,16 @@ class ContextNode(DeclaredParams, LifecycleNode):
         if not str(self._get("latent_topic")).strip():
             raise ValueError("latent_topic is empty: give it a topic name")
         compressed = bool(self._get("camera_compressed")) or bool(robot.camera and robot.camera.compressed)
-        self._compressed = compressed
+        # Camera input -> subscribed as CompressedImage (the parameter applies to the first camera).
+        self._compressed = {camera_input(k): cam.compressed or (k == 0 and compressed)
+                            for k, cam in enumerate(robot.cameras) if camera_input(k) in self._declared}
+        if "camera" in self._declared and "camera" not in self._compressed:  # contract without cameras
+            self._compressed["camera"] = compressed
         self._joint_names = loaded.joint_names
         self._tactile_size = int(cfg.tactile_taxels)
         self._audio = AudioWindow(cfg.audio_window_samples, max_gap_s=self._timeout)
-        self._cache.clear()
+        # One cache slot per input: a checkpoint with more cameras has camera_1, camera_2, ...
+        self._set_inputs((*INPUTS, *(n for n in self._declared if n not in INPUTS)))
         self._reload_failed, self._reload_note = False, ""
         self._log.info(f"loaded {loaded.model_dir} (sha256 {loaded.sha256[:12]}, joints {list(loaded.joint_names)}) "
                        f"in {loaded.load_ms:.0f} ms; inference_backend {loaded.backend_name}: {loaded.backend_reason}"
@@ -263,11 +280,13 @@ class ContextNode(DeclaredParams, LifecycleNode):
         ents = self._subs
         have = self._declared
         topics = self._topics
-        if "camera" in have and compressed:
-            ents.append(sub(CompressedImage, topics["camera"].rstrip("/") + "/compressed",
-                            self._on_compressed, q("camera", "sensor")))
-        elif "camera" in have:
-            ents.append(sub(Image, topics["camera"], self._on_camera, q("camera", "sensor")))
+        for cam, as_compressed in self._compressed.items():  # every camera takes qos.camera
+            if as_compressed:
+                ents.append(sub(CompressedImage, topics[cam].rstrip("/") + "/compressed",
+                                functools.partial(self._on_compressed, name=cam), q("camera", "sensor")))
+            else:
+                ents.append(sub(Image, topics[cam], functools.partial(self._on_camera, name=cam),
+                                q("camera", "sensor")))
         for sensor, msg_type, callback in (("depth", Image, self._on_depth),
                                            ("audio", Float32MultiArray, self._on_audio),
                                            ("tactile", Float32MultiArray, self._on_tactile)):
@@ -353,7 +372,7 @@ class ContextNode(DeclaredParams, LifecycleNode):
                     f"{self._expect_w or 'any'}x{self._expect_h or 'any'}")
         return ""
 
-    def _on_camera(self, msg: Image) -> None:
+    def _on_camera(self, msg: Image, name: str = "camera") -> None:
         now = self._now_s()
         try:
             problem = self._check_size(msg.width, msg.height)
@@ -361,17 +380,17 @@ class ContextNode(DeclaredParams, LifecycleNode):
                 raise convert.ConversionError(problem)
             rgb = convert.image_to_rgb(msg)  # a view for rgb8; copies for bgr/mono
         except (convert.ConversionError, ValueError) as exc:
-            self._reject("camera", str(exc), now)
+            self._reject(name, str(exc), now)
             return
-        self._cache.put("camera", rgb, msg.header.stamp, now)
+        self._cache.put(name, rgb, msg.header.stamp, now)
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
+    def _on_compressed(self, msg: CompressedImage, name: str = "camera") -> None:
         # Decoding is the expensive part: done in the H step, only for the newest frame.
         now = self._now_s()
         if not msg.data:
-            self._reject("camera", "empty compressed image", now)
+            self._reject(name, "empty compressed image", now)
             return
-        self._cache.put("camera", msg, msg.header.stamp, now)
+        self._cache.put(name, msg, msg.header.stamp, now)
 
     def _on_depth(self, msg: Image) -> None:
         now = self._now_s()
@@ -425,12 +444,12 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._cache.put("joint_states", (pos, vel), msg.header.stamp, now)
 
     # ------------------------------------------------------------------ H loop
-    def _camera_reading(self, reading: Reading | None, now_s: float) -> Reading | None:
+    def _camera_reading(self, reading: Reading | None, now_s: float, name: str) -> Reading | None:
         """Decode a cached compressed frame (once per frame, only the newest one is ever decoded)."""
         if reading is None or not isinstance(reading.value, CompressedImage):
             return reading
         msg = reading.value
-        cached_msg, cached = self._decoded
+        cached_msg, cached = self._decoded.get(name, (None, None))
         if cached_msg is not msg:
             try:
                 rgb = convert.compressed_image_to_rgb(msg)
@@ -441,9 +460,9 @@ class ContextNode(DeclaredParams, LifecycleNode):
                     raise convert.ConversionError(problem)
                 cached = rgb
             except (convert.ConversionError, ValueError) as exc:
-                self._reject("camera", str(exc), now_s)
+                self._reject(name, str(exc), now_s)
                 cached = f"compressed frame unusable: {exc}"
-            self._decoded = (msg, cached)
+            self._decoded[name] = (msg, cached)
         if isinstance(cached, str):
             return replace(reading, value=None, problem=cached)
         return replace(reading, value=cached)
@@ -477,7 +496,8 @@ class ContextNode(DeclaredParams, LifecycleNode):
         self._rate.tick(time.monotonic())
         self._steps += 1
         readings = self._cache.snapshot()
-        readings["camera"] = self._camera_reading(readings["camera"], now)
+        for cam in self._compressed:
+            readings[cam] = self._camera_reading(readings[cam], now, cam)
         audio = readings["audio"]
         if audio is not None:
             readings["audio"] = replace(audio, value=audio.value.samples())
@@ -527,11 +547,15 @@ class ContextNode(DeclaredParams, LifecycleNode):
                                   f"running model's {list(current.observation_config.sensors)} (the node "
                                   f"subscribed to those); reconfigure the node to change sensors")
         moved = {n: (self._topics[n], new.robot.topic(n)) for n in self._declared
-                 if not str(self._get(f"{n}_topic")).strip() and new.robot.topic(n) != self._topics[n]}
-        if not self._get("camera_compressed") and "camera" in self._declared \
-                and bool(new.robot.camera and new.robot.camera.compressed) != self._compressed:
-            moved["camera transport"] = ("compressed" if self._compressed else "raw",
-                                         "raw" if self._compressed else "compressed")
+                 if (n not in INPUTS or not str(self._get(f"{n}_topic")).strip())
+                 and new.robot.topic(n) != self._topics[n]}
+        for k, cam in enumerate(new.robot.cameras):
+            name = camera_input(k)
+            if name not in self._compressed or (k == 0 and self._get("camera_compressed")):
+                continue
+            if cam.compressed != self._compressed[name]:
+                was = "compressed" if self._compressed[name] else "raw"
+                moved[f"{name} transport"] = (was, "raw" if self._compressed[name] else "compressed")
         if moved:
             raise CheckpointError(f"{path}: its robot contract puts " + ", ".join(
                 f"{n} on {b!r} (subscribed: {a!r})" for n, (a, b) in moved.items())

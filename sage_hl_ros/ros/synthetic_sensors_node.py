@@ -27,6 +27,9 @@ Parameters
                                       as for a robot without that sensor)
     camera_frame_id (str, "camera")
     camera_compressed (bool, false)   publish JPEG sensor_msgs/CompressedImage on <camera_topic>/compressed
+    extra_camera_topics (str, "")     further cameras, comma-separated (a robot contract's cameras[1:]):
+                                      each shows the scene from its own side (SyntheticReachTask views)
+                                      at camera_rate_hz; a topic ending in /compressed gets JPEG
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class SyntheticSensors(Node):
         if self.compressed and topics["camera"]:
             topics["camera"] = topics["camera"].rstrip("/") + "/compressed"
         self._jpeg = b""
+        extra = [t.strip() for t in str(p("extra_camera_topics", "", "further cameras' topics, comma-separated"))
+                 .split(",") if t.strip()]
         self.frame_id = str(p("camera_frame_id", "camera", "frame_id of camera and depth images"))
         if min(width, height) < 16 or min(cam_hz, depth_hz, tactile_hz, scale) <= 0:
             raise ValueError("camera size must be >= 16 px and every rate > 0")
@@ -84,7 +89,8 @@ class SyntheticSensors(Node):
 
         cfg = ObservationConfig(image_height_px=height, image_width_px=width, depth_height_px=height,
                                 depth_width_px=width, audio_sample_rate_hz=self.sample_rate,
-                                audio_window_samples=max(self.frame_samples, 512), tactile_taxels=taxels)
+                                audio_window_samples=max(self.frame_samples, 512), tactile_taxels=taxels,
+                                num_cameras=1 + len(extra))
         self.task = SyntheticReachTask(cfg, seed=seed)
         self._rng = np.random.default_rng(seed)
         self._goal_t = -1e9
@@ -95,6 +101,13 @@ class SyntheticSensors(Node):
         types = {"camera": CompressedImage if self.compressed else Image, "depth": Image,
                  "audio": Float32MultiArray, "tactile": Float32MultiArray}
         self._pubs = {k: self.create_publisher(types[k], t, declare_qos(self, k, "sensor")) for k, t in topics.items()}
+        self._extra = [(t, self.create_publisher(CompressedImage if t.endswith("/compressed") else Image, t,
+                                                 declare_qos(self, "camera", "sensor"))) for t in extra]
+        self._views: list[np.ndarray] = []
+        self._view_jpegs: list[bytes] = []
+        self.published.update(dict.fromkeys(extra, 0))
+        if self._extra:
+            self.create_timer(1.0 / cam_hz, self._pub_extra_cameras)
         self._goal_pub = self.create_publisher(Float64MultiArray, "/synthetic/goal_joints",
                                                declare_qos(self, "goal", "status"))
         self._maybe_new_goal()
@@ -106,7 +119,8 @@ class SyntheticSensors(Node):
             self.create_timer(1.0 / streams[key][0], streams[key][1])
         self.create_timer(0.1, self._maybe_new_goal)  # the goal moves whether or not there is a camera
         self.get_logger().info("synthetic sensors: " + (", ".join(f"{streams[k][2]} on {t}" for k, t in topics.items())
-                                                        or "none (every topic empty)"))
+                                                        or "none (every topic empty)")
+                               + "".join(f", camera view {k} on {t}" for k, (t, _) in enumerate(self._extra, 1)))
 
     def _maybe_new_goal(self) -> None:
         now = time.monotonic()
@@ -116,6 +130,9 @@ class SyntheticSensors(Node):
         self.goal = self.task.sample_goal(1)[0]
         obs = self.task.observation(self.goal, torch.zeros(self.task.cfg.num_joints))
         self._image = np.ascontiguousarray(obs.image)
+        self._views = [np.ascontiguousarray(v) for v in obs.extra_views]
+        self._view_jpegs = [_jpeg(v) if t.endswith("/compressed") else b""
+                            for v, (t, _) in zip(self._views, self._extra, strict=True)]
         if self.compressed:
             self._jpeg = _jpeg(self._image)
         self._depth = np.ascontiguousarray(obs.depth, dtype=np.float32)
@@ -139,6 +156,17 @@ class SyntheticSensors(Node):
             return
         self._pubs["camera"].publish(convert.numpy_to_image(self._image, "rgb8", self._stamp(), self.frame_id))
         self.published["camera"] += 1
+
+    def _pub_extra_cameras(self) -> None:
+        stamp = self._stamp()
+        for (topic, pub), view, jpeg in zip(self._extra, self._views, self._view_jpegs, strict=True):
+            if jpeg:
+                msg = CompressedImage(format="jpeg", data=jpeg)
+                msg.header.stamp, msg.header.frame_id = stamp, self.frame_id
+            else:
+                msg = convert.numpy_to_image(view, "rgb8", stamp, self.frame_id)
+            pub.publish(msg)
+            self.published[topic] += 1
 
     def _pub_depth(self) -> None:
         self._pubs["depth"].publish(convert.numpy_to_image(self._depth, "32FC1", self._stamp(), self.frame_id))

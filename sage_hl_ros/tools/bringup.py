@@ -176,6 +176,9 @@ def plan_nodes(args: argparse.Namespace) -> list[tuple[NodeSpec, list[str]]]:
         if robot.camera is not None:
             sensors["camera_compressed"] = bool(node_parameter(params_file, "sage_context", "camera_compressed", False)
                                                 or robot.camera.compressed)
+        if len(robot.cameras) > 1:  # the further cameras, on the contract's topics
+            sensors["extra_camera_topics"] = ",".join(
+                c.topic.rstrip("/") + ("/compressed" if c.compressed else "") for c in robot.cameras[1:])
         if robot.tactile is not None:
             sensors["tactile_taxels"] = robot.tactile.taxels
         if robot.audio is not None:
