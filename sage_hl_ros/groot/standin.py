@@ -209,14 +209,15 @@ class StandinServer:
 
 def _make_expert(sim_config_path):
     from ..sim.expert import ExpertConfig, ReachExpert
-    from ..sim.world import JOINT_NAMES, SimConfig
+    from ..sim.world import SimConfig
 
     path = Path(sim_config_path) if sim_config_path else config_file("sim.yaml")
     sim_cfg = SimConfig.from_yaml(path, section="sim")
     raw = yaml.safe_load(path.read_text())
     has_expert = isinstance(raw, dict) and "expert" in raw
     expert_cfg = load_yaml(ExpertConfig, path, "expert") if has_expert else ExpertConfig()
-    return ReachExpert(expert_cfg, sim_cfg), list(JOINT_NAMES)
+    expert = ReachExpert(expert_cfg, sim_cfg)
+    return expert, list(expert.joint_names)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,13 @@
 """sim_bridge (console script ``sage_sim_bridge``): the MuJoCo reaching world, spoken the way Isaac Sim's
 ROS 2 bridge speaks, so the SAGE runtime (``config/isaac_sim.yaml``) runs against it unchanged.
 
+The arm is ``sim.robot`` (``sage_hl_ros.sim.robots``: ``sim_arm7``, the 7-DoF arm, by default, or the
+6-DoF UR-style ``sim_ur6``); its robot contract (``robot_file``, by default
+``config/robots/<robot>.yaml``) names the joints, the cameras and their topics, and whether there is
+audio and tactile: the bridge publishes exactly the streams the contract declares, on its topics
+(relative ones resolve in the node's namespace), and refuses a contract that does not describe the
+sim robot (other joints, a camera it has not, another audio rate or taxel count).
+
 The node owns a :class:`sage_hl_ros.sim.world.ReachWorld` and steps it on a dedicated physics thread
 (not an executor timer): each tick advances ``1 / joint_state_rate_hz`` sim seconds, publishes
 ``/clock`` and ``/joint_states``, the camera when a frame is due (rendered on this thread: the GL
@@ -12,19 +19,23 @@ Between episodes the servos carry the arm to the next start pose on a minimum-je
 (``sim.homing_duration_s``, commands ignored meanwhile, no episode open) instead of teleporting
 it: a controller's command stream and rate limits stay valid, as after a homing move on a real arm.
 
-Published topics (QoS ``qos.<name>.{reliability,depth,durability}``)
+Published topics (QoS ``qos.<name>.{reliability,depth,durability}``); the names are sim_arm7's
+contract's (sim_ur6: front/rgb, front/depth, front/camera_info, wrist/rgb, wrist/camera_info, no
+tactile, no audio)
     /clock              rosgraph_msgs/Clock, every tick (sim time)                       qos.clock: reliable
-    /joint_states       sensor_msgs/JointState joint1..7 position/velocity/effort,
+    /joint_states       sensor_msgs/JointState: the robot's joints (joint1..7) position/velocity/effort,
                         header stamp = sim time, joint_state_rate_hz                     qos.joint_states: reliable
-    /rgb                sensor_msgs/Image rgb8, camera_rate_hz                            qos.rgb: sensor
-    /depth              sensor_msgs/Image 32FC1 metres (background = far clip)            qos.depth: sensor
+    /rgb                sensor_msgs/Image rgb8, camera_rate_hz; one per contract camera    qos.rgb: sensor
+    /depth              sensor_msgs/Image 32FC1 metres (background = far clip), for a
+                        contract camera with a depth_topic                                qos.depth: sensor
     /camera_info        sensor_msgs/CameraInfo plumb_bob, K/P from the pinhole camera,
-                        same stamp and frame_id as the images                              qos.camera_info: sensor
+                        same stamp and frame_id as the images; next to each camera's
+                        image topic (<dir>/rgb -> <dir>/camera_info)                      qos.camera_info: sensor
     /tactile/array      std_msgs/Float32MultiArray dim "taxels" (4 fingertip forces, N),
-                        tactile_rate_hz                                                   qos.tactile: sensor
+                        tactile_rate_hz; if the contract declares tactile                 qos.tactile: sensor
     /audio/frames       std_msgs/Float32MultiArray dim "samples", PCM in [-1, 1]: contiguous
                         chunks of sample_rate / audio_rate_hz samples (16000 / 20 = 800)
-                        that cover sim time exactly                                       qos.audio: sensor
+                        that cover sim time exactly; if the contract declares audio       qos.audio: sensor
     /sage/episode       std_msgs/String "start:<episode_task>" at each reset, "end:success" /
                         "end:failure" at each episode's end (the recorder's convention)
                                                  qos.episode: reliable, transient-local, keep-last 10
@@ -53,7 +64,7 @@ Services
                         normal end, ``"ended_early": true``) and go on with the next.
 Parameters (read at start-up unless marked runtime)
     sim_config_file (str, "")       YAML with a ``sim:`` section (SimConfig); "" = the package's config/sim.yaml
-    sim.<key>                       every SimConfig key except seed (physics_dt_s, servo_kp, servo_kv,
+    sim.<key>                       every SimConfig key except seed (robot, physics_dt_s, servo_kp, servo_kv,
                                     episode_duration_s, success_tolerance_m, target_x_range_m,
                                     target_y_range_m, target_radius_m, home_noise_rad, homing_duration_s,
                                     image_width_px, image_height_px, camera_fovy_deg, audio_sample_rate_hz);
@@ -68,9 +79,14 @@ Parameters (read at start-up unless marked runtime)
                                     sim.audio_sample_rate_hz
     paused_publish_hz (float, 2.0)  wall rate of /clock + /joint_states while paused (time stands still)
     episode_task (str, "reach")     task name in the start marker
-    clock_topic, joint_states_topic, joint_command_topic, rgb_topic, depth_topic, camera_info_topic,
-    tactile_topic, audio_topic, episode_topic, result_topic, target_topic   (the defaults above)
-    camera_frame_id (str, "sim_camera"), world_frame_id (str, "world")
+    robot_file (str, "")            robot contract of sim.robot; "" = the package's config/robots/<robot>.yaml
+    joint_states_topic, joint_command_topic, tactile_topic, audio_topic   ("" = the contract's)
+    rgb_topic, depth_topic, camera_info_topic   the first camera's ("" = the contract's; camera_info
+                                    next to the image topic); further cameras: the contract's only
+    clock_topic, episode_topic, result_topic, target_topic   (the defaults above)
+    camera_frame_id (str, "sim_camera")  frame_id of the camera's images; with several cameras
+                                    <camera_frame_id>_<contract camera name>
+    world_frame_id (str, "world")
     diagnostics_period_s (float, 1.0)  wall seconds between /diagnostics messages
 
 An invalid configuration (file or parameter) logs one error naming the file/parameter and key and
@@ -85,6 +101,7 @@ import math
 import threading
 import time
 from array import array
+from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -99,7 +116,10 @@ from std_msgs.msg import Float32MultiArray, String
 from std_srvs.srv import Trigger
 
 from ..core.config import ConfigError
-from ..sim.world import JOINT_NAMES, ReachWorld, SimConfig
+from ..core.robot import load_robot
+from ..paths import config_file
+from ..sim.robots import camera_info_topic, check_contract, sim_robot
+from ..sim.world import TAXEL_SITES, ReachWorld, SimConfig
 from . import convert
 from .diagnostics import RollingStats, diagnostic_array, status
 from .node_main import DeclaredParams, Throttle
@@ -149,12 +169,25 @@ class SimBridge(DeclaredParams, Node):
         audio_hz = float(p("audio_rate_hz", 20.0, "audio frames per sim second").value)
         paused_hz = float(p("paused_publish_hz", 2.0, "wall rate of /clock and /joint_states while paused").value)
         self.task = str(p("episode_task", "reach", "task name in the 'start:<task>' marker").value)
-        topics = {key: str(p(f"{key}_topic", default, f"{key} topic").value) for key, default in (
-            ("clock", "/clock"), ("joint_states", "/joint_states"), ("joint_command", "/joint_command"),
-            ("rgb", "/rgb"), ("depth", "/depth"), ("camera_info", "/camera_info"),
-            ("tactile", "/tactile/array"), ("audio", "/audio/frames"), ("episode", "/sage/episode"),
-            ("result", "/sim/episode_result"), ("target", "/sim/target"))}
-        self.camera_frame = str(p("camera_frame_id", "sim_camera", "frame_id of rgb, depth, camera_info").value)
+        robot = sim_robot(cfg.robot)
+        robot_file = str(p("robot_file", "", "robot contract of sim.robot; '' = config/robots/<robot>.yaml").value)
+        contract_path = Path(robot_file) if robot_file else config_file(robot.contract)
+        contract = load_robot(contract_path)
+        check_contract(robot, contract, cfg.audio_sample_rate_hz, len(TAXEL_SITES), str(contract_path))
+        first = contract.camera
+        from_contract = {  # "" = the contract's topic
+            "joint_states": contract.joint_states_topic, "joint_command": contract.command.joint_command_topic,
+            "rgb": first.topic if first else "", "depth": first.depth_topic if first else "",
+            "camera_info": camera_info_topic(first.topic) if first else "",
+            "tactile": contract.tactile.topic if contract.tactile else "",
+            "audio": contract.audio.topic if contract.audio else ""}
+        topics = {key: str(p(f"{key}_topic", "", f"{key} topic; '' = the robot contract's").value) or from_contract[key]
+                  for key in from_contract}
+        topics.update({key: str(p(f"{key}_topic", default, f"{key} topic").value) for key, default in (
+            ("clock", "/clock"), ("episode", "/sage/episode"), ("result", "/sim/episode_result"),
+            ("target", "/sim/target"))})
+        camera_frame = str(p("camera_frame_id", "sim_camera", "frame_id of rgb, depth, camera_info (with "
+                                                              "several cameras: <this>_<camera name>)").value)
         self.world_frame = str(p("world_frame_id", "world", "frame_id of /sim/target").value)
         diag_period = float(p("diagnostics_period_s", 1.0, "wall seconds between /diagnostics messages").value)
 
@@ -180,6 +213,7 @@ class SimBridge(DeclaredParams, Node):
                               f"({cfg.audio_sample_rate_hz} Hz) into whole samples")
         self.audio_frame_samples = int(round(frame))
         self.config, self.config_path = cfg, path
+        self.robot, self.contract, self.contract_path = robot, contract, contract_path
         self.tick_s, self._tick_ns = tick_s, int(round(tick_s * 1e9))
         self._paused_period = 1.0 / paused_hz
 
@@ -190,11 +224,20 @@ class SimBridge(DeclaredParams, Node):
         pub = self.create_publisher
         self._clock_pub = pub(Clock, topics["clock"], q("clock", "reliable"))
         self._js_pub = pub(JointState, topics["joint_states"], q("joint_states", "reliable"))
-        self._rgb_pub = pub(Image, topics["rgb"], q("rgb", "sensor"))
-        self._depth_pub = pub(Image, topics["depth"], q("depth", "sensor"))
-        self._info_pub = pub(CameraInfo, topics["camera_info"], q("camera_info", "sensor"))
-        self._tactile_pub = pub(Float32MultiArray, topics["tactile"], q("tactile", "sensor"))
-        self._audio_pub = pub(Float32MultiArray, topics["audio"], q("audio", "sensor"))
+        # One entry per contract camera: (sim camera, frame_id, rgb, depth or None, camera_info publishers).
+        rgb_qos, depth_qos, info_qos = q("rgb", "sensor"), q("depth", "sensor"), q("camera_info", "sensor")
+        self._cameras = []
+        for i, cam in enumerate(contract.cameras):
+            rgb_topic = topics["rgb"] if i == 0 else cam.topic
+            depth_topic = (topics["depth"] if i == 0 else cam.depth_topic) if cam.depth_topic else ""
+            info_topic = topics["camera_info"] if i == 0 else camera_info_topic(cam.topic)
+            frame = camera_frame if len(contract.cameras) == 1 else f"{camera_frame}_{cam.name}"
+            self._cameras.append((robot.camera_for_contract(cam.name).name, frame, pub(Image, rgb_topic, rgb_qos),
+                                  pub(Image, depth_topic, depth_qos) if depth_topic else None,
+                                  pub(CameraInfo, info_topic, info_qos)))
+        self._tactile_pub = (pub(Float32MultiArray, topics["tactile"], q("tactile", "sensor"))
+                             if contract.tactile else None)
+        self._audio_pub = pub(Float32MultiArray, topics["audio"], q("audio", "sensor")) if contract.audio else None
         self._episode_pub = pub(String, topics["episode"], q("episode", "status"))
         self._result_pub = pub(String, topics["result"], q("episode_result", "status"))
         self._target_pub = pub(PointStamped, topics["target"], q("target", "status"))
@@ -208,7 +251,7 @@ class SimBridge(DeclaredParams, Node):
         self._log = self.get_logger()
         self._throttle = Throttle(5.0)
         self.world = ReachWorld(cfg)
-        self._index = {n: i for i, n in enumerate(JOINT_NAMES)}
+        self._index = {n: i for i, n in enumerate(self.world.joint_names)}
         # Shared with the physics thread (under _lock).
         self._lock = threading.Lock()
         self._command = self.world.command()
@@ -236,17 +279,21 @@ class SimBridge(DeclaredParams, Node):
         self.fatal = ""
         self._ready = threading.Event()
         self._js_msg = JointState()
-        self._js_msg.name = list(JOINT_NAMES)
+        self._js_msg.name = list(self.world.joint_names)
         self._thread = threading.Thread(target=self._run, name="sim_physics", daemon=True)
         self._thread.start()
         if not self._ready.wait(60.0) or self.fatal:
             self.release()
             raise RuntimeError(self.fatal or "physics thread did not start within 60 s")
         self.create_timer(diag_period, self._publish_diagnostics)
+        streams = [f"camera {name}" for name, *_ in self._cameras]
+        streams += ["tactile"] if contract.tactile else []
+        streams += [f"audio {self.audio_frame_samples} samples @ {audio_hz:g} Hz"] if contract.audio else []
         self._log.info(
-            f"MuJoCo reach world from {path} (seed {self.seed}): {tick_hz:g} Hz ticks of {substeps} x "
-            f"{cfg.physics_dt_s:g} s, camera {cfg.image_width_px}x{cfg.image_height_px} @ {cam_hz:g} Hz, "
-            f"audio {self.audio_frame_samples} samples @ {audio_hz:g} Hz, real_time_factor {self._rtf:g}, "
+            f"MuJoCo reach world ({robot.name}, contract {contract_path}) from {path} (seed {self.seed}): "
+            f"{tick_hz:g} Hz ticks of {substeps} x {cfg.physics_dt_s:g} s, images "
+            f"{cfg.image_width_px}x{cfg.image_height_px} @ {cam_hz:g} Hz; {', '.join(streams) or 'no sensors'}; "
+            f"real_time_factor {self._rtf:g}, "
             f"episodes {self.episodes or 'forever'} of {cfg.episode_duration_s:g} s"
             + ("" if autostart else "; paused until ~/start"))
 
@@ -281,7 +328,7 @@ class SimBridge(DeclaredParams, Node):
             return self._reject(f"{len(names)} names but {len(positions)} positions")
         unknown = [n for n in names if n not in self._index]
         if unknown:
-            return self._reject(f"unknown joints {unknown} (known: {JOINT_NAMES})")
+            return self._reject(f"unknown joints {unknown} (known: {self.world.joint_names})")
         if len(set(names)) != len(names):
             return self._reject(f"joints named more than once in {names}")
         values = np.asarray(positions, dtype=np.float64)
@@ -321,8 +368,10 @@ class SimBridge(DeclaredParams, Node):
     # ------------------------------------------------------------------ physics thread
     def _run(self) -> None:
         try:
-            self.world.render_rgb()  # fail fast (and on this thread, which owns the GL context)
-            self.world.render_depth()
+            for name, _, _, depth, _ in self._cameras:  # fail fast (and on this thread, which owns the GL context)
+                self.world.render_rgb(name)
+                if depth is not None:
+                    self.world.render_depth(name)
         except Exception as exc:
             self.fatal = (f"offscreen rendering failed ({type(exc).__name__}: {exc}); "
                           "check MUJOCO_GL (egl or osmesa) and its libraries")
@@ -408,25 +457,28 @@ class SimBridge(DeclaredParams, Node):
 
     def _publish_sensors(self) -> None:
         tick, w = self._ticks, self.world
-        if tick % self._tactile_every == 0:
+        if self._tactile_pub is not None and tick % self._tactile_every == 0:
             self._tactile_pub.publish(convert.numpy_to_float32_multiarray(w.tactile(), "taxels"))
-        if tick % self._audio_every == 0:
+        if self._audio_pub is not None and tick % self._audio_every == 0:
             self._audio_pub.publish(convert.numpy_to_float32_multiarray(w.audio(self.audio_frame_samples),
                                                                         "samples"))
-        if tick % self._cam_every == 0:
+        if self._cameras and tick % self._cam_every == 0:
             t0 = time.perf_counter()
-            rgb, depth = w.render_rgb(), w.render_depth()
+            frames = [(w.render_rgb(name), w.render_depth(name) if depth_pub is not None else None)
+                      for name, _, _, depth_pub, _ in self._cameras]
             self._render_ms.add((time.perf_counter() - t0) * 1e3)
             stamp = self._stamp()
-            self._rgb_pub.publish(convert.numpy_to_image(rgb, "rgb8", stamp, self.camera_frame))
-            self._depth_pub.publish(convert.numpy_to_image(depth, "32FC1", stamp, self.camera_frame))
-            self._info_pub.publish(self._camera_info(stamp, rgb.shape[1], rgb.shape[0]))
+            for (name, frame, rgb_pub, depth_pub, info_pub), (rgb, depth) in zip(self._cameras, frames, strict=True):
+                rgb_pub.publish(convert.numpy_to_image(rgb, "rgb8", stamp, frame))
+                if depth_pub is not None:
+                    depth_pub.publish(convert.numpy_to_image(depth, "32FC1", stamp, frame))
+                info_pub.publish(self._camera_info(name, frame, stamp, rgb.shape[1], rgb.shape[0]))
 
-    def _camera_info(self, stamp, width: int, height: int) -> CameraInfo:
-        fx, fy, cx, cy = (float(v) for v in self.world.camera_intrinsics())
+    def _camera_info(self, camera: str, frame: str, stamp, width: int, height: int) -> CameraInfo:
+        fx, fy, cx, cy = (float(v) for v in self.world.camera_intrinsics(camera))
         msg = CameraInfo()
         msg.header.stamp = stamp
-        msg.header.frame_id = self.camera_frame
+        msg.header.frame_id = frame
         msg.width, msg.height = int(width), int(height)
         msg.distortion_model = "plumb_bob"
         msg.d = [0.0] * 5

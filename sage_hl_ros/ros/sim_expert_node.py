@@ -7,12 +7,14 @@ teacher label on ``/teacher/joint_command``, stamped with the joint-states stamp
 exploration noise: a random offset per joint, uniform in [-noise_rad, noise_rad], redrawn every
 ``noise_period_s`` of header time. The noise goes into the executed command only, never into the
 label, so recorded demonstrations show recoveries from perturbed states with clean labels.
+The arm is the sim config's ``sim.robot`` (as the bridge's: pass the same ``sim_config_file`` and
+``sim.robot``); its joints are the ones matched and labelled.
 
 Subscribed topics
     /joint_states            sensor_msgs/JointState (matched by name)       qos.joint_states: reliable
     /sim/target              geometry_msgs/PointStamped                      qos.target: reliable, transient-local
 Published topics
-    /teacher/joint_command   sensor_msgs/JointState joint1..7 positions, header stamp = labelled
+    /teacher/joint_command   sensor_msgs/JointState the robot's joints' positions (joint1..7), header stamp = labelled
                              joint-states stamp                             qos.teacher: reliable
     /joint_command           the same command (+ noise) when ``drive``      qos.joint_command: reliable
     /diagnostics             "sim_expert: labels": counts of labels, skips and rejected joint states
@@ -23,6 +25,7 @@ skipped too.
 
 Parameters
     sim_config_file (str, "")        YAML with ``sim:`` and optional ``expert:`` sections; "" = config/sim.yaml
+    sim.robot (str, the file's)      the sim robot (sage_hl_ros.sim.robots): sim_arm7 | sim_ur6
     expert.<key>                     every ExpertConfig key (sage_hl_ros.sim.expert, e.g. gain_per_s,
                                      max_step_rad, aim_offset_m); default: the file's value
     drive (bool, false, runtime)     also publish the command on joint_command_topic
@@ -37,6 +40,7 @@ Parameters
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from array import array
 
@@ -51,7 +55,8 @@ from sensor_msgs.msg import JointState
 
 from ..core.config import ConfigError, load_yaml
 from ..sim.expert import ExpertConfig, ReachExpert
-from ..sim.world import JOINT_LOWER_RAD, JOINT_NAMES, JOINT_UPPER_RAD, SimConfig
+from ..sim.robots import SIM_ROBOTS
+from ..sim.world import SimConfig
 from . import convert
 from .diagnostics import diagnostic_array, status
 from .node_main import DeclaredParams, Throttle
@@ -70,6 +75,10 @@ class SimExpert(DeclaredParams, Node):
         path = resolve_config_file(str(p("sim_config_file", "", "YAML with 'sim:' (and optional 'expert:') "
                                                                 "sections; '' = config/sim.yaml").value))
         sim_cfg = SimConfig.from_yaml(path, section="sim")
+        robot = str(p("sim.robot", sim_cfg.robot, "the sim robot (sim_arm7 | sim_ur6); default: the file's").value)
+        if robot not in SIM_ROBOTS:
+            raise ConfigError(f"parameter sim.robot: one of {list(SIM_ROBOTS)}, got {robot!r}")
+        sim_cfg = dataclasses.replace(sim_cfg, robot=robot)
         raw = yaml.safe_load(path.read_text())  # readable and valid YAML: from_yaml just read it
         has_expert = isinstance(raw, dict) and "expert" in raw
         file_cfg = load_yaml(ExpertConfig, path, "expert") if has_expert else ExpertConfig()
@@ -94,10 +103,12 @@ class SimExpert(DeclaredParams, Node):
             raise ConfigError(f"parameter target_timeout_s: must be >= 0, got {self._target_timeout}")
 
         self.expert = ReachExpert(cfg, sim_cfg)
+        self.joint_names = self.expert.joint_names
+        self._lower, self._upper = self.expert.robot.lower_rad, self.expert.robot.upper_rad
         self._rng = np.random.default_rng(seed)
         self._noise_period_ns = int(round(noise_period * 1e9))
         self._noise_slot = None
-        self._noise = np.zeros(len(JOINT_NAMES))
+        self._noise = np.zeros(len(self.joint_names))
         self._target = None  # (stamp ns, xyz)
         self._last_ns = None
         self._log = self.get_logger()
@@ -115,8 +126,8 @@ class SimExpert(DeclaredParams, Node):
         self.create_timer(diag_period, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._msg = JointState()
-        self._msg.name = list(JOINT_NAMES)
-        self._log.info(f"reach expert ({path}): labels on {topics['teacher']}"
+        self._msg.name = list(self.joint_names)
+        self._log.info(f"reach expert ({path}, {robot}): labels on {topics['teacher']}"
                        + (f", driving {topics['joint_command']} with noise {self._noise_rad:g} rad"
                           if self._drive else " (drive false: not commanding)"))
 
@@ -154,7 +165,7 @@ class SimExpert(DeclaredParams, Node):
 
     def _on_joints(self, msg: JointState) -> None:
         try:
-            out = convert.joint_state_to_arrays(msg, JOINT_NAMES)
+            out = convert.joint_state_to_arrays(msg, self.joint_names)
         except convert.ConversionError as exc:
             self._skip("rejected", str(exc))
             return
@@ -188,8 +199,8 @@ class SimExpert(DeclaredParams, Node):
                 slot = ns // self._noise_period_ns
                 if slot != self._noise_slot:
                     self._noise_slot = slot
-                    self._noise = self._rng.uniform(-self._noise_rad, self._noise_rad, len(JOINT_NAMES))
-                executed = np.clip(label + self._noise, JOINT_LOWER_RAD, JOINT_UPPER_RAD)
+                    self._noise = self._rng.uniform(-self._noise_rad, self._noise_rad, len(self.joint_names))
+                executed = np.clip(label + self._noise, self._lower, self._upper)
                 out.position = array("d", executed.tobytes())
             self._command_pub.publish(out)
             self.counts["commands"] += 1

@@ -5,6 +5,8 @@ the goal joint configuration is then a smooth function of the target alone, the 
 demonstration, which is what a policy that sees the target only in its camera can learn. Each
 command moves a fixed fraction of the remaining joint-space error (step norm bounded): a state
 feedback law, so it labels any state, including states the learned policy visits (teacher labels).
+The IK is generic in the arm's DoF (``SimConfig.robot``: 7 or 6 joints); a continuous joint has no
+bound to clip at.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.config import ConfigError, SelfValidating, require_positive
-from .world import HOME_RAD, JOINT_LOWER_RAD, JOINT_UPPER_RAD, SimConfig, arm_mjcf, ensure_gl_backend, joint_indices
+from .robots import sim_robot
+from .world import SimConfig, arm_mjcf, ensure_gl_backend, joint_indices
 
 
 @dataclass
@@ -41,7 +44,8 @@ class ExpertConfig(SelfValidating):
 
 
 class ReachExpert:
-    """``command(q, target)`` -> joint-position target (rad), for the arm of ``sim.world``."""
+    """``command(q, target)`` -> joint-position target (rad, ``joint_names`` order), for the arm
+    ``sim_config.robot`` names."""
 
     def __init__(self, config: ExpertConfig | None = None, sim_config: SimConfig | None = None):
         ensure_gl_backend()  # mujoco fixes its GL backend at import: a later ReachWorld must render
@@ -49,12 +53,19 @@ class ReachExpert:
 
         self._mj = mujoco
         self.config = config or ExpertConfig()
-        self.model = mujoco.MjModel.from_xml_string(arm_mjcf(sim_config or SimConfig()))
+        sim_config = sim_config or SimConfig()
+        self.robot = sim_robot(sim_config.robot)
+        self.model = mujoco.MjModel.from_xml_string(arm_mjcf(sim_config))
         self.data = mujoco.MjData(self.model)
-        self._qpos_idx, self._qvel_idx = joint_indices(self.model)
+        self._qpos_idx, self._qvel_idx = joint_indices(self.model, self.robot.joint_names)
+        self._lower, self._upper = self.robot.lower_rad, self.robot.upper_rad
         self._tip = self.model.site("tip_center").id
-        self._home = np.array(HOME_RAD)
+        self._home = np.array(self.robot.home_rad)
         self._goal_cache: tuple[tuple[float, ...], np.ndarray] | None = None
+
+    @property
+    def joint_names(self) -> list[str]:
+        return self.robot.joint_names
 
     def tip_position(self, q: np.ndarray) -> np.ndarray:
         self.data.qpos[self._qpos_idx] = q
@@ -75,7 +86,7 @@ class ReachExpert:
         if self._goal_cache is not None and self._goal_cache[0] == key:
             return self._goal_cache[1]
         q = self._home.copy()
-        eye = np.eye(3)
+        eye, null_eye = np.eye(3), np.eye(self._home.size)
         for _ in range(cfg.ik_iterations):
             err = aim - self.tip_position(q)
             jac = self._jacobian()
@@ -83,8 +94,8 @@ class ReachExpert:
                 break
             dq = jac.T @ np.linalg.solve(jac @ jac.T + cfg.ik_damping_m**2 * eye, err)
             pinv = jac.T @ np.linalg.inv(jac @ jac.T + 1e-6 * eye)
-            dq += (np.eye(7) - pinv @ jac) @ (cfg.ik_null_gain * (self._home - q))
-            q = np.clip(q + dq, JOINT_LOWER_RAD, JOINT_UPPER_RAD)
+            dq += (null_eye - pinv @ jac) @ (cfg.ik_null_gain * (self._home - q))
+            q = np.clip(q + dq, self._lower, self._upper)
         self._goal_cache = (key, q)
         return q
 
@@ -95,4 +106,4 @@ class ReachExpert:
         largest = np.abs(step).max()
         if largest > cfg.max_step_rad:
             step *= cfg.max_step_rad / largest  # keep the direction: a straight line in joint space
-        return np.clip(q + step, JOINT_LOWER_RAD, JOINT_UPPER_RAD)
+        return np.clip(q + step, self._lower, self._upper)

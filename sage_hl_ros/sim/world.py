@@ -1,11 +1,12 @@
-"""A 7-DoF arm reaching for a randomised target on a table, in MuJoCo: the CPU stand-in for Isaac Sim.
+"""An arm reaching for a randomised target on a table, in MuJoCo: the CPU stand-in for Isaac Sim.
 
 Pure (no rclpy): the bridge node (``sage_hl_ros.ros.sim_bridge_node``) turns it into Isaac-style
-topics, the scripted expert (``sim.expert``) and the tests use it directly. The arm has the joint
-names and limits of ``config/joint_limits.yaml`` (a Franka-like chain), position servos (PD on each
-joint, gravity compensated) take joint-position targets, and one fixed camera sees the arm, the
+topics, the scripted expert (``sim.expert``) and the tests use it directly. The arm is one of
+``sim.robots`` (``SimConfig.robot``: the 7-DoF ``sim_arm7``, with the joint names and limits of
+``config/joint_limits.yaml``, or the 6-DoF UR-style ``sim_ur6``); position servos (PD on each
+joint, gravity compensated) take joint-position targets, and a fixed camera sees the arm, the
 table and the red target sphere, so the target's position is in the image and nowhere else the
-policy looks.
+policy looks (``sim_ur6`` also has a wrist camera on its last link).
 """
 
 from __future__ import annotations
@@ -17,13 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import ConfigError, SelfValidating, load_yaml, require_positive
+from .robots import DEFAULT_ROBOT, SIM_ROBOTS, SimCamera, SimJoint, SimRobot, sim_robot
 
-JOINT_NAMES = [f"joint{i}" for i in range(1, 8)]
-# Limits match config/joint_limits.yaml (rad).
-JOINT_RANGES_RAD = [(-2.8, 2.8), (-1.7, 1.7), (-2.8, 2.8), (-3.0, 0.0), (-2.8, 2.8), (-0.1, 3.7), (-2.8, 2.8)]
-JOINT_LOWER_RAD = np.array([lo for lo, _ in JOINT_RANGES_RAD])
-JOINT_UPPER_RAD = np.array([hi for _, hi in JOINT_RANGES_RAD])
-HOME_RAD = [0.0, 0.35, 0.0, -2.1, 0.0, 2.45, 0.0]  # tip above the middle of the target area
 TAXEL_SITES = ("tip_front", "tip_back", "tip_left", "tip_right")
 
 
@@ -49,6 +45,7 @@ class SimConfig(SelfValidating):
     camera_fovy_deg: float = 38.0
     audio_sample_rate_hz: int = 16000
     seed: int = 0
+    robot: str = DEFAULT_ROBOT  # which arm (sim.robots.SIM_ROBOTS): sim_arm7 | sim_ur6
 
     def validate(self, where: str) -> None:
         require_positive(self, where, "physics_dt_s", "servo_kp", "servo_kv", "episode_duration_s",
@@ -63,24 +60,57 @@ class SimConfig(SelfValidating):
         for key in ("image_width_px", "image_height_px"):
             if getattr(self, key) < 16:
                 raise ConfigError(f"{where}.{key}: must be >= 16, got {getattr(self, key)}")
+        if self.robot not in SIM_ROBOTS:
+            raise ConfigError(f"{where}.robot: one of {list(SIM_ROBOTS)}, got {self.robot!r}")
 
     @classmethod
     def from_yaml(cls, path: str | Path, section: str = "sim") -> SimConfig:
         return load_yaml(cls, path, section)
 
 
+def _joint_xml(joint: SimJoint) -> str:
+    limit = f' range="{joint.range_rad[0]} {joint.range_rad[1]}"' if joint.range_rad else ""  # none: continuous
+    return f'<joint name="{joint.name}" axis="{joint.axis}"{limit} damping="0.5" armature="0.05"/>'
+
+
+def _camera_xml(cam: SimCamera, config: SimConfig) -> str:
+    return (f'<camera name="{cam.name}" pos="{cam.pos}" xyaxes="{cam.xyaxes}" '
+            f'fovy="{cam.fovy_deg or config.camera_fovy_deg}"/>')
+
+
+def _chain_xml(robot: SimRobot, config: SimConfig) -> str:
+    """The robot's links nested parent to child, the fingertip (with its taxel sites) in the last one."""
+    quat = f' quat="{robot.tip_quat}"' if robot.tip_quat else ""
+    inner = f"""<body name="tip" pos="{robot.tip_pos}"{quat} gravcomp="1">
+  <geom name="tip" type="sphere" size="0.02" rgba="0.1 0.75 0.3 1" mass="0.05"/>
+  <site name="tip_center" pos="0 0 0" size="0.005"/>
+  <site name="tip_front" pos="0.012 0 0.008" size="0.014"/>
+  <site name="tip_back" pos="-0.012 0 0.008" size="0.014"/>
+  <site name="tip_left" pos="0 0.012 0.008" size="0.014"/>
+  <site name="tip_right" pos="0 -0.012 0.008" size="0.014"/>
+</body>"""
+    for link in reversed(robot.links):
+        parts = [_joint_xml(link.joint)] if link.joint is not None else []
+        parts += [link.geoms]
+        parts += [_camera_xml(c, config) for c in robot.cameras if c.link == link.name]
+        parts += [inner]
+        grav = ' gravcomp="1"' if link.gravcomp else ""
+        body = "\n".join(parts).replace("\n", "\n  ")
+        inner = f'<body name="{link.name}" pos="{link.pos}"{grav}>\n  {body}\n</body>'
+    return inner.replace("\n", "\n    ")
+
+
 def arm_mjcf(config: SimConfig) -> str:
-    """The world as MJCF text: table, arm (joint1..joint7), fingertip taxels, target, camera."""
-    joints = []
-    axes = ["0 0 1", "0 1 0", "0 0 1", "0 -1 0", "0 0 1", "0 1 0", "0 0 1"]
-    for name, axis, (lo, hi) in zip(JOINT_NAMES, axes, JOINT_RANGES_RAD, strict=True):
-        joints.append(f'<joint name="{name}" axis="{axis}" range="{lo} {hi}" damping="0.5" armature="0.05"/>')
-    actuators = "\n".join(
-        f'<position name="{n}" joint="{n}" kp="{config.servo_kp}" kv="{config.servo_kv}" '
-        f'ctrlrange="{lo} {hi}" forcerange="-80 80"/>'
-        for n, (lo, hi) in zip(JOINT_NAMES, JOINT_RANGES_RAD, strict=True)
-    )
+    """The world as MJCF text: table, the arm ``config.robot`` names (sim.robots), fingertip taxels,
+    target, cameras."""
+    robot = sim_robot(config.robot)
+    actuators = []
+    for j in robot.joints:  # a continuous joint's servo has no control range
+        ctrl = f'ctrlrange="{j.range_rad[0]} {j.range_rad[1]}" ' if j.range_rad else ""
+        actuators.append(f'<position name="{j.name}" joint="{j.name}" kp="{config.servo_kp}" kv="{config.servo_kv}" '
+                         f'{ctrl}forcerange="-80 80"/>')
     touch = "\n".join(f'<touch name="{s}" site="{s}"/>' for s in TAXEL_SITES)
+    fixed = "\n    ".join(_camera_xml(c, config) for c in robot.cameras if not c.link)
     r = config.target_radius_m
     return f"""
 <mujoco model="sage_reach">
@@ -97,53 +127,14 @@ def arm_mjcf(config: SimConfig) -> str:
     <geom name="floor" type="plane" pos="0 0 -0.75" size="3 3 0.1" rgba="0.35 0.35 0.38 1" contype="1"/>
     <geom name="table" type="box" pos="0.4 0 -0.02" size="0.55 0.6 0.02" rgba="0.75 0.72 0.66 1"
           contype="1" conaffinity="1"/>
-    <body name="link0" pos="0 0 0">
-      <geom type="cylinder" size="0.07 0.05" pos="0 0 0.05" rgba="0.9 0.9 0.9 1" contype="0" conaffinity="0"/>
-      <body name="link1" pos="0 0 0.1">
-        {joints[0]}
-        <geom type="capsule" fromto="0 0 0 0 0 0.233" size="0.055" rgba="0.92 0.92 0.92 1" mass="2.5"
-              contype="0" conaffinity="0"/>
-        <body name="link2" pos="0 0 0.233" gravcomp="1">
-          {joints[1]}
-          <geom type="sphere" size="0.06" rgba="0.25 0.25 0.28 1" mass="1.0" contype="0" conaffinity="0"/>
-          <body name="link3" pos="0 0 0" gravcomp="1">
-            {joints[2]}
-            <geom type="capsule" fromto="0 0 0 0 0 0.316" size="0.05" rgba="0.92 0.92 0.92 1" mass="2.0"/>
-            <body name="link4" pos="0 0 0.316" gravcomp="1">
-              {joints[3]}
-              <geom type="sphere" size="0.055" rgba="0.25 0.25 0.28 1" mass="0.8" contype="0" conaffinity="0"/>
-              <body name="link5" pos="0 0 0" gravcomp="1">
-                {joints[4]}
-                <geom type="capsule" fromto="0 0 0 0 0 0.384" size="0.045" rgba="0.92 0.92 0.92 1" mass="1.5"/>
-                <body name="link6" pos="0 0 0.384" gravcomp="1">
-                  {joints[5]}
-                  <geom type="sphere" size="0.045" rgba="0.25 0.25 0.28 1" mass="0.5" contype="0" conaffinity="0"/>
-                  <body name="link7" pos="0 0 0" gravcomp="1">
-                    {joints[6]}
-                    <geom type="capsule" fromto="0 0 0 0 0 0.09" size="0.035" rgba="0.2 0.45 0.85 1" mass="0.4"/>
-                    <body name="tip" pos="0 0 0.11" gravcomp="1">
-                      <geom name="tip" type="sphere" size="0.02" rgba="0.1 0.75 0.3 1" mass="0.05"/>
-                      <site name="tip_center" pos="0 0 0" size="0.005"/>
-                      <site name="tip_front" pos="0.012 0 0.008" size="0.014"/>
-                      <site name="tip_back" pos="-0.012 0 0.008" size="0.014"/>
-                      <site name="tip_left" pos="0 0.012 0.008" size="0.014"/>
-                      <site name="tip_right" pos="0 -0.012 0.008" size="0.014"/>
-                    </body>
-                  </body>
-                </body>
-              </body>
-            </body>
-          </body>
-        </body>
-      </body>
-    </body>
+    {_chain_xml(robot, config)}
     <body name="target" mocap="true" pos="0.45 0 {r}">
       <geom name="target" type="sphere" size="{r}" rgba="0.9 0.1 0.1 1" contype="0" conaffinity="0"/>
     </body>
-    <camera name="front" pos="0.95 0 0.85" xyaxes="0 1 0 -0.862 0 0.507" fovy="{config.camera_fovy_deg}"/>
+    {fixed}
   </worldbody>
   <actuator>
-{actuators}
+{chr(10).join(actuators)}
   </actuator>
   <sensor>
 {touch}
@@ -152,10 +143,10 @@ def arm_mjcf(config: SimConfig) -> str:
 """
 
 
-def joint_indices(model) -> tuple[np.ndarray, np.ndarray]:
-    """(qpos addresses, dof addresses) of joint1..joint7 in a model built from ``arm_mjcf``."""
-    return (np.array([model.joint(n).qposadr[0] for n in JOINT_NAMES]),
-            np.array([model.joint(n).dofadr[0] for n in JOINT_NAMES]))
+def joint_indices(model, joint_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(qpos addresses, dof addresses) of ``joint_names`` in a model built from ``arm_mjcf``."""
+    return (np.array([model.joint(n).qposadr[0] for n in joint_names]),
+            np.array([model.joint(n).dofadr[0] for n in joint_names]))
 
 
 def ensure_gl_backend() -> None:
@@ -165,7 +156,8 @@ def ensure_gl_backend() -> None:
 
 
 class ReachWorld:
-    """The simulated arm, target and sensors; advance with ``step``, read with the accessors."""
+    """The simulated arm (``config.robot``), target and sensors; advance with ``step``, read with the
+    accessors. Joint arrays are in ``joint_names`` order; cameras are ``camera_names``."""
 
     def __init__(self, config: SimConfig | None = None):
         ensure_gl_backend()
@@ -173,31 +165,43 @@ class ReachWorld:
 
         self._mj = mujoco
         self.config = config or SimConfig()
+        self.robot: SimRobot = sim_robot(self.config.robot)
         self.model = mujoco.MjModel.from_xml_string(arm_mjcf(self.config))
         self.data = mujoco.MjData(self.model)
         # Episodes (home noise, targets) draw from their own stream, so the targets of a seed do not
         # depend on how much audio was synthesized: an in-process baseline sees the bridge's targets.
         self.rng = np.random.default_rng(self.config.seed)
         self._noise_rng = np.random.default_rng([self.config.seed, 1])
-        self._qpos_idx, self._qvel_idx = joint_indices(self.model)
+        self._qpos_idx, self._qvel_idx = joint_indices(self.model, self.robot.joint_names)
+        self._lower, self._upper = self.robot.lower_rad, self.robot.upper_rad
         self._tip_site = self.model.site("tip_center").id
         self._target_mocap = self.model.body("target").mocapid[0]
         self._touch_adr = np.array([self.model.sensor(s).adr[0] for s in TAXEL_SITES])
         self._renderer = None
         self._depth_renderer = None
+        self._actuator_ids = np.array([self.model.actuator(n).id for n in self.robot.joint_names])
         self.episode_start_s = 0.0
         self.episode_index = -1
         self._audio_phase = 0.0
         self._last_touch = np.zeros(len(TAXEL_SITES))
         self.reset()
 
+    @property
+    def joint_names(self) -> list[str]:
+        return self.robot.joint_names
+
+    @property
+    def camera_names(self) -> list[str]:
+        return self.robot.camera_names
+
     # ------------------------------------------------------------------ episode
     def draw_episode(self) -> tuple[np.ndarray, np.ndarray]:
         """The next episode's start pose (home + noise) and target (m), from the episode RNG."""
         cfg = self.config
-        q = np.array(HOME_RAD) + self.rng.uniform(-cfg.home_noise_rad, cfg.home_noise_rad, 7)
+        home = np.array(self.robot.home_rad)
+        q = home + self.rng.uniform(-cfg.home_noise_rad, cfg.home_noise_rad, home.size)
         target_xy = (self.rng.uniform(*cfg.target_x_range_m), self.rng.uniform(*cfg.target_y_range_m))
-        return np.clip(q, JOINT_LOWER_RAD, JOINT_UPPER_RAD), np.array([target_xy[0], target_xy[1], cfg.target_radius_m])
+        return np.clip(q, self._lower, self._upper), np.array([target_xy[0], target_xy[1], cfg.target_radius_m])
 
     def reset(self, target_xy: tuple[float, float] | None = None) -> np.ndarray:
         """Teleport to the next start pose and begin an episode; returns the target (m, world frame)."""
@@ -211,7 +215,7 @@ class ReachWorld:
         """Put the arm at ``q`` at rest, servos holding it there."""
         self.data.qpos[self._qpos_idx] = q
         self.data.qvel[:] = 0.0
-        self.data.ctrl[:] = q
+        self.data.ctrl[self._actuator_ids] = q
         self._mj.mj_forward(self.model, self.data)
 
     def start_episode(self, target_m: np.ndarray) -> np.ndarray:
@@ -249,12 +253,13 @@ class ReachWorld:
 
     # ------------------------------------------------------------------ physics
     def set_command(self, positions_rad: np.ndarray) -> None:
-        """Joint-position targets for the servos (clamped to the joint ranges)."""
+        """Joint-position targets for the servos, ``joint_names`` order (clamped to the joint ranges;
+        a continuous joint's target is taken as is)."""
         q = np.asarray(positions_rad, dtype=np.float64)
-        if q.shape != (7,) or not np.all(np.isfinite(q)):
-            raise ValueError(f"command must be 7 finite joint positions, got shape {q.shape}")
-        lo, hi = self.model.actuator_ctrlrange[:, 0], self.model.actuator_ctrlrange[:, 1]
-        self.data.ctrl[:] = np.clip(q, lo, hi)
+        n = self.robot.dof
+        if q.shape != (n,) or not np.all(np.isfinite(q)):
+            raise ValueError(f"command must be {n} finite joint positions, got shape {q.shape}")
+        self.data.ctrl[self._actuator_ids] = np.clip(q, self._lower, self._upper)
 
     def step(self, duration_s: float) -> None:
         n = max(1, int(round(duration_s / self.config.physics_dt_s)))
@@ -268,7 +273,7 @@ class ReachWorld:
         return self.data.qvel[self._qvel_idx].copy()
 
     def joint_efforts(self) -> np.ndarray:
-        return self.data.actuator_force.copy()
+        return self.data.actuator_force[self._actuator_ids].copy()
 
     def tip_position(self) -> np.ndarray:
         return self.data.site_xpos[self._tip_site].copy()
@@ -277,7 +282,7 @@ class ReachWorld:
         return self.data.mocap_pos[self._target_mocap].copy()
 
     def command(self) -> np.ndarray:
-        return self.data.ctrl.copy()
+        return self.data.ctrl[self._actuator_ids].copy()
 
     # ------------------------------------------------------------------ sensors
     def tactile(self) -> np.ndarray:
@@ -311,22 +316,29 @@ class ReachWorld:
             self._depth_renderer.enable_depth_rendering()
         return self._renderer, self._depth_renderer
 
-    def render_rgb(self) -> np.ndarray:
-        """(H, W, 3) uint8 from the fixed front camera."""
+    def _camera(self, camera: str | None) -> str:
+        if camera is None:
+            return self.robot.cameras[0].name
+        self.robot.camera(camera)  # KeyError naming the robot's cameras
+        return camera
+
+    def render_rgb(self, camera: str | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 from ``camera`` (one of ``camera_names``; None = the first, the fixed front one)."""
         rgb, _ = self._renderers()
-        rgb.update_scene(self.data, "front")
+        rgb.update_scene(self.data, self._camera(camera))
         return rgb.render()
 
-    def render_depth(self) -> np.ndarray:
-        """(H, W) float32 metres along the optical axis (Isaac's depth helper convention)."""
+    def render_depth(self, camera: str | None = None) -> np.ndarray:
+        """(H, W) float32 metres along ``camera``'s optical axis (Isaac's depth helper convention)."""
         _, depth = self._renderers()
-        depth.update_scene(self.data, "front")
+        depth.update_scene(self.data, self._camera(camera))
         return depth.render().astype(np.float32)
 
-    def camera_intrinsics(self) -> tuple[float, float, float, float]:
-        """(fx, fy, cx, cy) in pixels of the pinhole camera that ``render_rgb`` uses."""
+    def camera_intrinsics(self, camera: str | None = None) -> tuple[float, float, float, float]:
+        """(fx, fy, cx, cy) in pixels of the pinhole camera that ``render_rgb(camera)`` uses."""
         cfg = self.config
-        fy = 0.5 * cfg.image_height_px / np.tan(np.deg2rad(cfg.camera_fovy_deg) / 2)
+        fovy = self.robot.camera(self._camera(camera)).fovy_deg or cfg.camera_fovy_deg
+        fy = 0.5 * cfg.image_height_px / np.tan(np.deg2rad(fovy) / 2)
         return fy, fy, (cfg.image_width_px - 1) / 2, (cfg.image_height_px - 1) / 2
 
     def close(self) -> None:
