@@ -29,7 +29,7 @@ class BackendSpec:
 
     backend: str = "auto"  # auto | torch | onnxruntime
     precision: str = "fp32"  # of the ONNX export
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # "name" or "name;option=value;..."
     intra_op_threads: int = 1  # ONNX Runtime
     torch_threads: int = 1
 
@@ -41,6 +41,10 @@ class BackendSpec:
         if not self.providers or not all(isinstance(p, str) and p.strip() for p in self.providers):
             raise ValueError(f"onnxruntime_providers must be a non-empty list of provider names, "
                              f"got {list(self.providers)}")
+        from .onnx_backend import parse_provider
+
+        for entry in self.providers:  # "name" or "name;option=value;...": malformed -> refused here
+            parse_provider(entry)
         for key in ("intra_op_threads", "torch_threads"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

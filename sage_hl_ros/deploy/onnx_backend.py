@@ -183,12 +183,13 @@ def provider_config(providers: Sequence[str | tuple[str, dict[str, Any]]], avail
     precision, the engine and timing caches under the export folder keyed by model hash, GPU name
     and TensorRT version (an engine built for one of them is never loaded for another), and a batch
     profile 1..``trt_max_batch`` so a dynamic batch does not rebuild engines. Options the caller
-    passes win.
+    passes win: as ``(name, {option: value})`` or, where only strings fit (a ROS string-array
+    parameter), as ``"name;option=value;option=value"`` (see ``parse_provider``).
     """
     out: list[tuple[str, dict[str, Any]]] = []
     skipped: dict[str, str] = {}
     for entry in providers:
-        name, options = (entry, {}) if isinstance(entry, str) else (entry[0], dict(entry[1]))
+        name, options = parse_provider(entry) if isinstance(entry, str) else (entry[0], dict(entry[1]))
         if name not in available:
             skipped[name] = f"not in this onnxruntime build (available: {', '.join(available)})"
             continue
@@ -211,6 +212,25 @@ def provider_config(providers: Sequence[str | tuple[str, dict[str, Any]]], avail
     if not out:
         raise ExportError(f"{export_dir}: none of the requested providers is available: {skipped}")
     return out, skipped
+
+
+def parse_provider(entry: str) -> tuple[str, dict[str, str]]:
+    """``"TensorrtExecutionProvider;trt_max_workspace_size=1073741824"`` -> (name, {option: value}).
+
+    A plain name has no options. Values stay strings (ONNX Runtime takes provider options as
+    strings); ``;`` and ``=`` separate because option values (shape profiles) contain ``,``, ``:``
+    and ``x``. A malformed entry is an ExportError naming it.
+    """
+    name, *parts = (p.strip() for p in entry.split(";"))
+    options: dict[str, str] = {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not part or not eq or not key.strip():
+            raise ExportError(f"provider entry {entry!r}: options are 'name;key=value;key=value', got {part!r}")
+        options[key.strip()] = value.strip()
+    if not name:
+        raise ExportError(f"provider entry {entry!r}: no provider name before the options")
+    return name, options
 
 
 def _trt_profile(manifest: Manifest):
