@@ -3,11 +3,16 @@
     ros2 launch sage_hl_ros sage_hl.launch.py model_dir:=/path/to/checkpoint
     ros2 launch sage_hl_ros sage_hl.launch.py model_dir:=... command_interface:=joint_trajectory enable_control:=true
     ros2 launch sage_hl_ros sage_hl.launch.py model_dir:=... namespace:=arm_left     # one of several robots
+    ros2 launch sage_hl_ros sage_hl.launch.py model_dir:=... profile:=jetson_orin_nano  # deployment profile
 
 Nodes and executables come from sage_hl_ros.launch_table (the same table the pure-Python
 bring-up `sage_hl_bringup` uses). Both nodes configure and activate themselves (autostart).
-A non-boolean enable_control / use_sim_time or an unknown command_interface stops the launch with
-one clear message before any node starts.
+A non-boolean enable_control / use_sim_time, an unknown command_interface or an unknown profile
+stops the launch with one clear message before any node starts.
+
+``profile:=<name>`` (sage_hl_ros.launch_table.PROFILES) adds ``config/<name>.yaml`` after
+``params_file`` (later parameter files override earlier ones) and sets the profile's environment
+(e.g. the large-data Fast DDS profile) for both node processes.
 """
 
 from launch import LaunchDescription
@@ -17,7 +22,7 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from sage_hl_ros.launch_table import PACKAGE, RUNTIME_NODES, LaunchArgumentError, launch_bool
+from sage_hl_ros.launch_table import PACKAGE, PROFILES, RUNTIME_NODES, LaunchArgumentError, launch_bool, profile
 
 ARGUMENTS = {
     "params_file": (PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "sage_hl.yaml"]),
@@ -30,20 +35,27 @@ ARGUMENTS = {
     "enable_control": ("false", "publish commands (false: run everything but publish nothing)"),
     "joint_limits_file": ("", "joint limits YAML enforced by the safety filter; '' = the checkpoint's robot "
                               "contract's (joint_limits / urdf)"),
+    "profile": ("", f"deployment profile: {' | '.join(sorted(PROFILES))}; adds config/<profile>.yaml after "
+                    "params_file (its keys win) and the profile's environment; '' = none"),
 }
 
 
-def runtime_nodes(params_file, use_sim_time, overrides):
-    """One Node action per runtime node, parameters layered: file, then launch arguments."""
+def _share_config(name):
+    return PathJoinSubstitution([FindPackageShare(PACKAGE), "config", name])
+
+
+def runtime_nodes(params_files, use_sim_time, overrides, env=None):
+    """One Node action per runtime node, parameters layered: the files in order, then launch arguments."""
     common = {"model_dir": LaunchConfiguration("model_dir"),
               "use_sim_time": ParameterValue(use_sim_time, value_type=bool),
               "autostart": True}
     nodes = []
     for spec in RUNTIME_NODES:
-        params = [params_file, dict(common, **overrides.get(spec.name, {}))]
+        params = [*params_files, dict(common, **overrides.get(spec.name, {}))]
+        extra = {"additional_env": dict(env)} if env else {}
         nodes.append(Node(package=PACKAGE, executable=spec.executable, name=spec.name,
                           namespace=LaunchConfiguration("namespace"), parameters=params, output="screen",
-                          emulate_tty=True))
+                          emulate_tty=True, **extra))
     return nodes
 
 
@@ -62,8 +74,12 @@ def checked_nodes(context):
         "enable_control": ParameterValue(LaunchConfiguration("enable_control"), value_type=bool),
         "joint_limits_file": LaunchConfiguration("joint_limits_file"),
     }
-    nodes = runtime_nodes(LaunchConfiguration("params_file"), LaunchConfiguration("use_sim_time"),
-                          {"sage_control": control})
+    files, env = [LaunchConfiguration("params_file")], {}
+    chosen = profile(cfg.get("profile", ""))
+    if chosen is not None:
+        files.append(_share_config(chosen.params_file))
+        env = {var: _share_config(name) for var, name in chosen.env_config_files}
+    nodes = runtime_nodes(files, LaunchConfiguration("use_sim_time"), {"sage_control": control}, env)
     return nodes
 
 

@@ -58,6 +58,40 @@ TOOL_NODES = (
 ALL_NODES = RUNTIME_NODES + STAND_IN_NODES + SIM_NODES + TOOL_NODES
 
 
+# --------------------------------------------------------------------------- deployment profiles
+# ``profile:=<name>`` on sage_hl.launch.py: a parameter file under config/ layered after the base
+# one (ROS applies parameter files in order: the profile's keys win) and environment variables for
+# both runtime node processes (values naming a file are under config/). A small explicit table, so
+# a typo is refused with the choices instead of silently launching the base configuration.
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    params_file: str  # under config/
+    env_config_files: tuple[tuple[str, str], ...]  # (variable, file under config/)
+    doc: str
+
+
+PROFILES = {p.name: p for p in (
+    Profile("jetson_orin_nano", "jetson_orin_nano.yaml",
+            (("FASTDDS_DEFAULT_PROFILES_FILE", "fastdds_large_data.xml"),),
+            "Jetson Orin Nano: onnxruntime FP16 export on TensorRT -> CUDA -> CPU providers, engine cache "
+            "under the export, 200 Hz control with SCHED_FIFO 10, large-data Fast DDS profile"),
+)}
+
+
+def profile(name: str) -> Profile | None:
+    """The profile ``name`` (None for ""); LaunchArgumentError listing the profiles otherwise."""
+    name = str(name).strip()
+    if not name:
+        return None
+    if name not in PROFILES:
+        raise LaunchArgumentError(f"launch argument profile:={name!r}: no such profile; choose one of "
+                                  f"{', '.join(sorted(PROFILES))} (or '' for none)")
+    return PROFILES[name]
+
+
 # --------------------------------------------------------------------------- launch argument guards
 # Shared by launch/*.launch.py (inside an OpaqueFunction, before any node exists) and sage_hl_bringup,
 # so a contradictory combination is refused the same way by both.

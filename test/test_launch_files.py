@@ -272,6 +272,85 @@ def merged_parameters(node, args) -> dict:
     return merged
 
 
+def test_profile_layers_its_file_after_the_base_one(launch_stubs, node_parameters):
+    """profile:=jetson_orin_nano: config/jetson_orin_nano.yaml after params_file (ROS applies the files
+    in order, so its keys win), the large-data DDS profile in both processes' environment, launch
+    arguments still last; every key it sets is a parameter the node declares."""
+    from sage_hl_ros.deploy.h_loader import BackendSpec
+    from sage_hl_ros.deploy.onnx_backend import CPU, CUDA, TENSORRT, parse_provider
+
+    launch = ROOT / "launch" / "sage_hl.launch.py"
+    _, nodes = build(launch, {"model_dir": "/tmp/model", "profile": "jetson_orin_nano", "enable_control": "true"})
+    assert {n.kwargs["name"] for n, _ in nodes} == {s.name for s in RUNTIME_NODES}
+    base, jetson = ROOT / "config" / "sage_hl.yaml", ROOT / "config" / "jetson_orin_nano.yaml"
+    for node, args in nodes:
+        name = node.kwargs["name"]
+        files = [Path(p) for p in resolve(node.kwargs["parameters"], args) if isinstance(p, str)]
+        assert files == [base, jetson], files
+        section = yaml.safe_load(jetson.read_text())[name]["ros__parameters"]
+        assert section and not set(section) - node_parameters[name], sorted(set(section) - node_parameters[name])
+        env = resolve(node.kwargs["additional_env"], args)
+        assert env == {"FASTDDS_DEFAULT_PROFILES_FILE": str(ROOT / "config" / "fastdds_large_data.xml")}
+        assert Path(env["FASTDDS_DEFAULT_PROFILES_FILE"]).is_file()
+    params = {n.kwargs["name"]: merged_parameters(n, a) for n, a in nodes}
+    context, control = params["sage_context"], params["sage_control"]
+    assert context["inference_backend"] == "onnxruntime" and context["onnx_precision"] == "fp16"
+    assert [parse_provider(p)[0] for p in context["onnxruntime_providers"]] == [TENSORRT, CUDA, CPU]
+    assert parse_provider(context["onnxruntime_providers"][0])[1] == {"trt_max_workspace_size": "1073741824"}
+    BackendSpec(backend=context["inference_backend"], precision=context["onnx_precision"],  # the node accepts them
+                providers=tuple(context["onnxruntime_providers"]),
+                intra_op_threads=context["onnxruntime_intra_op_threads"], torch_threads=context["torch_threads"])
+    assert control["realtime_priority"] == 10 and control["control_rate_hz"] == 200.0
+    assert context["latent_topic"] == control["latent_topic"] == "sage/latent"  # the base file's, kept
+    assert control["enable_control"] is True and context["model_dir"] == "/tmp/model"  # launch arguments last
+
+    _, plain = build(launch, {"model_dir": "/tmp/model"})  # no profile: the base file alone, no extra env
+    for node, args in plain:
+        assert [p for p in resolve(node.kwargs["parameters"], args) if isinstance(p, str)] == [str(base)]
+        assert "additional_env" not in node.kwargs
+        assert merged_parameters(node, args).get("inference_backend", "auto") == "auto"
+
+
+def test_profile_files_as_rcl_reads_them():
+    """The two files as launch hands them to the processes (--params-file, in order), read by rcl into
+    the real node classes: the profile's values, the base file's where the profile is silent."""
+    import rclpy
+    from rclpy.context import Context
+
+    from sage_hl_ros.ros.context_node import ContextNode
+    from sage_hl_ros.ros.control_node import ControlNode
+
+    ctx = Context()
+    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(ROOT / "config" / "sage_hl.yaml"),
+                                  "--params-file", str(ROOT / "config" / "jetson_orin_nano.yaml")])
+    try:
+        context, control = ContextNode(context=ctx), ControlNode(context=ctx)
+        got = {k: context.get_parameter(k).value for k in ("inference_backend", "onnx_precision",
+                                                             "onnxruntime_providers", "latent_topic")}
+        assert got == {"inference_backend": "onnxruntime", "onnx_precision": "fp16",
+                       "onnxruntime_providers": ["TensorrtExecutionProvider;trt_max_workspace_size=1073741824",
+                                                 "CUDAExecutionProvider", "CPUExecutionProvider"],
+                       "latent_topic": "sage/latent"}
+        assert control.get_parameter("realtime_priority").value == 10
+        assert control.get_parameter("e_stop_topic").value == "/e_stop"  # base file
+        context.destroy_node()
+        control.destroy_node()
+    finally:
+        ctx.try_shutdown()
+
+
+def test_unknown_profile_fails_naming_the_profiles(launch_stubs):
+    from sage_hl_ros.launch_table import PROFILES
+
+    with pytest.raises(LaunchArgumentError) as info:
+        build(ROOT / "launch" / "sage_hl.launch.py", {"model_dir": "/tmp/model", "profile": "jetson_agx"})
+    message = str(info.value)
+    assert "profile:='jetson_agx'" in message and "jetson_orin_nano" in message, message
+    for name, spec in PROFILES.items():  # every listed profile has its files
+        assert (ROOT / "config" / spec.params_file).is_file(), name
+        assert all((ROOT / "config" / f).is_file() for _, f in spec.env_config_files), name
+
+
 def test_isaac_launch_uses_sim_time_and_joint_state_commands(launch_stubs):
     _, nodes = build(ROOT / "launch" / "isaac_sim.launch.py")
     for node, args in nodes:
