@@ -250,6 +250,9 @@ def check_contract(robot: SimRobot, contract, audio_sample_rate_hz: int, taxels:
             robot.camera_for_contract(cam.name)
         except KeyError as exc:
             raise ConfigError(f"{where}: cameras[{i}]: {exc.args[0]}") from None
+        if cam.compressed or cam.encoding != "rgb8":
+            raise ConfigError(f"{where}: cameras[{i}] ({cam.name}): the sim bridge publishes raw rgb8 images "
+                              "(compressed: false, encoding: rgb8)")
     if contract.audio is not None and contract.audio.sample_rate_hz != audio_sample_rate_hz:
         raise ConfigError(f"{where}: audio.sample_rate_hz {contract.audio.sample_rate_hz} differs from the sim's "
                           f"sim.audio_sample_rate_hz {audio_sample_rate_hz}")
