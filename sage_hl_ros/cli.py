@@ -1,7 +1,7 @@
 """``sage-hl``: command-line entry points (model set-up and the demo main job).
 
     sage-hl init-model --out models/synthetic [--config config/model.yaml] [--robot ROBOT.yaml] [--synthetic-steps 300]
-    sage-hl demo [--workdir runs/x] [--quick] [--demos N] [--eval-episodes M] [--set wake.steps=800]
+    sage-hl demo [--workdir runs/x] [--quick] [--robot sim_ur6] [--demos N] [--eval-episodes M] [--set wake.steps=800]
     sage-hl demo --evaluate runs/sim_demo_<date>_<time>/models/round0
     sage-hl runtime-demo [--duration-s 20] [--quick]
     sage-hl export MODEL_DIR [--precision fp32 fp16 int8] [--calibration-bags BAG ...]
@@ -55,6 +55,8 @@ def _demo(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key)
     if args.teacher is not None:
         overrides["teacher"] = args.teacher
+    if args.robot is not None:
+        overrides["robot"] = args.robot
     if args.groot_endpoint is not None:
         overrides["groot_endpoint"] = args.groot_endpoint
     train = (QUICK_TRAIN if args.quick else []) + list(args.set)
@@ -85,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="bags, checkpoints, logs and report; must be new (default runs/sim_demo_<date>_<time>)")
     p.add_argument("--config", default=None, help="demo config YAML (default: the package's config/sim_demo.yaml)")
     p.add_argument("--quick", action="store_true", help="few episodes, short training (tests; about 3 minutes)")
+    from .sim.robots import SIM_ROBOTS
+
+    p.add_argument("--robot", choices=list(SIM_ROBOTS), default=None,
+                   help="the sim arm for the whole loop: sim_arm7 (7-DoF, the default) or sim_ur6 (6-DoF UR-style, "
+                        "fixed + wrist camera, no audio, no tactile); the model config is the robot's")
     p.add_argument("--demos", type=int, default=None, help="expert demonstrations to record")
     p.add_argument("--eval-episodes", type=int, default=None, help="held-out evaluation episodes")
     p.add_argument("--dagger-rounds", type=int, default=None, help="DAgger rounds")

@@ -94,3 +94,34 @@ def test_demo_config_errors_name_the_key(tmp_path: Path, capsys):
 def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path, capsys):
     assert main(["demo", "--evaluate", str(tmp_path / "nope"), "--workdir", str(tmp_path / "w")]) == 2
     assert "nope" in capsys.readouterr().out
+
+
+def test_robot_selects_the_contract_topics_and_limits(tmp_path: Path):
+    """``--robot`` picks the arm for the whole loop: its model config, its contract's topics for the
+    bridge, the recorder and the SAGE nodes, and the contract's limits file."""
+    from sage_hl_ros.core.robot import load_robot
+    from sage_hl_ros.tools.sim_demo import SimDemo, load_demo_config
+
+    arm7 = SimDemo(load_demo_config(), tmp_path / "a", log=lambda _m: None)
+    assert set(arm7.record_types) == {
+        "/rgb", "/depth", "/camera_info", "/audio/frames", "/tactile/array", "/joint_states", "/joint_command",
+        "/teacher/joint_command", "/sage/episode", "/sim/episode_result", "/teacher/joint_trajectory"}
+    assert arm7.joint_limits_file().endswith("config/joint_limits.yaml") and arm7.camera_topics == ["/rgb"]
+
+    ur6 = SimDemo(load_demo_config(overrides={"robot": "sim_ur6"}), tmp_path / "u", log=lambda _m: None)
+    assert ur6.cfg.model_config_path().name == "sim_ur6_model.yaml"
+    assert ur6.camera_topics == ["/front/rgb", "/wrist/rgb"]
+    assert {"/front/depth", "/front/camera_info", "/wrist/camera_info"} <= set(ur6.record_types)
+    assert not {"/rgb", "/audio/frames", "/tactile/array"} & set(ur6.record_types)
+    assert set(ur6.record_qos) == {f"{t}:best_effort" for t in ur6.record_types if t.startswith(("/front", "/wrist"))}
+    assert ur6.joint_limits_file().endswith("config/sim_ur6_joint_limits.yaml")
+    assert load_robot(ur6.robot_file()) == ur6.contract and ur6.contract.name == "sim_ur6"
+
+
+def test_demo_refuses_a_model_of_another_robot(tmp_path: Path, capsys):
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text("sim_demo:\n  model_config: sim_model.yaml\n")
+    assert main(["demo", "--robot", "sim_ur6", "--config", str(cfg), "--workdir", str(tmp_path / "w")]) == 2
+    assert "are not sim robot sim_ur6's" in capsys.readouterr().out
+    assert main(["demo", "--robot", "sim_ur6", "--teacher", "groot", "--workdir", str(tmp_path / "w")]) == 2
+    assert "groot is wired for sim_arm7 only" in capsys.readouterr().out

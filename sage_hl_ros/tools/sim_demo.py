@@ -12,6 +12,11 @@
    ``demo: expert_success=<a> learned_success=<b> mean_final_dist_m=<d> control_hz=<h> e2e_p99_ms=<l>``.
 
 Every node is its own process (started like ``ros2 run``), with the package's parameter files.
+The arm is ``robot`` (``--robot``; ``sage_hl_ros.sim.robots``: ``sim_arm7`` by default, or the 6-DoF
+UR-style ``sim_ur6``): the bridge and the expert simulate it, the model trained is its model config
+(``config/sim_model.yaml``, ``config/sim_ur6_model.yaml``), and the robot contract that config names
+gives every topic the bridge publishes, the recorder records and the SAGE nodes read, the joints the
+control node commands and its joint limits.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 from ..core.config import ConfigError, SelfValidating, load_yaml
 from ..launch_table import ALL_NODES, NodeSpec
 from ..paths import config_file
+from ..sim.robots import DEFAULT_ROBOT, SIM_ROBOTS, camera_info_topic, check_contract, sim_robot
 from .bringup import NodeProcesses, node_command
 
 SUMMARY_KEYS = ("expert_success", "learned_success", "mean_final_dist_m", "control_hz", "e2e_p99_ms")
@@ -52,12 +58,13 @@ class SimDemoConfig(SelfValidating):
     expert_noise_rad: float = 0.05  # exploration noise on the executed demo commands (labels clean)
     control_rate_hz: float = 100.0  # L loop; the sim publishes /clock at 100 Hz
     train_threads: int = 2
+    robot: str = DEFAULT_ROBOT  # the sim arm (sage_hl_ros.sim.robots): sim_arm7 | sim_ur6
     sleep_config: str = "sim_sleep.yaml"  # relative names are files of the package's config/
     dagger_sleep_config: str = "sim_dagger.yaml"
-    model_config: str = "sim_model.yaml"
+    model_config: str = ""  # "" = the robot's (sim_model.yaml, sim_ur6_model.yaml); its contract must be the robot's
     dataset_config: str = "sim_dataset.yaml"
-    sim_config: str = "sim.yaml"
-    joint_limits: str = "joint_limits.yaml"
+    sim_config: str = "sim.yaml"  # its sim.robot is replaced by ``robot``
+    joint_limits: str = ""  # "" = the robot contract's joint_limits file
     sleep_overrides: list[str] = field(default_factory=list)  # e.g. ["wake.steps=1500"]
     dagger_overrides: list[str] = field(default_factory=list)
     phase_timeout_s: float = 600.0  # wall time any one ROS phase may take before it is abandoned
@@ -90,6 +97,11 @@ class SimDemoConfig(SelfValidating):
             raise ConfigError(f"{where}.eval_seed: must differ from train_seed (held-out targets)")
         if self.teacher not in TEACHERS:
             raise ConfigError(f"{where}.teacher: choose one of {', '.join(TEACHERS)}, got {self.teacher!r}")
+        if self.robot not in SIM_ROBOTS:
+            raise ConfigError(f"{where}.robot: one of {list(SIM_ROBOTS)}, got {self.robot!r}")
+        if self.teacher == "groot" and self.robot != DEFAULT_ROBOT:
+            raise ConfigError(f"{where}.teacher: groot is wired for {DEFAULT_ROBOT} only (its modality map and the "
+                              f"protocol stand-in), got robot {self.robot!r}")
         if self.groot_endpoint and not self.groot_endpoint.startswith(("tcp://", "ipc://")):
             raise ConfigError(f"{where}.groot_endpoint: expected tcp://HOST:PORT, got {self.groot_endpoint!r}")
         for key in ("groot_rate_hz", "groot_timeout_s"):
@@ -99,6 +111,16 @@ class SimDemoConfig(SelfValidating):
     def path(self, name: str) -> Path:
         p = Path(name)
         return p if p.is_absolute() or p.exists() else config_file(name)
+
+    def model_config_path(self) -> Path:
+        return self.path(self.model_config or sim_robot(self.robot).model_config)
+
+    def sim(self, seed: int | None = None):
+        """The world config: ``sim_config``'s ``sim:`` section, on ``robot`` (and ``seed``)."""
+        from ..sim.world import SimConfig
+
+        sim = dataclasses.replace(SimConfig.from_yaml(self.path(self.sim_config)), robot=self.robot)
+        return sim if seed is None else dataclasses.replace(sim, seed=seed)
 
 
 def load_demo_config(path: str | Path | None = None, overrides: dict | None = None) -> SimDemoConfig:
@@ -117,7 +139,8 @@ def load_demo_config(path: str | Path | None = None, overrides: dict | None = No
 class _Watcher:
     """In-process observer: episode results, joint states and commands with wall arrival times."""
 
-    def __init__(self, joint_names: list[str]):
+    def __init__(self, joint_names: list[str], joint_states_topic: str = "/joint_states",
+                 joint_command_topic: str = "/joint_command"):
         from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import JointState
@@ -135,8 +158,8 @@ class _Watcher:
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(String, "/sim/episode_result", self._on_result, latched)
-        self.node.create_subscription(JointState, "/joint_states", self._stamp_into(self.joint_states), reliable)
-        self.node.create_subscription(JointState, "/joint_command", self._stamp_into(self.commands), reliable)
+        self.node.create_subscription(JointState, joint_states_topic, self._stamp_into(self.joint_states), reliable)
+        self.node.create_subscription(JointState, joint_command_topic, self._stamp_into(self.commands), reliable)
         self.start_client = self.node.create_client(Trigger, "/sim_bridge/start")
 
     def _on_result(self, msg) -> None:
@@ -166,13 +189,14 @@ class _Watcher:
 class _Graph:
     """rclpy in this process: the watcher node spun on a background thread."""
 
-    def __init__(self, joint_names: list[str]):
+    def __init__(self, joint_names: list[str], joint_states_topic: str = "/joint_states",
+                 joint_command_topic: str = "/joint_command"):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
         self._rclpy = rclpy
         rclpy.init()
-        self.watcher = _Watcher(joint_names)
+        self.watcher = _Watcher(joint_names, joint_states_topic, joint_command_topic)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.watcher.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -212,18 +236,23 @@ class _Phase:
         watcher = demo.graph.watcher
         watcher.clear()
         started = time.monotonic()
+        # Every node's robot topics are the contract's (mujoco_sim.yaml and isaac_sim.yaml name the
+        # 7-DoF arm's): "" = the contract's, for the bridge and the SAGE nodes alike.
+        joint_topics = {"joint_states_topic": demo.joint_states_topic, "joint_command_topic": demo.joint_command_topic}
         try:
             nodes.start("sim_bridge", node_command(_spec("sim_bridge"), ros_params, {
                 "autostart": False, "episodes": self.episodes, "seed": self.seed, "real_time_factor": self.rtf,
-                "sim_config_file": str(sim_yaml)}))
+                "sim_config_file": str(sim_yaml), "sim.robot": cfg.robot, "robot_file": str(demo.robot_file()),
+                **{f"{k}_topic": "" for k in ("rgb", "depth", "camera_info", "audio", "tactile")}, **joint_topics}))
             expert_params = {
                 "use_sim_time": True, "drive": self.expert_drives, "sim_config_file": str(sim_yaml),
+                "sim.robot": cfg.robot, **joint_topics,
                 "noise_rad": cfg.expert_noise_rad if (self.expert_drives and self.bag_dir) else 0.0,
                 "seed": self.seed}
             if self.groot_labels:  # the teacher labels; the expert's own labels go to a topic nobody records
                 expert_params["teacher_topic"] = "/sim_expert/unrecorded_label"
             nodes.start("sim_expert", node_command(_spec("sim_expert"), ros_params, expert_params))
-            expect_subs = 1  # the expert on /joint_states
+            expect_subs = 1  # the expert on the joint states
             if self.groot_labels:
                 nodes.start("sage_groot_teacher", node_command(GROOT_TEACHER_SPEC, [], {
                     "use_sim_time": True, "endpoint": demo.groot_endpoint,
@@ -235,11 +264,13 @@ class _Phase:
                 params = [config_file("isaac_sim.yaml")]
                 model = str(self.model_dir.resolve())
                 nodes.start("sage_context", node_command(_spec("sage_context"), params, {
-                    "model_dir": model, "use_sim_time": True, "autostart": True}))
+                    "model_dir": model, "use_sim_time": True, "autostart": True,
+                    **{f"{k}_topic": "" for k in ("camera", "depth", "audio", "tactile", "joint_states")}}))
                 nodes.start("sage_control", node_command(_spec("sage_control"), params, {
                     "model_dir": model, "use_sim_time": True, "autostart": True, "enable_control": True,
-                    "control_rate_hz": cfg.control_rate_hz,
-                    "joint_limits_file": str(cfg.path(cfg.joint_limits).resolve())}))
+                    "control_rate_hz": cfg.control_rate_hz, "joint_names": list(demo.contract.joints),
+                    "joint_states_topic": "", "joint_command_topic": "",
+                    "joint_limits_file": demo.joint_limits_file()}))
                 expect_subs += 2
             if self.bag_dir is not None:
                 nodes.start("sage_recorder", node_command(_spec("sage_recorder"), [], {
@@ -264,12 +295,13 @@ class _Phase:
     def _wait_ready(self, nodes: NodeProcesses, expect_subs: int) -> None:
         node = self.demo.graph.watcher.node
         deadline = time.monotonic() + 120.0
-        want = {("sub", "/joint_states"): expect_subs + 1}  # + this watcher
+        demo = self.demo
+        want = {("sub", demo.joint_states_topic): expect_subs + 1}  # + this watcher
         if self.model_dir is not None:
             want[("pub", "/sage/latent")] = 1
-            want[("pub", "/joint_command")] = 2  # the expert (silent unless driving) + sage_control
-        if self.bag_dir is not None:
-            want[("sub", "/rgb")] = 1 + (self.model_dir is not None) + self.groot_labels
+            want[("pub", demo.joint_command_topic)] = 2  # the expert (silent unless driving) + sage_control
+        if self.bag_dir is not None and demo.camera_topics:
+            want[("sub", demo.camera_topics[0])] = 1 + (self.model_dir is not None) + self.groot_labels
         if self.groot_labels:
             want[("pub", TEACHER_CHUNK_TOPIC)] = 1
         while True:
@@ -352,19 +384,57 @@ class SimDemo:
         self.workdir = workdir
         self.log = lambda msg: log(msg, flush=True) if log is print else log(msg)
         self.graph: _Graph | None = None
-        # What the bridge, the expert and the control node publish, with types and the bridge's QoS, so
-        # the recorder subscribes before the paused sim sends its first message (nothing is missed).
-        self.record_types = {
-            "/rgb": "sensor_msgs/msg/Image", "/depth": "sensor_msgs/msg/Image",
-            "/camera_info": "sensor_msgs/msg/CameraInfo", "/audio/frames": "std_msgs/msg/Float32MultiArray",
-            "/tactile/array": "std_msgs/msg/Float32MultiArray", "/joint_states": "sensor_msgs/msg/JointState",
-            "/joint_command": "sensor_msgs/msg/JointState", "/teacher/joint_command": "sensor_msgs/msg/JointState",
-            "/sage/episode": "std_msgs/msg/String", "/sim/episode_result": "std_msgs/msg/String",
-            TEACHER_CHUNK_TOPIC: "trajectory_msgs/msg/JointTrajectory"}
+        self.robot = sim_robot(cfg.robot)
         self.groot_endpoint = cfg.groot_endpoint
         self._standin = None
-        self.record_qos = [f"{t}:best_effort" for t in ("/rgb", "/depth", "/camera_info", "/audio/frames",
-                                                        "/tactile/array")]
+        from ..core.config import SageConfig
+
+        path = cfg.model_config_path()
+        self.use_contract(SageConfig.from_yaml(path).robot_contract(), f"{path}: robot")
+
+    def use_contract(self, contract, where: str) -> None:
+        """Run the loop on ``contract`` (the model config's; an evaluated checkpoint's): it must be the
+        sim robot's. Sets the topics the nodes use and the recorder records."""
+        from ..sim.world import TAXEL_SITES
+
+        check_contract(self.robot, contract, self.cfg.sim().audio_sample_rate_hz, len(TAXEL_SITES), where)
+        self.contract, self._robot_file = contract, None
+        self.joint_states_topic = _root(contract.joint_states_topic)
+        self.joint_command_topic = _root(contract.command.joint_command_topic)
+        self.camera_topics = [_root(c.topic) for c in contract.cameras]
+        # What the bridge, the expert and the control node publish, with types and the bridge's QoS, so
+        # the recorder subscribes before the paused sim sends its first message (nothing is missed).
+        sensors = {}
+        for cam in contract.cameras:
+            sensors[_root(cam.topic)] = "sensor_msgs/msg/Image"
+            if cam.depth_topic:
+                sensors[_root(cam.depth_topic)] = "sensor_msgs/msg/Image"
+            sensors[_root(camera_info_topic(cam.topic))] = "sensor_msgs/msg/CameraInfo"
+        for spec in (contract.audio, contract.tactile):
+            if spec is not None:
+                sensors[_root(spec.topic)] = "std_msgs/msg/Float32MultiArray"
+        self.record_types = {
+            **sensors, self.joint_states_topic: "sensor_msgs/msg/JointState",
+            self.joint_command_topic: "sensor_msgs/msg/JointState",
+            "/teacher/joint_command": "sensor_msgs/msg/JointState",
+            "/sage/episode": "std_msgs/msg/String", "/sim/episode_result": "std_msgs/msg/String",
+            TEACHER_CHUNK_TOPIC: "trajectory_msgs/msg/JointTrajectory"}
+        self.record_qos = [f"{t}:best_effort" for t in sensors]
+
+    def robot_file(self) -> Path:
+        """The contract as a file in the workdir, for the sim bridge (paths in it are absolute)."""
+        if self._robot_file is None:
+            import yaml
+
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._robot_file = self.workdir / "robot.yaml"
+            self._robot_file.write_text(yaml.safe_dump({"robot": dataclasses.asdict(self.contract)}, sort_keys=False))
+        return self._robot_file
+
+    def joint_limits_file(self) -> str:
+        """sage_control's limits: ``joint_limits`` if set, else the contract's file ("" = its URDF's)."""
+        cfg = self.cfg
+        return str(cfg.path(cfg.joint_limits).resolve()) if cfg.joint_limits else self.contract.joint_limits
 
     # ------------------------------------------------------------------ GR00T teacher
     def _start_standin(self) -> None:
@@ -398,7 +468,7 @@ class SimDemo:
         torch.set_num_threads(cfg.train_threads)
         trainer = SleepTrainer(tcfg, out, [str(b) for b in bags], init=init,
                                replay_bags=[str(b) for b in replay] if replay else None,
-                               model_config=None if init else cfg.path(cfg.model_config),
+                               model_config=None if init else cfg.model_config_path(),
                                dataset_config=cfg.path(cfg.dataset_config), progress=False,
                                log=lambda m: self.log(f"      {m}"))
         t0 = time.monotonic()
@@ -449,20 +519,21 @@ class SimDemo:
         cfg, wd = self.cfg, self.workdir
         if evaluate is not None:
             from ..core.checkpoint import CheckpointError, read_meta
+            from ..core.checkpoint_files import read_config
 
             try:
                 read_meta(evaluate)
+                self.use_contract(read_config(evaluate).robot_contract(), f"{evaluate}: robot (use --robot)")
             except CheckpointError as exc:
                 raise ConfigError(str(exc)) from None
         wd.mkdir(parents=True, exist_ok=True)
         for sub in ("bags", "models"):
             if (wd / sub).exists() and any((wd / sub).iterdir()):
                 raise ConfigError(f"{wd / sub}: not empty; choose a new --workdir (nothing is overwritten)")
-        joint_names = [f"joint{i}" for i in range(1, 8)]
         timings: dict[str, float] = {}
         t_all = time.monotonic()
         dagger: list[dict] = []
-        self.graph = _Graph(joint_names)
+        self.graph = _Graph(list(self.contract.joints), self.joint_states_topic, self.joint_command_topic)
         try:
             if cfg.teacher == "groot" and not self.groot_endpoint:
                 self._start_standin()
@@ -493,7 +564,7 @@ class SimDemo:
             if self._standin is not None:
                 self._standin.stop()
         self.log(f"[{n_steps}/{n_steps}] baselines on the same targets (in process) and the report")
-        baselines = baseline_policies(cfg.path(cfg.sim_config), cfg.eval_seed, cfg.eval_episodes)
+        baselines = baseline_policies(cfg.path(cfg.sim_config), cfg.eval_seed, cfg.eval_episodes, robot=cfg.robot)
         timings["total_s"] = time.monotonic() - t_all
         summary = {
             "expert": _success_stats(expert), "learned": _success_stats(learned), "dagger": dagger,
@@ -530,14 +601,15 @@ def _success_stats(results: list[dict]) -> dict:
             "median_final_dist_m": float(np.median(d)) if d.size else float("nan")}
 
 
-def baseline_policies(sim_yaml: Path, seed: int, episodes: int, control_dt_s: float = 0.01) -> dict[str, list[dict]]:
+def baseline_policies(sim_yaml: Path, seed: int, episodes: int, control_dt_s: float = 0.01,
+                      robot: str = DEFAULT_ROBOT) -> dict[str, list[dict]]:
     """Zero motion (hold the start pose) and a random policy (uniform joint steps, within the expert's
     step size) on the targets a bridge with ``seed`` draws: the floor the learned policy must beat."""
     from ..sim.world import ReachWorld, SimConfig
 
     out: dict[str, list[dict]] = {}
     for name in ("zero_motion", "random"):
-        world = ReachWorld(dataclasses.replace(SimConfig.from_yaml(sim_yaml), seed=seed))
+        world = ReachWorld(dataclasses.replace(SimConfig.from_yaml(sim_yaml), seed=seed, robot=robot))
         rng = np.random.default_rng(seed + 7)
         results = []
         for ep in range(episodes):
@@ -657,9 +729,12 @@ def write_report(wd: Path, summary: dict, cfg: SimDemoConfig) -> None:
 
 
 def _success_tolerance(cfg: SimDemoConfig) -> float:
-    from ..sim.world import SimConfig
+    return cfg.sim().success_tolerance_m
 
-    return SimConfig.from_yaml(cfg.path(cfg.sim_config)).success_tolerance_m
+
+def _root(topic: str) -> str:
+    """A contract topic as the demo's nodes (root namespace) resolve it."""
+    return topic if topic.startswith("/") else f"/{topic}"
 
 
 def run_sim_demo(workdir: Path, config: str | None = None, overrides: dict | None = None,
