@@ -19,6 +19,7 @@ CONSOLE_SCRIPTS = [
     "sage_recorder = sage_hl_ros.ros.recorder_node:main",
     "sage_replay = sage_hl_ros.ros.replay_node:main",
     "sage_groot_teacher = sage_hl_ros.ros.groot_teacher_node:main",
+    "sage_sleeper = sage_hl_ros.ros.sleeper_node:main",
     "sage-hl-bag = sage_hl_ros.tools.bag_cli:entry_point",
     "sage-hl-sleep = sage_hl_ros.tools.sleep_cli:entry_point",
     "sleep_train = sage_hl_ros.tools.sleep_cli:entry_point",
