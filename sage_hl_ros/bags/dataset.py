@@ -93,6 +93,7 @@ from .robot_topics import robot_streams
 from .verify import read_failure, require_intact
 
 __all__ = [
+    "AlignedStep",
     "BagDataset",
     "BagError",
     "DatasetConfig",
@@ -484,6 +485,18 @@ class _Plan:
     win_stop: int
 
 
+@dataclass
+class AlignedStep:
+    """One used step of an episode (``BagDataset.iter_steps``)."""
+
+    ep: EpisodeInfo
+    step: int  # grid step in the episode
+    time_ns: int  # its grid time
+    obs: ObservationBatch  # prepared, B = 1
+    action: np.ndarray  # (K, J) float32 absolute targets
+    source: int  # SOURCE_COMMAND, SOURCE_TEACHER or SOURCE_TEACHER_CHUNK
+
+
 # ============================================================================ statistics
 
 
@@ -582,6 +595,26 @@ class BagDataset:
         for e in self.episodes():
             out[e.split].append(e.id)
         return out
+
+    def iter_steps(self, split: str = "all") -> Iterator[AlignedStep]:
+        """The steps sequences are made of, one by one, episode by episode in time order (each step
+        once, however many sequences share it): its prepared observation (B = 1) and its K
+        targets with their source. For exporters (``lerobot_export``); images are decoded and
+        released as for ``iter_sequences``."""
+        _check_split(split)
+        for bag in self.bag_paths:
+            image_reader = None
+            try:
+                for plan in self._iter_plans(bag, split):
+                    if plan.used.size == 0:
+                        continue
+                    if image_reader is None:
+                        image_reader = self._open(bag)
+                    for g, batch in self._steps(image_reader, bag, plan):
+                        yield AlignedStep(plan.ep, g, int(plan.grid[g]), batch, plan.action[g], int(plan.source[g]))
+            finally:
+                if image_reader is not None:
+                    image_reader.close()
 
     def iter_sequences(self, split: str = "train") -> Iterator[SequenceBatch]:
         """B = 1 sequences of the split ("train", "val" or "all"), episode by episode, in time order."""

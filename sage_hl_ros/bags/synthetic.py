@@ -1,6 +1,6 @@
 """Write bags of the synthetic reaching task (``core.synthetic``) with rosbags. Pure: no rclpy.
 
-What a bag holds, per episode (``/sage/episode`` ``start:reach`` ... ``end:success``), at
+What a bag holds, per episode (``/sage/episode`` ``start:reach`` (``spec.tasks``) ... ``end:success``), at
 ``rate_hz`` (the H rate), every stream on the topics ``config/dataset.yaml`` expects:
 
     /camera/image_raw                        sensor_msgs/Image rgb8 (header stamp = step time)
@@ -67,6 +67,7 @@ class SyntheticBagSpec:
     gap_s: float = 1.0  # idle time between episodes
     start_time_s: float = 1000.0
     storage: str = "mcap"  # or "sqlite3"
+    tasks: tuple[str, ...] = ("reach",)  # episode e's start marker names tasks[e % len(tasks)]
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,6 +83,8 @@ class SyntheticBagSpec:
             raise ValueError(f"storage: 'mcap' or 'sqlite3', got {self.storage!r}")
         if not 0 <= self.command_latency_s < 0.5 / self.rate_hz:
             raise ValueError("command_latency_s must be in [0, half an H period)")
+        if not self.tasks or not all(isinstance(t, str) and t and t == t.strip() for t in self.tasks):
+            raise ValueError(f"tasks: non-empty names without surrounding spaces, got {self.tasks!r}")
 
 
 def _typestore():
@@ -166,7 +169,7 @@ def write_synthetic_bag(path: str | Path, obs_cfg: ObservationConfig, spec: Synt
         prev = pos.clone()
         freq = 300.0 + 400.0 * float(g[0, 2])
         sample = 0
-        messages.append(("episode", t0, m.string("start:reach")))
+        messages.append(("episode", t0, m.string(f"start:{spec.tasks[e % len(spec.tasks)]}")))
         for k in range(spec.steps_per_episode):
             t = t0 + k * dt_ns
             obs = task.render(g, pos[None])
