@@ -38,6 +38,10 @@ PIP_ONLY = {
     "onnxruntime": "onnxruntime",
     "onnx": "onnx",
     "onnxscript": "onnxscript",
+    # LeRobot datasets (bags/lerobot_*.py): Humble's apt has no pyarrow, and its python3-av (8.x) is
+    # older than the API used (av >= 12).
+    "pyarrow": "pyarrow",
+    "av": "av",
 }
 # Imported only where present, with a fallback or a clear error (never needed to run the nodes).
 OPTIONAL = {
