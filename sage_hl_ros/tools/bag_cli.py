@@ -7,6 +7,8 @@
     sage-hl-bag repair bags/run1                      # after a crash/SIGKILL: rebuild index + metadata.yaml
     sage-hl-bag convert bags/run1 bags/run2 --out data/ [--config config/dataset.yaml]
     sage-hl-bag convert bags/sim --out data/ --config config/sim_dataset.yaml   # sim bags (model: sim_model.yaml)
+    sage-hl-bag export --format lerobot bags/run1 bags/run2 data/lerobot_run --model-dir models/current
+    sage-hl-bag export --format lerobot bags/sim data/lerobot_sim --config config/sim_dataset.yaml
 
 Replay skips command, e-stop and /diagnostics topics unless ``--include-commands``. Every
 command checks the bag's storage files before using them and exits non-zero with the damaged
@@ -14,12 +16,20 @@ file and its problem named (info, convert, repair 1; replay 2 before playing, 1 
 
 ``record`` and ``replay`` run the ``sage_recorder`` / ``sage_replay`` nodes in this process
 (anything after ``--ros-args`` is passed through, e.g. ``--ros-args -p fsync:=false``);
-``info``, ``repair`` and ``convert`` are pure Python and need no ROS graph.
+``info``, ``repair``, ``convert`` and ``export`` are pure Python and need no ROS graph.
+
+``export --format lerobot`` writes a LeRobotDataset v3.0 (``bags/lerobot_export.py``): the aligned
+steps at ``dataset.rate_hz`` fps, observation.state / observation.velocity / action (the teacher label
+where present, else the executed command), one H.264 video per camera of the robot contract at the
+model's image size. The robot, joints and image size are the checkpoint's (``--model-dir``) or a
+model YAML's (``--model-config``), else the ``--config`` file's observation / model_config, else
+config/model.yaml; the alignment is ``--config``'s dataset section.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -131,6 +141,31 @@ def cmd_convert(args, extra) -> int:
     return 0
 
 
+def cmd_export(args, extra) -> int:
+    try:
+        from ..bags.dataset import _observation_config, load_dataset_config
+        from ..bags.lerobot_export import VideoOptions, export_lerobot
+    except ImportError as exc:
+        print(f"error: LeRobot export is not available ({exc}; pip install pyarrow av)", file=sys.stderr)
+        return 2
+    if args.model_dir or args.model_config:
+        from ..core.checkpoint_files import read_config
+        from ..core.config import SageConfig
+
+        sage = read_config(args.model_dir) if args.model_dir else SageConfig.from_yaml(args.model_config)
+        obs, robot = sage.observation, sage.robot_contract()
+    else:
+        obs, robot = _observation_config(args.config)
+    dcfg = load_dataset_config(args.config)
+    if args.rate_hz is not None:
+        dcfg = dataclasses.replace(dcfg, rate_hz=args.rate_hz)
+    summary = export_lerobot(args.bags, args.out, obs_cfg=obs, dataset_cfg=dcfg, robot=robot, overwrite=args.overwrite,
+                             video=VideoOptions(crf=args.crf, gop=args.gop, preset=args.preset),
+                             progress=None if args.quiet else print)
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sage-hl-bag", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,6 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", default=None,
                        help="checkpoint directory whose observation config and action_chunk the samples follow")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="bags -> a LeRobotDataset v3.0 folder (parquet + MP4 video per camera)")
+    p.add_argument("--format", choices=("lerobot",), required=True, help="output format")
+    p.add_argument("bags", nargs="+", metavar="BAG", help="bag directories, .mcap/.db3 files or folders of bags")
+    p.add_argument("out", metavar="OUT", help="output folder (the dataset's root)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--model-dir", "--checkpoint", dest="model_dir", default=None,
+                       help="checkpoint whose robot contract (joints, cameras) and observation (image size) the "
+                            "dataset follows")
+    model.add_argument("--model-config", default=None, help="model YAML to take them from instead")
+    p.add_argument("--config", default=None, help="YAML with a `dataset` section (rate_hz = fps, topics, require, "
+                   "exclude_outcomes...; optionally `observation` or `model_config`); default config/dataset.yaml")
+    p.add_argument("--rate-hz", type=float, default=None, help="override dataset.rate_hz (the dataset's fps)")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT")
+    p.add_argument("--crf", type=int, default=23, help="libx264 quality (lower: better, larger)")
+    p.add_argument("--gop", type=int, default=2, help="key frame interval (LeRobot's default 2: fast random access)")
+    p.add_argument("--preset", default="veryfast", help="libx264 preset")
+    p.add_argument("--quiet", action="store_true", help="print only the JSON summary")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
