@@ -6,6 +6,7 @@
     sage-hl-sleep --bags bags/today --out models/night_01 --resume               # after Ctrl-C / a crash
     sage-hl-sleep --bags bags/today --out models/n1 --set wake.steps=50 --set phases=[wake,dream]
     sage-hl-sleep --bags bags/today --init models/current --out models/n4 --reload-node sage_control
+    sage-hl-sleep --lerobot data/lerobot_day1 --model-config my_model.yaml --out models/n5    # a LeRobot v3 dataset
 
 Phases (``config/sleep.yaml``): wake (learn from the new bags), sleep (prioritized replay of earlier
 and new experience + augmentation + distillation from the previous model), dream (each sequence with
@@ -28,7 +29,12 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sage-hl-sleep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bags", nargs="+", required=True, help="new experience: bag dirs, .mcap/.db3, or folders of bags")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--bags", nargs="+", help="new experience: bag dirs, .mcap/.db3, or folders of bags")
+    data.add_argument("--lerobot", nargs="+", metavar="DATASET",
+                      help="new experience: LeRobotDataset v3 folders (meta/info.json; e.g. `sage-hl-bag export "
+                           "--format lerobot`); the model's robot contract names their joints and cameras. "
+                           "--replay-bags / --eval-bags may be LeRobot folders too")
     p.add_argument("--out", required=True, help="output checkpoint directory (report/ and trainer_state/ inside)")
     p.add_argument("--init", help="checkpoint to continue from (default: a new model from --model-config)")
     p.add_argument("--replay-bags", nargs="*", default=None,
@@ -71,9 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (("seed", args.seed), ("device", args.device), ("threads", args.threads)):
         if value is not None:
             overrides.append(f"{key}={value}")
+    data = args.bags
+    if args.lerobot:
+        from pathlib import Path
+
+        bad = [p for p in args.lerobot if not (Path(p) / "meta" / "info.json").is_file()]
+        if bad:
+            err(f"--lerobot {' '.join(bad)}: not a LeRobot dataset folder (no meta/info.json)")
+            return 2
+        data = args.lerobot
     try:
         cfg = load_train_config(args.config, overrides)
-        trainer = SleepTrainer(cfg, args.out, args.bags, init=args.init, replay_bags=args.replay_bags,
+        trainer = SleepTrainer(cfg, args.out, data, init=args.init, replay_bags=args.replay_bags,
                                eval_bags=args.eval_bags, model_config=args.model_config,
                                dataset_config=args.dataset_config, progress=not args.no_progress)
         result = trainer.run(resume=args.resume, stop_after=args.stop_after)

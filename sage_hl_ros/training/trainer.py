@@ -122,8 +122,27 @@ class _Progress:
             self.bar.close()
 
 
+def _is_lerobot(path) -> bool:
+    return (Path(path) / "meta" / "info.json").is_file()  # lerobot_format.is_lerobot_dataset, without pyarrow
+
+
 def _bag_list(paths) -> list[str]:
+    if paths and not isinstance(paths, (str, Path)) and any(_is_lerobot(p) for p in paths):
+        return [str(Path(p).resolve()) for p in dict.fromkeys(paths)]  # LeRobot folders: _dataset checks them
     return [str(p.resolve()) for p in expand_bag_paths(paths)] if paths else []
+
+
+def _dataset(paths: list[str], obs_cfg, dcfg: DatasetConfig, robot):
+    """The data of ``paths``: bags (BagDataset), or LeRobot v3 dataset folders (LeRobotSource, the
+    same sequences and normaliser arrays; ``sage-hl-sleep --lerobot``)."""
+    kinds = {_is_lerobot(p) for p in paths}
+    if kinds == {True}:
+        from ..bags.lerobot_source import LeRobotSource
+
+        return LeRobotSource(paths, obs_cfg, dcfg, robot)
+    if len(kinds) > 1:
+        raise ValueError(f"{paths}: bags and LeRobot datasets mixed in one list; give them separately")
+    return BagDataset(paths, obs_cfg, dcfg)
 
 
 class SleepTrainer:
@@ -204,7 +223,7 @@ class SleepTrainer:
 
     def _sequences(self, bags: list[str], obs_cfg, dcfg: DatasetConfig, split: str, limit: int) -> SequenceBatch | None:
         seqs = []
-        for seq in BagDataset(bags, obs_cfg, dcfg).iter_sequences(split):
+        for seq in _dataset(bags, obs_cfg, dcfg, self._robot).iter_sequences(split):
             seqs.append(seq)
             if len(seqs) >= limit:
                 break
@@ -214,14 +233,15 @@ class SleepTrainer:
         cfg, obs = self.cfg, model.cfg.observation
         t0 = time.perf_counter()
         self.stores: dict[str, ExperienceStore] = {}
-        self.datasets = {"new": BagDataset(self.bags, obs, dcfg)}
+        self._robot = model.cfg.robot_contract()
+        self.datasets = {"new": _dataset(self.bags, obs, dcfg, self._robot)}
         self.stores["new"] = ExperienceStore.from_sequences("new", self.datasets["new"].iter_sequences("train"),
                                                             cfg.max_sequences, cfg.seed)
         if not len(self.stores["new"]):
             raise ValueError(f"no training sequences in {self.bags} (train split): check the topics in the "
                              "dataset config and that the bags hold joint states and commands")
         if self.replay_bags:
-            self.datasets["old"] = BagDataset(self.replay_bags, obs, dcfg)
+            self.datasets["old"] = _dataset(self.replay_bags, obs, dcfg, self._robot)
             self.stores["old"] = ExperienceStore.from_sequences(
                 "old", self.datasets["old"].iter_sequences("train"), cfg.max_sequences, cfg.seed + 1)
         ecfg = self._eval_cfg(dcfg)
