@@ -258,9 +258,21 @@ def test_the_reader_gives_bagdatasets_sequences(exported):
 
 def test_the_reader_subsamples_chunks_within_episodes_and_differences_velocities(exported, tmp_path):
     obs, cols = exported["obs"], exported["cols"]
-    # Another dataset's conventions: state named "<joint>.pos", no velocity feature.
+    # Another dataset's conventions: state named "<joint>.pos", no velocity feature, AV1 video (lerobot's
+    # default codec, libsvtav1) for one camera.
     other = tmp_path / "other"
     shutil.copytree(exported["out"], other)
+    frames, _ = exported["video"][KEYS[1]]
+    with av.open(str(other / "videos" / KEYS[1] / "chunk-000" / "file-000.mp4"), "w") as c:
+        stream = c.add_stream("libsvtav1", rate=10, options={"g": "2", "crf": "30"})
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i, x in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(x, format="rgb24")
+            vf.pts = i
+            for packet in stream.encode(vf):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
     info = json.loads((other / "meta" / "info.json").read_text())
     info["features"]["observation.state"]["names"] = [f"{j}.pos" for j in obs.joint_names][::-1]
     del info["features"]["observation.velocity"]
@@ -288,6 +300,9 @@ def test_the_reader_subsamples_chunks_within_episodes_and_differences_velocities
         np.testing.assert_allclose(s.obs.joint_velocity[0].numpy(), vel, rtol=1e-6, atol=1e-6)
         # ... which is what the synthetic bag recorded
         np.testing.assert_allclose(s.obs.joint_velocity[0].numpy(), cols["observation.velocity"][f], atol=1e-4)
+        for c, key in enumerate(KEYS):  # H.264 and AV1 views, decoded at the subsampled frames
+            view = s.obs.image[0, 3 * c:3 * c + 3].permute(1, 2, 0).numpy()
+            assert np.abs(view - exported["video"][key][0][f] / 255.0).mean() < 0.03, (key, f)
 
 
 def test_the_reader_refuses_what_it_cannot_map(exported):
@@ -325,5 +340,11 @@ def test_sleep_trains_a_checkpoint_from_the_lerobot_dataset(exported, tmp_path):
     # the normaliser was fitted on the dataset's states
     state = exported["cols"]["observation.state"]
     assert float(model.normalizer.joint_position_min.min()) >= float(state.min()) - 1e-6
+    # the checkpoint's robot and observation drive an export (--model-dir), as `record --model-dir` does
+    rc, text = _run(bag_cli.main, ["export", "--format", "lerobot", str(exported["bags"][1]), str(tmp_path / "again"),
+                                   "--model-dir", str(ckpt), "--quiet"])
+    assert rc == 0 and json.loads(text)["cameras"] == KEYS
+    assert json.loads((tmp_path / "again" / "meta" / "info.json").read_text())["features"]["action"]["names"] == \
+        list(model.cfg.observation.joint_names)
     # a folder that is not a LeRobot dataset is refused before training
     assert _run(sleep_cli.main, ["--lerobot", str(exported["bags"][0]), "--out", str(tmp_path / "x")])[0] == 2
