@@ -59,6 +59,8 @@ def _demo(args: argparse.Namespace) -> int:
         overrides["robot"] = args.robot
     if args.groot_endpoint is not None:
         overrides["groot_endpoint"] = args.groot_endpoint
+    if args.backend is not None:
+        overrides["inference_backend"] = args.backend
     train = (QUICK_TRAIN if args.quick else []) + list(args.set)
     workdir = Path(args.workdir or time.strftime("runs/sim_demo_%Y%m%d_%H%M%S"))
     return run_sim_demo(workdir, config=args.config, overrides=overrides, sleep_overrides=train,
@@ -104,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                         "sage_groot_teacher (default: the config's, expert)")
     p.add_argument("--groot-endpoint", default=None, metavar="tcp://HOST:PORT",
                    help="GR00T policy server for --teacher groot (default: start the protocol stand-in)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                   help="sage_context's H path while the learned nodes drive (default: the config's, torch); "
+                        "onnxruntime exports the checkpoint first where it has no fp32 export")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("runtime-demo", help="the H and L nodes on synthetic sensors and a loopback arm: rates and "

@@ -89,6 +89,9 @@ def test_demo_config_errors_name_the_key(tmp_path: Path, capsys):
     bad.write_text("sim_demo:\n  demos: 0\n")
     assert main(["demo", "--config", str(bad), "--workdir", str(tmp_path / "w")]) == 2
     assert "demos: must be >= 1" in capsys.readouterr().out
+    bad.write_text("sim_demo:\n  inference_backend: tensorrt\n")
+    assert main(["demo", "--config", str(bad), "--workdir", str(tmp_path / "w2")]) == 2
+    assert "inference_backend: one of ['torch', 'onnxruntime'], got 'tensorrt'" in capsys.readouterr().out
 
 
 def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path, capsys):

@@ -40,6 +40,7 @@ from .bringup import NodeProcesses, node_command
 SUMMARY_KEYS = ("expert_success", "learned_success", "mean_final_dist_m", "control_hz", "e2e_p99_ms")
 TEACHER_KEYS = ("teacher", "teacher_success", "learned_success", "learned_vs_teacher", "bag_teacher_chunks")
 TEACHERS = ("expert", "groot")
+INFERENCE_BACKENDS = ("torch", "onnxruntime")
 TEACHER_CHUNK_TOPIC = "/teacher/joint_trajectory"
 
 
@@ -68,6 +69,9 @@ class SimDemoConfig(SelfValidating):
     sleep_overrides: list[str] = field(default_factory=list)  # e.g. ["wake.steps=1500"]
     dagger_overrides: list[str] = field(default_factory=list)
     phase_timeout_s: float = 600.0  # wall time any one ROS phase may take before it is abandoned
+    # sage_context's H path when the learned nodes drive: torch, or onnxruntime (the checkpoint's
+    # fp32 export, made here first where it has none; the context process then never imports torch).
+    inference_backend: str = "torch"
     # Who labels the recorded demonstrations: the sim's scripted expert, or a GR00T policy server
     # through sage_groot_teacher (the expert still drives the demos; the teacher never commands).
     teacher: str = "expert"  # expert | groot
@@ -95,6 +99,9 @@ class SimDemoConfig(SelfValidating):
             raise ConfigError(f"{where}.expert_noise_rad: must be >= 0, got {self.expert_noise_rad}")
         if self.train_seed == self.eval_seed:
             raise ConfigError(f"{where}.eval_seed: must differ from train_seed (held-out targets)")
+        if self.inference_backend not in INFERENCE_BACKENDS:
+            raise ConfigError(f"{where}.inference_backend: one of {list(INFERENCE_BACKENDS)}, "
+                              f"got {self.inference_backend!r}")
         if self.teacher not in TEACHERS:
             raise ConfigError(f"{where}.teacher: choose one of {', '.join(TEACHERS)}, got {self.teacher!r}")
         if self.robot not in SIM_ROBOTS:
@@ -263,8 +270,11 @@ class _Phase:
             if self.model_dir is not None:
                 params = [config_file("isaac_sim.yaml")]
                 model = str(self.model_dir.resolve())
+                if cfg.inference_backend == "onnxruntime":
+                    demo.ensure_export(self.model_dir)
                 nodes.start("sage_context", node_command(_spec("sage_context"), params, {
                     "model_dir": model, "use_sim_time": True, "autostart": True,
+                    "inference_backend": cfg.inference_backend,
                     **{f"{k}_topic": "" for k in ("camera", "depth", "audio", "tactile", "joint_states")}}))
                 nodes.start("sage_control", node_command(_spec("sage_control"), params, {
                     "model_dir": model, "use_sim_time": True, "autostart": True, "enable_control": True,
@@ -513,6 +523,19 @@ class SimDemo:
             model = self._train(f"round{k}", list(bags), cfg.dagger_sleep_config, cfg.dagger_overrides, model, [])
             timings[f"dagger{k}_s"] = time.monotonic() - t0
         return model
+
+    def ensure_export(self, model_dir: Path) -> None:
+        """The checkpoint's fp32 ONNX export (checked against torch as it is written), made once."""
+        from ..deploy.export import ExportConfig, export_model
+        from ..deploy.manifest import ExportError, find_export
+
+        try:
+            find_export(model_dir, "fp32")
+            return
+        except ExportError:
+            pass
+        self.log(f"      export: {model_dir} -> ONNX fp32 (inference_backend onnxruntime)")
+        export_model(model_dir, ExportConfig(precisions=["fp32"]), log=lambda line: self.log(f"      {line}"))
 
     def run(self, evaluate: Path | None = None) -> dict:
         """The whole loop; with ``evaluate`` (a checkpoint) only the held-out evaluation of it."""
