@@ -544,8 +544,14 @@ class BagDataset:
     """
 
     def __init__(self, bag_paths: str | Path | Iterable[str | Path], obs_cfg: ObservationConfig,
-                 cfg: DatasetConfig | None = None, robot: RobotContract | None = None):
+                 cfg: DatasetConfig | None = None, robot: RobotContract | None = None,
+                 shard: tuple[int, int] | None = None):
         self.bag_paths = expand_bag_paths(bag_paths)
+        # (rank, world): this reader's share of the train split, episode k (in bag and time order) for
+        # rank k % world; the val split is whole (data-parallel training: training.distributed).
+        if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+        self.shard = shard
         self.obs_cfg = obs_cfg
         cfg = cfg if cfg is not None else load_dataset_config()
         # Topics not set in the dataset config are the robot contract's (the model's, or the one its
@@ -588,6 +594,10 @@ class BagDataset:
             found = {str(b): self._scan_episodes(b) for b in self.bag_paths}
             self._assign_splits([e for eps in found.values() for e in eps])
             self._episodes = found
+            if self.shard is not None:
+                rank, world = self.shard
+                train = [e for eps in found.values() for e in eps if e.split == "train"]
+                self._shard_ids = {(e.bag, e.index) for k, e in enumerate(train) if k % world == rank}
         return [e for eps in self._episodes.values() for e in eps]
 
     def split_ids(self) -> dict[str, list[str]]:
@@ -842,6 +852,8 @@ class BagDataset:
         """Aligned plans of ``bag``'s episodes in ``split``, in one receive-ordered pass."""
         self.episodes()
         wanted = [e for e in self._episodes[str(bag)] if split == "all" and e.split != "excluded" or e.split == split]
+        if self.shard is not None:
+            wanted = [e for e in wanted if e.split != "train" or (e.bag, e.index) in self._shard_ids]
         if not wanted:
             return
         cfg = self.cfg

@@ -6,6 +6,7 @@
     sage-hl-sleep --bags bags/today --out models/night_01 --resume               # after Ctrl-C / a crash
     sage-hl-sleep --bags bags/today --out models/n1 --set wake.steps=50 --set phases=[wake,dream]
     sage-hl-sleep --bags bags/today --init models/current --out models/n4 --reload-node sage_control
+    sage-hl-sleep --bags bags/big --out models/n5 --nproc-per-node 2                 # data-parallel (torchrun)
     sage-hl-sleep --lerobot data/lerobot_day1 --model-config my_model.yaml --out models/n5    # a LeRobot v3 dataset
 
 Phases (``config/sleep.yaml``): wake (learn from the new bags), sleep (prioritized replay of earlier
@@ -23,6 +24,8 @@ without restarting. Exit codes: 0 done (or stopped by --stop-after), 2 bad confi
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 
 
@@ -52,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, metavar="STEPS",
                    help="stop after this many optimiser steps, state saved (time-boxed runs; then --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="data-parallel training on N processes (re-launched under torchrun; gloo on CPU, NCCL on "
+                        "CUDA); batch_size is the global batch")
+    p.add_argument("--nnodes", type=int, default=1, help="machines in a multi-node job (each runs the same line)")
+    p.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT",
+                   help="multi-node: the c10d rendezvous every node joins (e.g. the first node's address:29400)")
     p.add_argument("--reload-node", nargs="*", default=[], metavar="NODE",
                    help="after training, set model_dir on these running nodes (e.g. sage_control sage_context)")
     return p
@@ -62,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--ros-args" in argv:  # `ros2 run` may append ROS arguments; the trainer has no node
         argv = argv[:argv.index("--ros-args")]
     args = build_parser().parse_args(argv)
+    if (args.nproc_per_node > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
+        return _torchrun(args, argv)
 
     from ..bags.dataset import BagError
     from ..core.checkpoint import CheckpointError
@@ -91,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer = SleepTrainer(cfg, args.out, data, init=args.init, replay_bags=args.replay_bags,
                                eval_bags=args.eval_bags, model_config=args.model_config,
                                dataset_config=args.dataset_config, progress=not args.no_progress)
-        result = trainer.run(resume=args.resume, stop_after=args.stop_after)
+        try:
+            result = trainer.run(resume=args.resume, stop_after=args.stop_after)
+        finally:
+            if getattr(trainer, "dist", None) is not None:
+                trainer.dist.close()
     except (ConfigError, BagError, ValueError, FileNotFoundError) as exc:
         if isinstance(exc, (StateError, CheckpointError)):
             err(str(exc))
@@ -100,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    if "stopped_at" in result:
+    if "stopped_at" in result or "rank" in result:  # stopped, or a rank other than 0 (rank 0 reports)
         return 0
     final = result["final"]["new"]
     print(f"sage-hl-sleep: {args.out}: held-out action error {final['action_error']:.4f} rad "
@@ -117,6 +132,36 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             return 4
     return 0
+
+
+def _torchrun(args: argparse.Namespace, argv: list[str]) -> int:
+    """Re-launch this command on N ranks under torchrun (each rank runs this main without the flags)."""
+    from ..training.distributed import torchrun_command
+
+    own = ("--nproc-per-node", "--nnodes", "--rdzv-endpoint")
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in own:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in own:
+            continue
+        rest.append(a)
+    try:
+        cmd = torchrun_command(args.nproc_per_node, rest, args.nnodes, args.rdzv_endpoint)
+    except ValueError as exc:
+        print(f"sage-hl-sleep: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print("sage-hl-sleep: " + " ".join(cmd), file=sys.stderr, flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(args.threads or 1))}
+    code = subprocess.call(cmd, env=env)
+    if code:
+        print(f"sage-hl-sleep: the data-parallel job failed (exit {code}): torchrun stopped every rank; the "
+              "failing rank's error is above", file=sys.stderr, flush=True)
+    return code
 
 
 def entry_point() -> None:

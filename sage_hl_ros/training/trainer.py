@@ -53,6 +53,7 @@ from ..core.system import SageHL, SequenceBatch, build_model
 from ..safety.limits import JointLimits
 from .augment import augment
 from .config import EXTEROCEPTIVE, TrainConfig
+from .distributed import Dist, average_gradients
 from .fit import make_optimizer
 from .phases import dream_loss, ema_update, make_teacher, modality_weights, sleep_loss, wake_loss
 from .replay import ExperienceStore
@@ -132,17 +133,21 @@ def _bag_list(paths) -> list[str]:
     return [str(p.resolve()) for p in expand_bag_paths(paths)] if paths else []
 
 
-def _dataset(paths: list[str], obs_cfg, dcfg: DatasetConfig, robot):
+def _dataset(paths: list[str], obs_cfg, dcfg: DatasetConfig, robot, shard: tuple[int, int] | None = None):
     """The data of ``paths``: bags (BagDataset), or LeRobot v3 dataset folders (LeRobotSource, the
-    same sequences and normaliser arrays; ``sage-hl-sleep --lerobot``)."""
+    same sequences and normaliser arrays; ``sage-hl-sleep --lerobot``). ``shard`` (rank, world):
+    this rank's share of the training episodes (data-parallel training)."""
     kinds = {_is_lerobot(p) for p in paths}
     if kinds == {True}:
+        if shard is not None:
+            raise ValueError("data-parallel training (--nproc-per-node) reads bags only; LeRobot datasets are "
+                             "not sharded yet: train on them with one process")
         from ..bags.lerobot_source import LeRobotSource
 
         return LeRobotSource(paths, obs_cfg, dcfg, robot)
     if len(kinds) > 1:
         raise ValueError(f"{paths}: bags and LeRobot datasets mixed in one list; give them separately")
-    return BagDataset(paths, obs_cfg, dcfg)
+    return BagDataset(paths, obs_cfg, dcfg, robot=robot, shard=shard)
 
 
 class SleepTrainer:
@@ -234,20 +239,27 @@ class SleepTrainer:
         t0 = time.perf_counter()
         self.stores: dict[str, ExperienceStore] = {}
         self._robot = model.cfg.robot_contract()
-        self.datasets = {"new": _dataset(self.bags, obs, dcfg, self._robot)}
+        d = self.dist
+        shard = (d.rank, d.world) if d.enabled else None
+        self.datasets = {"new": _dataset(self.bags, obs, dcfg, self._robot, shard)}
         self.stores["new"] = ExperienceStore.from_sequences("new", self.datasets["new"].iter_sequences("train"),
                                                             cfg.max_sequences, cfg.seed)
         if not len(self.stores["new"]):
-            raise ValueError(f"no training sequences in {self.bags} (train split): check the topics in the "
+            where = f" for rank {d.rank} of {d.world} (its share of the episodes)" if d.enabled else ""
+            raise ValueError(f"no training sequences in {self.bags} (train split){where}: check the topics in the "
                              "dataset config and that the bags hold joint states and commands")
         if self.replay_bags:
-            self.datasets["old"] = _dataset(self.replay_bags, obs, dcfg, self._robot)
+            self.datasets["old"] = _dataset(self.replay_bags, obs, dcfg, self._robot, shard)
             self.stores["old"] = ExperienceStore.from_sequences(
                 "old", self.datasets["old"].iter_sequences("train"), cfg.max_sequences, cfg.seed + 1)
         ecfg = self._eval_cfg(dcfg)
         n = cfg.eval.max_sequences
         self.eval_sets: dict[str, SequenceBatch] = {}
         self.eval_sources: dict[str, str] = {}
+        self.probe_train: SequenceBatch | None = None
+        if not d.is_main:  # rank 0 alone evaluates
+            self.load_seconds = time.perf_counter() - t0
+            return
         if self.eval_bags:
             new_eval = self._sequences(self.eval_bags, obs, ecfg, "all", n)
             self.eval_sources["new"] = f"all episodes of {len(self.eval_bags)} eval bag(s)"
@@ -263,7 +275,6 @@ class SleepTrainer:
             if old_eval is not None:
                 self.eval_sets["old"] = old_eval
                 self.eval_sources["old"] = "val split of the replay bags"
-        self.probe_train: SequenceBatch | None = None
         if cfg.eval.probes:
             per = max(1, cfg.eval.probe_max_train_steps // ecfg.sequence_steps)
             self.probe_train = self._sequences(self.bags, obs, ecfg, "train", per)
@@ -277,7 +288,7 @@ class SleepTrainer:
         n = model.normalizer
         fitted = bool(torch.isfinite(n.action_min).all())
         if not fitted:
-            arrays = [ds.normalizer_arrays("train") for ds in self.datasets.values()]
+            arrays = [a for ds in self.datasets.values() for a in self.dist.gather(ds.normalizer_arrays("train"))]
             cat = {k: torch.from_numpy(np.concatenate([a[k] for a in arrays])) for k in arrays[0]}
             taxels = model.cfg.observation.tactile_taxels
             no_tactile = cat["tactile"].shape[0] == 0
@@ -291,8 +302,7 @@ class SleepTrainer:
                     n.tactile_max.fill_(math.inf)
             self.log("normaliser fitted on the training data")
             return
-        for ds in self.datasets.values():
-            a = ds.normalizer_arrays("train")
+        for a in (a for ds in self.datasets.values() for a in self.dist.gather(ds.normalizer_arrays("train"))):
             pos, targets = torch.from_numpy(a["joint_position"]), torch.from_numpy(a["targets"])
             if not pos.shape[0]:
                 continue
@@ -315,6 +325,15 @@ class SleepTrainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = resolve_device(cfg.device)
+        d = self.dist = Dist.from_env(device)
+        if d.enabled:
+            if cfg.batch_size % d.world:
+                raise ValueError(f"batch_size {cfg.batch_size} is the global batch: it must divide by the "
+                                 f"{d.world} ranks")
+            if not d.is_main:  # rank 0 alone reports, shows progress and writes
+                self.log, self.progress = (lambda msg: None), False
+            self.log(f"data-parallel: {d.world} ranks ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+                     f"{cfg.batch_size // d.world} sequences per rank and step")
         self.out.mkdir(parents=True, exist_ok=True)
         tensors, saved = None, None
         if resume:
@@ -324,6 +343,9 @@ class SleepTrainer:
         model = self._model(saved)
         dcfg = self._dataset_cfg(model)
         fingerprint = self._fingerprint(dcfg)
+        if saved is not None and saved.get("world_size", 1) != d.world:
+            raise StateError(f"{self.out}: cannot resume: the run had {saved.get('world_size', 1)} ranks, this "
+                             f"one has {d.world} (each rank's sampler state belongs to its own data shard)")
         if saved is not None:
             for key, value in fingerprint.items():
                 if json.loads(json.dumps(value)) != saved["fingerprint"].get(key):
@@ -333,8 +355,9 @@ class SleepTrainer:
                 self.log(f"{self.out}: this run already finished at step {saved['step']}; nothing to resume")
                 return json.loads((self.out / REPORT_DIR / "report.json").read_text())
         torch.manual_seed(cfg.seed)
-        gens = {"sampler": torch.Generator().manual_seed(cfg.seed + 11),
-                "augment": torch.Generator().manual_seed(cfg.seed + 23)}
+        rank_seed = 7919 * d.rank  # each rank draws its own batches (rank 0: the single-process streams)
+        gens = {"sampler": torch.Generator().manual_seed(cfg.seed + 11 + rank_seed),
+                "augment": torch.Generator().manual_seed(cfg.seed + 23 + rank_seed)}
         self._load_data(model, dcfg)
         self.rate_hz = dcfg.rate_hz
         self.depth_max_m = model.cfg.observation.depth_max_m
@@ -351,6 +374,11 @@ class SleepTrainer:
         model.to(device)
         if teacher is not None:
             teacher.to(device)
+        if d.enabled and saved is None:  # every rank starts from rank 0's weights and normaliser
+            import torch.distributed as tdist
+
+            for t in model.state_dict().values():
+                tdist.broadcast(t, 0)
         opt = _optimizer(model, cfg)
 
         # Run bookkeeping (restored on resume).
@@ -364,30 +392,37 @@ class SleepTrainer:
                 load_module(teacher, tensors, "teacher.", "teacher")
                 teacher.to(device)
             optimizer_from_flat(opt, tensors, saved["optimizer"])
-            restore_rng(tensors, gens)
+            own = tensors if d.rank == 0 else {k[len(f"rank{d.rank}."):]: v for k, v in tensors.items()
+                                               if k.startswith(f"rank{d.rank}.")}
+            restore_rng(own, gens)
             for name, store in self.stores.items():
                 key = f"replay.{name}.priority"
-                if key in tensors and tensors[key].shape == store.priority.shape:
-                    store.priority = tensors[key].clone()
+                if key in own and own[key].shape == store.priority.shape:
+                    store.priority = own[key].clone()
             st.update({k: saved.get(k, st[k]) for k in st})
             self.log(f"resuming at step {st['step']} (phase {cfg.phases[st['phase_index']]}, "
                      f"step {st['phase_step']} of it)")
 
         def save(finished: bool = False) -> None:
-            t = {**module_tensors(model, "model."), **rng_tensors(gens)}
+            mine = {**rng_tensors(gens), **{f"replay.{n}.priority": store.priority for n, store in self.stores.items()}}
+            ranks = d.gather(mine)  # the other ranks' samplers and priorities travel to rank 0
+            if not d.is_main:
+                return
+            t = {**module_tensors(model, "model."), **mine}
+            for r, theirs in enumerate(ranks[1:], start=1):
+                t.update({f"rank{r}.{k}": v for k, v in theirs.items()})
             if teacher is not None:
                 t.update(module_tensors(teacher, "teacher."))
             ot, ometa = optimizer_to_flat(opt)
             t.update(ot)
-            for name, store in self.stores.items():
-                t[f"replay.{name}.priority"] = store.priority
             meta = {**st, "finished": finished, "has_teacher": teacher is not None, "optimizer": ometa,
+                    "world_size": d.world,
                     "fingerprint": fingerprint, "model_config": model.cfg.to_dict(),
                     "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
             save_state(self.out, t, json.loads(json.dumps(meta)))
 
         def run_eval(stage: str) -> None:
-            if not cfg.eval.after_each_phase and stage != "final":
+            if (not cfg.eval.after_each_phase and stage != "final") or not d.is_main:
                 return
             t0 = time.perf_counter()
             metrics = {name: evaluate(model, batch.to(device), self.rate_hz, cfg.eval.dropped_modalities,
@@ -447,16 +482,24 @@ class SleepTrainer:
                 run_eval(name)
                 save()
         except KeyboardInterrupt:
+            if d.enabled:  # a collective now could wait on a rank that is already gone
+                self.log(f"interrupted at step {st['step']}: resume with --resume from the last saved state "
+                         f"(every {cfg.checkpoint_every_steps} steps)")
+                raise
             self.log(f"interrupted at step {st['step']}: saving the trainer state (resume with --resume)")
             save()
             raise
+        if not d.is_main:
+            save(finished=True)  # its part of the final state, gathered when rank 0 has evaluated
+            return {"rank": d.rank}
         return self._finish(model, device, st, save)
 
     # ------------------------------------------------------------------ one step
     def _step(self, phase: str, model: SageHL, teacher: SageHL | None, opt: torch.optim.Optimizer,
               gens: dict[str, torch.Generator], device: torch.device, step: int = 0) -> dict[str, float]:
         cfg = self.cfg
-        b = cfg.batch_size
+        d = self.dist
+        b = cfg.batch_size // d.world  # this rank's share of the global batch
         new, old = self.stores["new"], self.stores.get("old")
         if phase == "wake":
             idx_new, idx_old = new.sample(b, gens["sampler"]), None
@@ -483,7 +526,7 @@ class SleepTrainer:
             if cfg.dream.reweight_every:
                 if step % cfg.dream.reweight_every == 0 or self.st.get("dream_weights") is None:
                     probe = new.batch(torch.arange(min(len(new), 32))).to(device)
-                    self.st["dream_weights"] = modality_weights(model, probe).tolist()
+                    self.st["dream_weights"] = d.mean(modality_weights(model, probe)).tolist()
                     model.train()
                 weights = torch.tensor(self.st["dream_weights"])
                 logs_w = {f"weight_{m}": float(x) for m, x in zip(EXTEROCEPTIVE, weights, strict=True)}
@@ -493,6 +536,7 @@ class SleepTrainer:
                 logs.update(logs_w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(list(model.parameters()), d)  # data-parallel: the global batch's gradient
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         if teacher is not None and phase == "sleep":
@@ -502,6 +546,10 @@ class SleepTrainer:
             if idx_old is not None:
                 old.update_priorities(idx_old, per_seq[:n_old], cfg.sleep.priority_eps)
             new.update_priorities(idx_new, per_seq[n_old:], cfg.sleep.priority_eps)
+        if d.enabled:  # the logged losses are the global batch's (the mean of the ranks')
+            keys = sorted(logs)
+            logs = dict(zip(keys, d.mean(torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64)).tolist(),
+                            strict=True))
         return logs
 
     # ------------------------------------------------------------------ finish
