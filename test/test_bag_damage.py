@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from ros_harness import ros_env, script
 
-from sage_hl_ros.bags.recording import BagWriter, decode_cdr_string, encode_cdr_string
+from sage_hl_ros.bags.bag_writer import BagWriter
+from sage_hl_ros.bags.episodes import decode_cdr_string, encode_cdr_string
 from sage_hl_ros.bags.synthetic import SyntheticBagSpec, write_synthetic_bag
 from sage_hl_ros.bags.verify import check_bag
 from sage_hl_ros.core.config import ObservationConfig

@@ -608,7 +608,7 @@ def test_decoders_compressed_depth_and_commands():
 
 def test_reads_split_bag_from_the_recorder_writer(tmp_path):
     """The recorder's BagWriter (several storage files in one bag, metadata v8) reads back whole."""
-    from sage_hl_ros.bags.recording import BagWriter
+    from sage_hl_ros.bags.bag_writer import BagWriter
 
     path = tmp_path / "rec"
     with BagWriter(path, storage="mcap", max_bag_size_bytes=2000, chunk_bytes=500, fsync=False) as w:
@@ -635,7 +635,7 @@ def _renamed_copy(src: Path, bag: Path, rename: dict[str, str]) -> None:
     """Copy bag ``src`` to ``bag`` with topics renamed (a robot recorded on other topic names)."""
     from rosbags.rosbag2 import Reader
 
-    from sage_hl_ros.bags.recording import BagWriter
+    from sage_hl_ros.bags.bag_writer import BagWriter
 
     with Reader(src) as reader, BagWriter(bag) as writer:
         ids = {c.id: writer.add_connection(rename.get(c.topic, c.topic), c.msgtype) for c in reader.connections}

@@ -31,16 +31,16 @@ import pytest
 import yaml
 from ros_harness import read_log, ros_args, ros_env, script, start_process, stop_process, wait_for
 
-from sage_hl_ros.bags.recording import (
-    BagWriter,
+from sage_hl_ros.bags.bag_writer import BagWriter
+from sage_hl_ros.bags.episodes import (
     EpisodeTracker,
     decode_cdr_string,
     encode_cdr_string,
     episodes_from_markers,
-    make_qos,
     parse_episode_marker,
-    repair_bag,
 )
+from sage_hl_ros.bags.qos import make_qos
+from sage_hl_ros.bags.repair import repair_bag
 
 T0 = 1_700_000_000_000_000_000
 
@@ -165,7 +165,8 @@ def test_writer_splits_and_two_readers_agree(tmp_path, storage, humble):
 
 _CRASH_SCRIPT = textwrap.dedent("""
     import os, sys
-    from sage_hl_ros.bags.recording import BagWriter, encode_cdr_string
+    from sage_hl_ros.bags.bag_writer import BagWriter
+    from sage_hl_ros.bags.episodes import encode_cdr_string
     w = BagWriter(sys.argv[1], storage=sys.argv[2], chunk_bytes=4096)
     w.open()
     e = w.add_connection("/sage/episode", "std_msgs/msg/String")
@@ -185,8 +186,8 @@ def test_sigkilled_writer_is_repaired_up_to_the_last_flush(tmp_path, storage):
     proc = subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, str(bag), storage], capture_output=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert not (bag / "metadata.yaml").exists()
+    from sage_hl_ros.bags.errors import BagError
     from sage_hl_ros.bags.info import bag_info
-    from sage_hl_ros.bags.recording import BagError
 
     with pytest.raises(BagError, match="repair"):
         bag_info(bag)
@@ -272,7 +273,7 @@ def test_disk_full_stops_recording_with_a_clear_error(tmp_path):
 
 
 def test_output_dir_must_be_new_or_empty(tmp_path):
-    from sage_hl_ros.bags.recording import BagError
+    from sage_hl_ros.bags.errors import BagError
 
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
@@ -288,7 +289,7 @@ def test_replay_hazard_covers_every_command_output_and_nothing_else_recorded_by_
     """Replay skips what would act on a robot: every command topic the recorder stores by default,
     any controller's commands / joint_trajectory, any JointTrajectory, the e-stop pair, /diagnostics;
     sensors, joint states, latents, episode markers and teacher labels replay."""
-    from sage_hl_ros.bags.recording import DEFAULT_TOPIC_TYPES, replay_hazard
+    from sage_hl_ros.bags.topics import DEFAULT_TOPIC_TYPES, replay_hazard
 
     hazards = {t for t, ty in DEFAULT_TOPIC_TYPES.items() if replay_hazard(t, ty)}
     assert hazards == {"/forward_position_controller/commands", "/forward_position_controller/joint_trajectory",

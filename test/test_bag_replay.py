@@ -307,7 +307,7 @@ def test_replay_never_commands_the_robot_unless_asked(graph, tmp_path):
     from std_srvs.srv import Trigger
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-    from sage_hl_ros.bags.recording import BagWriter
+    from sage_hl_ros.bags.bag_writer import BagWriter
 
     node = graph.node
     n = 20

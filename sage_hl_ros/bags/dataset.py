@@ -88,7 +88,7 @@ from .decode import (
     multiarray_to_numpy,
     trajectory_chunk,
 )
-from .recording import storage_files
+from .layout import storage_files
 from .robot_topics import robot_streams
 from .verify import read_failure, require_intact
 
@@ -807,7 +807,7 @@ class BagDataset:
 
     # ------------------------------------------------------------------ episodes and split
     def _scan_episodes(self, bag: Path) -> list[EpisodeInfo]:
-        from .recording import EpisodeTracker
+        from .episodes import EpisodeTracker
 
         reader = self._open(bag)
         try:

@@ -18,15 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from .recording import (
-    EPISODE_TOPIC,
-    BagError,
-    Episode,
-    EpisodeTracker,
-    decode_cdr_string,
-    episodes_from_markers,
-    storage_files,
-)
+from .episodes import Episode, EpisodeTracker, decode_cdr_string, episodes_from_markers
+from .errors import BagError
+from .layout import storage_files
+from .topics import EPISODE_TOPIC
 from .verify import read_failure, require_intact
 
 __all__ = ["BagInfo", "TopicInfo", "bag_info", "format_info"]

@@ -7,7 +7,7 @@ The recorder (``sage-hl-bag record --model-dir``) subscribes to them and the dat
 from __future__ import annotations
 
 from ..core.robot import RobotContract
-from .recording import DEFAULT_TOPIC_TYPES, DIAGNOSTICS_TOPIC, EPISODE_TOPIC, TEACHER_TOPIC
+from .topics import DEFAULT_TOPIC_TYPES, DIAGNOSTICS_TOPIC, EPISODE_TOPIC, TEACHER_TOPIC
 
 __all__ = ["RUNTIME_TOPICS", "STREAM_TYPES", "absolute_topic", "camera_topic", "robot_streams", "robot_topic_types"]
 

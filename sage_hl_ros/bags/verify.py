@@ -22,7 +22,8 @@ from urllib.parse import quote
 import yaml
 
 from .errors import BagError
-from .recording import BadChunk, _iter_mcap_messages, _mcap_summary, _Scan, storage_files
+from .layout import storage_files
+from .mcap_scan import BadChunk, _iter_mcap_messages, _mcap_summary, _Scan
 
 __all__ = ["BagCheck", "FileCheck", "check_bag", "read_failure", "require_intact"]
 

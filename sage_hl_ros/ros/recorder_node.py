@@ -18,7 +18,7 @@ SIGINT/SIGTERM close the bag cleanly (every queued message is written first).
 
 Topics and types
     ``topics`` (default: the runtime's topics, incl. ``/sage/episode`` and the teacher's labels
-    ``/teacher/joint_command`` and chunks ``/teacher/joint_trajectory``, as bags.recording lists them;
+    ``/teacher/joint_command`` and chunks ``/teacher/joint_trajectory``, as bags.topics lists them;
     ``[]`` = every topic in the graph). Types come from the runtime's defaults
     (``DEFAULT_TOPIC_TYPES``) plus ``topic_types`` entries ``"topic:pkg/msg/Type"`` (added to the
     defaults, an entry for a default topic replaces its type), so all of those are subscribed at
@@ -67,7 +67,7 @@ Other services
     ``~/split`` (std_srvs/Trigger): close the current storage file and continue in a new one.
 Splitting
     ``max_bag_size_mb`` / ``max_bag_duration_s`` (0 = never): rosbag2-style ``<name>_0.mcap``,
-    ``<name>_1.mcap``, ... inside the one bag directory (see ``sage_hl_ros.bags.recording``).
+    ``<name>_1.mcap``, ... inside the one bag directory (see ``sage_hl_ros.bags.layout``).
 Failures
     A storage error (disk full, permission, I/O error) stops recording: the subscriptions are
     removed, the bag is closed as far as the disk allows, an ERROR is logged and published on
@@ -112,16 +112,11 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from ..bags.recording import (
-    DEFAULT_TOPIC_TYPES,
-    EPISODE_TOPIC,
-    SENSOR_TYPES,
-    BagError,
-    BagWriter,
-    encode_cdr_string,
-    is_sensor_stream,
-    make_qos,
-)
+from ..bags.bag_writer import BagWriter
+from ..bags.episodes import encode_cdr_string
+from ..bags.errors import BagError
+from ..bags.qos import make_qos
+from ..bags.topics import DEFAULT_TOPIC_TYPES, EPISODE_TOPIC, SENSOR_TYPES, is_sensor_stream
 from .diagnostics import RateMeter, diagnostic_array, status
 from .msg_types import message_class
 from .node_main import DeclaredParams, stop_on_signals

@@ -22,7 +22,7 @@ commands``, ``.../joint_trajectory``, ``/joint_command``, any ``/<controller>/co
 ``/<controller>/joint_trajectory``, any JointTrajectory), ``/e_stop``, ``/e_stop/reset`` and
 ``/diagnostics`` are recorded by default, and republishing them would move the arm past the live
 safety filter, latch or release the e-stop, or fake the robot's health. They are skipped, and the
-log names each one and why (``sage_hl_ros.bags.recording.replay_hazard`` decides);
+log names each one and why (``sage_hl_ros.bags.topics.replay_hazard`` decides);
 ``include_commands:=true`` replays them too, with a warning naming them.
 
 A damaged bag fails loudly: before the first message every storage file is checked (MCAP chunk
@@ -68,7 +68,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosgraph_msgs.msg import Clock
 from std_srvs.srv import Trigger
 
-from ..bags.recording import replay_hazard
+from ..bags.topics import replay_hazard
 from ..bags.verify import read_failure, require_intact
 from .msg_types import message_class
 from .node_main import stop_on_signals

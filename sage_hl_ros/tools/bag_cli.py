@@ -33,7 +33,7 @@ import dataclasses
 import json
 import sys
 
-from ..bags.recording import BagError
+from ..bags.errors import BagError
 
 
 def _yaml_list(values) -> str:
@@ -112,7 +112,7 @@ def cmd_info(args, extra) -> int:
 
 def cmd_repair(args, extra) -> int:
     """0: the bag is whole again (dropped chunks are listed); 1: a storage file had nothing readable."""
-    from ..bags.recording import repair_bag
+    from ..bags.repair import repair_bag
 
     report = repair_bag(args.bag, keep_original=args.keep_original, version=args.version)
     print(report.summary())
