@@ -21,7 +21,7 @@ unless ``--fastdds-default``; on a robot, camera drivers and recorder need it to
 Reports per topic published vs recorded, dropped, recorded MB/s, recorder CPU% (psutil, % of
 one core, over the measured phase), the recorder's own queue peak and DDS-lost counters, the
 CPU the rest of the machine used meanwhile, and the bag -> samples throughput of
-``sage_hl_ros.bags.dataset.BagDataset`` (samples = T-step training sequences per second,
+``sage_hl_ros.bags.bag_dataset.BagDataset`` (samples = T-step training sequences per second,
 images decoded and resized, 1 thread). Last line:
 
     bench_record: published=<n> recorded=<m> dropped=<d> mb_per_s=<x> cpu_pct=<c> samples_per_s=<s>
@@ -287,7 +287,8 @@ def main() -> int:
         try:
             import torch
 
-            from sage_hl_ros.bags.dataset import BagDataset, load_dataset_config
+            from sage_hl_ros.bags.bag_dataset import BagDataset
+            from sage_hl_ros.bags.dataset_config import load_dataset_config
             from sage_hl_ros.core.config import SageConfig
             from sage_hl_ros.paths import config_file
 

@@ -41,7 +41,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sage_hl_ros.bags.dataset import BagDataset, DatasetConfig, concat_sequences  # noqa: E402
+from sage_hl_ros.bags.bag_dataset import BagDataset, concat_sequences  # noqa: E402
+from sage_hl_ros.bags.dataset_config import DatasetConfig  # noqa: E402
 from sage_hl_ros.bags.synthetic import SyntheticBagSpec, goal_region, write_synthetic_bag  # noqa: E402
 from sage_hl_ros.core.checkpoint import load_checkpoint  # noqa: E402
 from sage_hl_ros.core.config import SageConfig  # noqa: E402

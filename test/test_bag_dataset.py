@@ -1,4 +1,4 @@
-"""Bags -> aligned samples (sage_hl_ros.bags.dataset): alignment, episodes, split, labels,
+"""Bags -> aligned samples (sage_hl_ros.bags.bag_dataset): alignment, episodes, split, labels,
 streaming memory, errors, statistics, export. Bags are written here with rosbags' Writer and its
 typestore serializer (MCAP and sqlite3); no ROS graph."""
 
@@ -17,16 +17,11 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from sage_hl_ros.bags.align import NS, audio_windows, grid_times, hold
-from sage_hl_ros.bags.dataset import (
-    BagDataset,
-    BagError,
-    DatasetConfig,
-    export_samples,
-    iter_exported,
-    load_dataset_config,
-    load_shard,
-)
+from sage_hl_ros.bags.bag_dataset import BagDataset
+from sage_hl_ros.bags.dataset_config import DatasetConfig, load_dataset_config
 from sage_hl_ros.bags.decode import DecodeError, command_positions, compressed_image_to_rgb, depth_to_meters
+from sage_hl_ros.bags.errors import BagError
+from sage_hl_ros.bags.npz_export import export_samples, iter_exported, load_shard
 from sage_hl_ros.core.config import ConfigError, InputRanges, ObservationConfig
 from sage_hl_ros.paths import config_file
 
@@ -760,7 +755,7 @@ def test_sleep_phase_losses_train_k_step_chunks_against_teacher_chunks(tmp_path)
     import copy
     import dataclasses as dc
 
-    from sage_hl_ros.bags.dataset import concat_sequences
+    from sage_hl_ros.bags.bag_dataset import concat_sequences
     from sage_hl_ros.core.config import SageConfig
     from sage_hl_ros.core.system import build_model
     from sage_hl_ros.training.config import DreamConfig, SleepConfig

@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import small_config
 
-from sage_hl_ros.bags.dataset import BagDataset, DatasetConfig, TopicsConfig
+from sage_hl_ros.bags.bag_dataset import BagDataset
+from sage_hl_ros.bags.dataset_config import DatasetConfig, TopicsConfig
 from sage_hl_ros.bags.robot_topics import robot_topic_types
 from sage_hl_ros.bags.synthetic import SyntheticBagSpec, write_synthetic_bag
 from sage_hl_ros.core.config import ConfigError, SageConfig

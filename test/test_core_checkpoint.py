@@ -295,7 +295,7 @@ def test_configs_validate_on_construction_and_replace(tmp_path):
     owner; from a file the message still names the file and the dotted key."""
     import dataclasses
 
-    from sage_hl_ros.bags.dataset import DatasetConfig, TopicsConfig
+    from sage_hl_ros.bags.dataset_config import DatasetConfig, TopicsConfig
     from sage_hl_ros.core.config import InputRanges, ObservationConfig
     from sage_hl_ros.groot.modality_map import ModalityMap
     from sage_hl_ros.sim.world import SimConfig

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sage_hl_ros.bags.dataset import BagDataset, DatasetConfig
+from sage_hl_ros.bags.bag_dataset import BagDataset
+from sage_hl_ros.bags.dataset_config import DatasetConfig
 from sage_hl_ros.bags.synthetic import SyntheticBagSpec, write_synthetic_bag
 from sage_hl_ros.core.config import SageConfig
 

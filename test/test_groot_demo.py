@@ -13,7 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from sage_hl_ros.bags.dataset import BagDataset, load_dataset_config
+from sage_hl_ros.bags.bag_dataset import BagDataset
+from sage_hl_ros.bags.dataset_config import load_dataset_config
 from sage_hl_ros.cli import main
 from sage_hl_ros.core.config import SageConfig
 from sage_hl_ros.paths import config_file

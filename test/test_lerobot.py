@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sage_hl_ros.bags.dataset import BagDataset, DatasetConfig
+from sage_hl_ros.bags.bag_dataset import BagDataset
+from sage_hl_ros.bags.dataset_config import DatasetConfig
 from sage_hl_ros.bags.lerobot_source import LeRobotSource
 from sage_hl_ros.bags.synthetic import SyntheticBagSpec, write_synthetic_bag
 from sage_hl_ros.core.checkpoint import load_checkpoint, read_meta

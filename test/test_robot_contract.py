@@ -154,7 +154,7 @@ def test_a_robot_is_recorded_on_its_contracts_topics(tmp_path, monkeypatch):
 def test_a_model_yaml_may_write_its_robot_inline(tmp_path):
     """Inline, the contract's files are still relative to the YAML and joints [] come from its URDF;
     the dataset finds the observation of a model YAML that has only a robot section."""
-    from sage_hl_ros.bags.dataset import _observation_config
+    from sage_hl_ros.bags.dataset_config import _observation_config
 
     (tmp_path / "arm.urdf").write_text(URDF)
     model = _write(tmp_path, "robot:\n  name: inline\n  urdf: arm.urdf\n  joints: []\n", "model.yaml")

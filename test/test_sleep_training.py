@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sage_hl_ros.bags.dataset import BagDataset, DatasetConfig, concat_sequences
+from sage_hl_ros.bags.bag_dataset import BagDataset, concat_sequences
+from sage_hl_ros.bags.dataset_config import DatasetConfig
 from sage_hl_ros.bags.synthetic import SyntheticBagSpec, goal_region, write_synthetic_bag
 from sage_hl_ros.core.checkpoint import load_checkpoint, model_hash, read_meta
 from sage_hl_ros.core.config import MODALITIES, ConfigError, SageConfig

@@ -52,15 +52,8 @@ import pyarrow.parquet as pq
 
 from ..core.config import ObservationConfig
 from ..core.robot import RobotContract, implied_robot
-from .dataset import (
-    SOURCE_COMMAND,
-    SOURCE_TEACHER,
-    SOURCE_TEACHER_CHUNK,
-    AlignedStep,
-    BagDataset,
-    DatasetConfig,
-    load_dataset_config,
-)
+from .bag_dataset import SOURCE_COMMAND, SOURCE_TEACHER, SOURCE_TEACHER_CHUNK, AlignedStep, BagDataset
+from .dataset_config import DatasetConfig, load_dataset_config
 from .lerobot_format import (
     ACTION,
     CHUNKS_SIZE,

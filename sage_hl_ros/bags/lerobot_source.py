@@ -47,8 +47,9 @@ from ..core.observation import Observation, ObservationBatch, ObservationSchema
 from ..core.robot import RobotContract, implied_robot
 from ..core.system import SequenceBatch
 from .align import NS
-from .dataset import SPLITS, DatasetConfig, EpisodeInfo, load_dataset_config, split_value
+from .dataset_config import DatasetConfig, load_dataset_config
 from .lerobot_format import ACTION, EPISODES_DIR, IMAGE_PREFIX, STATE, VELOCITY, feature_names, read_info, read_tasks
+from .splits import SPLITS, EpisodeInfo, split_value
 
 __all__ = ["LeRobotSource", "lerobot_roots"]
 

@@ -144,7 +144,8 @@ def write_l_step(model: SageHL, path: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------- observations
 def _bag_sequences(bags: Sequence[str], model_dir: Path, split: str, n: int, steps: int) -> SequenceBatch | None:
-    from ..bags.dataset import BagDataset, concat_sequences, configs_for_model
+    from ..bags.bag_dataset import BagDataset, concat_sequences
+    from ..bags.dataset_config import configs_for_model
 
     obs_cfg, dcfg = configs_for_model(checkpoint=model_dir)
     dcfg = dataclasses.replace(dcfg, sequence_steps=steps, sequence_stride=steps)

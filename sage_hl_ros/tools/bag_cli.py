@@ -125,7 +125,8 @@ def cmd_repair(args, extra) -> int:
 
 def cmd_convert(args, extra) -> int:
     try:
-        from ..bags.dataset import configs_for_model, export_samples
+        from ..bags.dataset_config import configs_for_model
+        from ..bags.npz_export import export_samples
     except ImportError as exc:
         print(f"error: bag conversion is not available ({exc})", file=sys.stderr)
         return 2
@@ -143,7 +144,7 @@ def cmd_convert(args, extra) -> int:
 
 def cmd_export(args, extra) -> int:
     try:
-        from ..bags.dataset import _observation_config, load_dataset_config
+        from ..bags.dataset_config import _observation_config, load_dataset_config
         from ..bags.lerobot_export import VideoOptions, export_lerobot
     except ImportError as exc:
         print(f"error: LeRobot export is not available ({exc}; pip install pyarrow av)", file=sys.stderr)
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metadata.yaml version (default: that of the recording; 8 is readable by Humble)")
     p.set_defaults(func=cmd_repair)
 
-    p = sub.add_parser("convert", help="bags -> aligned training samples (sage_hl_ros.bags.dataset)")
+    p = sub.add_parser("convert", help="bags -> aligned training samples (sage_hl_ros.bags.bag_dataset)")
     p.add_argument("bags", nargs="+", help="bag directories")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", default=None,

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.nproc_per_node > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         return _torchrun(args, argv)
 
-    from ..bags.dataset import BagError
+    from ..bags.errors import BagError
     from ..core.checkpoint import CheckpointError
     from ..core.config import ConfigError
     from ..training.config import load_train_config

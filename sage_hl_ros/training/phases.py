@@ -196,7 +196,7 @@ def dream_loss(model: SageHL, batch: SequenceBatch, cfg: DreamConfig, gen: torch
     dream weight below 1 limit how much clean accuracy the robustness costs (measured: learning to
     act without the camera pulls the shared representation away from the clean optimum).
     """
-    from ..bags.dataset import concat_sequences
+    from ..bags.bag_dataset import concat_sequences
 
     device = batch.action.device
     n = model.normalizer

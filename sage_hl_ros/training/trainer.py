@@ -46,7 +46,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bags.dataset import BagDataset, DatasetConfig, concat_sequences, expand_bag_paths, load_dataset_config
+from ..bags.bag_dataset import BagDataset, concat_sequences
+from ..bags.dataset_config import DatasetConfig, load_dataset_config
+from ..bags.layout import expand_bag_paths
 from ..core.checkpoint import load_checkpoint, model_hash, read_meta, save_checkpoint
 from ..core.config import ConfigError, SageConfig
 from ..core.system import SageHL, SequenceBatch, build_model

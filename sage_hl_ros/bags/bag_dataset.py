@@ -51,28 +51,26 @@ Errors
     message leaves the previous one held, like a rejected message at runtime.
 """
 
+
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..core.config import MODALITIES, SENSORS, ConfigError, ObservationConfig, SelfValidating, from_dict, load_yaml
+from ..core.config import MODALITIES, SENSORS, ConfigError, ObservationConfig
 from ..core.observation import Observation, ObservationBatch, ObservationSchema
 from ..core.robot import RobotContract, implied_robot
 from ..core.system import SequenceBatch
 from .align import NS, Held, audio_windows, grid_times, hold, seconds_to_ns
+from .dataset_config import DatasetConfig, MaxAgeConfig, load_dataset_config
 from .decode import (
     STAMPED_TYPES,
     BagError,
@@ -88,31 +86,12 @@ from .decode import (
     multiarray_to_numpy,
     trajectory_chunk,
 )
-from .layout import storage_files
-from .robot_topics import robot_streams
+from .layout import expand_bag_paths
+from .normalizer_stats import _stat_rows, _StatsAccumulator
+from .splits import EpisodeInfo, _check_split, split_value
 from .verify import read_failure, require_intact
 
-__all__ = [
-    "AlignedStep",
-    "BagDataset",
-    "BagError",
-    "DatasetConfig",
-    "EpisodeInfo",
-    "MaxAgeConfig",
-    "RunningStats",
-    "TopicsConfig",
-    "concat_sequences",
-    "configs_for_model",
-    "expand_bag_paths",
-    "export_samples",
-    "iter_exported",
-    "load_dataset_config",
-    "load_shard",
-    "split_value",
-]
-
-INDEX_FILE = "index.json"
-FORMAT_VERSION = 1
+__all__ = ["AlignedStep", "BagDataset", "concat_sequences"]
 
 _IMAGE = "sensor_msgs/msg/Image"
 _COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -152,279 +131,6 @@ _ROLE_SENSOR = {"camera_compressed": "camera"}
 _COMMAND_ROLES = ("commands", "joint_command", "joint_trajectory")  # executed commands, in priority order
 _SMALL_ROLES = ("joint_states", "tactile", "audio", "teacher", "teacher_chunk", *_COMMAND_ROLES, "gripper")
 SOURCE_NONE, SOURCE_COMMAND, SOURCE_TEACHER, SOURCE_TEACHER_CHUNK = 0, 1, 2, 3
-SPLITS = ("train", "val")
-
-
-# ============================================================================ config
-
-
-@dataclass
-class TopicsConfig(SelfValidating):
-    """Topic of each stream; an empty string ignores that stream. The robot's streams default to
-    None: the model's robot contract's topics (as recorded in the root namespace), so they are
-    named once, in the contract; :meth:`for_robot` fills them in."""
-
-    camera: str | None = None
-    camera_compressed: str | None = None  # used where the raw camera is absent
-    # The further cameras (views 2..N, the contract's order): Image or CompressedImage topics.
-    cameras: list[str] | None = None
-    depth: str | None = None
-    audio: str | None = None
-    tactile: str | None = None
-    joint_states: str | None = None
-    commands: str | None = None  # executed commands (Float64MultiArray), first choice
-    joint_command: str | None = None  # Isaac Sim bridge (JointState), second choice
-    joint_trajectory: str | None = None  # third choice (first point)
-    # A contract's gripper command (Float64MultiArray, one value): with a gripper the executed
-    # commands above carry the arm's joints only, and this stream fills in the gripper's column.
-    gripper: str | None = None
-    teacher: str = "/teacher/joint_command"
-    teacher_chunk: str = "/teacher/joint_trajectory"  # whole teacher chunks (e.g. GR00T's), preferred
-    episode: str = "/sage/episode"
-
-    def for_robot(self, robot: RobotContract) -> TopicsConfig:
-        """Unset streams from the robot contract, as recorded in the root namespace."""
-        streams = robot_streams(robot)
-        return dataclasses.replace(self, **{k: v for k, v in streams.items() if getattr(self, k) is None})
-
-    def validate(self, where: str) -> None:
-        seen: dict[str, str] = {}
-        named = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "cameras"]
-        named += [(f"cameras[{i}]", t) for i, t in enumerate(self.cameras or [])]
-        for key, topic in named:
-            if topic is not None and not isinstance(topic, str):
-                raise ConfigError(f"{where}.{key}: a topic name, got {topic!r}")
-            if topic and not topic.startswith("/"):
-                raise ConfigError(f"{where}.{key}: topic must start with '/', got {topic!r}")
-            if topic and topic in seen:
-                raise ConfigError(f"{where}.{key}: topic {topic!r} is already used by {seen[topic]}")
-            if topic:
-                seen[topic] = key
-        if self.cameras is not None and not all(self.cameras):
-            raise ConfigError(f"{where}.cameras: every further camera needs its topic, got {self.cameras}")
-
-    def topic(self, role: str) -> str:
-        """The topic of a role ('' = not read); ``camera_<k>`` is ``cameras[k - 1]``."""
-        if role.startswith("camera_") and role != "camera_compressed":
-            k = int(role.removeprefix("camera_"))
-            cams = self.cameras or []
-            return cams[k - 1] if k <= len(cams) else ""
-        return getattr(self, role) or ""
-
-
-@dataclass
-class MaxAgeConfig(SelfValidating):
-    """Oldest sample (seconds before a grid time) still used; older ones are missing."""
-
-    visual: float = 0.5
-    depth: float = 0.5
-    audio: float = 0.5  # also the gap that restarts the audio window
-    tactile: float = 0.5
-    proprio: float = 0.5
-    action: float = 0.5
-
-    def validate(self, where: str) -> None:
-        for f in dataclasses.fields(self):
-            if not getattr(self, f.name) > 0:
-                raise ConfigError(f"{where}.{f.name}: must be > 0, got {getattr(self, f.name)}")
-
-    def get(self, modality: str) -> float:
-        return getattr(self, modality.split(":")[0])  # a camera view (visual:<k>) is visual
-
-
-@dataclass
-class DatasetConfig(SelfValidating):
-    """How bags become samples (``config/dataset.yaml``, section ``dataset``)."""
-
-    topics: TopicsConfig = field(default_factory=TopicsConfig)
-    rate_hz: float = 10.0  # grid rate = H rate
-    sequence_steps: int = 2  # T
-    sequence_stride: int = 1  # grid steps between sequence starts
-    action_chunk: int = 1  # K; must equal the model's action_chunk
-    action_chunk_dt_s: float = 0.0  # spacing of chunk targets; 0 = one grid period
-    command_delay_s: float = 0.05
-    teacher_delay_s: float = 0.0
-    max_age_s: MaxAgeConfig = field(default_factory=MaxAgeConfig)
-    require: list[str] = field(default_factory=lambda: ["proprio"])  # modalities a usable step must have
-    prefer_teacher: bool = True  # teacher labels where present, executed commands elsewhere
-    exclude_outcomes: list[str] = field(default_factory=list)  # e.g. [failure]
-    val_fraction: float = 0.1
-    seed: int = 0
-    skip_bad_messages: bool = False
-    latency_slack_s: float = 1.0  # how late (receive time) a message stamped inside an episode may arrive
-    max_clock_offset_s: float = 5.0
-    shard_steps: int = 256  # steps per exported .npz shard
-
-    def validate(self, where: str) -> None:
-        self.topics.validate(f"{where}.topics")
-        self.max_age_s.validate(f"{where}.max_age_s")
-        for key in ("rate_hz", "latency_slack_s", "max_clock_offset_s"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(self, key)}")
-        for key in ("sequence_steps", "sequence_stride", "action_chunk", "shard_steps"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("action_chunk_dt_s", "command_delay_s", "teacher_delay_s"):
-            if not getattr(self, key) >= 0:
-                raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"{where}.val_fraction: must be in [0, 1), got {self.val_fraction}")
-        bad = [m for m in self.require if m not in MODALITIES]
-        if bad:
-            raise ConfigError(f"{where}.require: choose from {list(MODALITIES)}, got {self.require}")
-        if self.shard_steps < self.sequence_steps:
-            raise ConfigError(f"{where}.shard_steps: must be >= sequence_steps ({self.sequence_steps}), "
-                              f"got {self.shard_steps}")
-
-    @property
-    def chunk_dt_s(self) -> float:
-        return self.action_chunk_dt_s or 1.0 / self.rate_hz
-
-    @classmethod
-    def from_dict(cls, data: Any, source: str = "<dict>") -> DatasetConfig:
-        return from_dict(cls, data, source)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> DatasetConfig:
-        return load_yaml(cls, path, "dataset")
-
-
-def load_dataset_config(path: str | Path | None = None) -> DatasetConfig:
-    """The ``dataset`` section of ``path`` (default: the package's ``config/dataset.yaml``)."""
-    if path is None:
-        from ..paths import config_file
-
-        path = config_file("dataset.yaml")
-        if not path.is_file():
-            return DatasetConfig()
-    return DatasetConfig.from_yaml(path)
-
-
-def _observation_config(config_path: str | Path | None) -> tuple[ObservationConfig, RobotContract]:
-    """The observation the samples are made for and its robot: the ``observation`` section of
-    ``config_path``, else the model config its top-level ``model_config`` key names (relative to
-    the file), else the package's model.yaml; the robot is that model's contract (or implied)."""
-    import yaml
-
-    from ..core.config import SageConfig
-    from ..paths import config_file
-
-    candidates = [Path(config_path)] if config_path else []
-    if config_path:
-        try:
-            data = yaml.safe_load(Path(config_path).read_text())
-        except (OSError, yaml.YAMLError):
-            data = None
-        if isinstance(data, dict) and data.get("model_config") and "observation" not in data:
-            model = Path(config_path).parent / str(data["model_config"])
-            if not model.is_file():
-                raise ConfigError(f"{config_path}: model_config: {model} does not exist")
-            candidates.append(model)
-    for path in candidates + [config_file("model.yaml")]:
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        if not (isinstance(data, dict) and ("observation" in data or "robot" in data)):
-            continue
-        if "dataset" in data and "observation" in data:  # a dataset file with its own observation section
-            obs = load_yaml(ObservationConfig, path, "observation")
-            return obs, implied_robot(obs)
-        sage = SageConfig.from_yaml(path)
-        return sage.observation, sage.robot_contract()
-    return ObservationConfig(), implied_robot(ObservationConfig())
-
-
-def configs_for_model(dataset_config: str | Path | None = None, *, model_config: str | Path | None = None,
-                      checkpoint: str | Path | None = None) -> tuple[ObservationConfig, DatasetConfig]:
-    """(observation, dataset) configs that make samples for one model: its ``observation``
-    section and ``action_chunk`` (from ``checkpoint``'s config.json or the ``model_config`` YAML),
-    with the ``dataset`` section of ``dataset_config``. What the sleep trainer does with the model
-    it trains, for ``sage-hl-bag convert --checkpoint DIR`` / ``--model-config FILE``."""
-    from ..core.checkpoint_files import read_config
-    from ..core.config import SageConfig
-
-    if checkpoint is not None:
-        sage = read_config(checkpoint)
-    elif model_config is not None:
-        sage = SageConfig.from_yaml(model_config)
-    else:
-        raise ValueError("configs_for_model needs a checkpoint or a model config")
-    dcfg = load_dataset_config(dataset_config)
-    return sage.observation, dataclasses.replace(dcfg, action_chunk=sage.model.action_chunk,
-                                                 topics=dcfg.topics.for_robot(sage.robot_contract()))
-
-
-# ============================================================================ episodes
-
-
-@dataclass
-class EpisodeInfo:
-    """One episode of one bag. ``counts`` is filled once the episode has been aligned."""
-
-    bag: str
-    index: int
-    start_ns: int
-    end_ns: int
-    task: str = ""
-    outcome: str = ""  # success | failure | "" (not given) | interrupted | unfinished (bag ended)
-    split: str = ""  # train | val | excluded
-    steps: int = 0  # grid steps
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return f"{Path(self.bag).name}#{self.index}"
-
-    @property
-    def duration_s(self) -> float:
-        return (self.end_ns - self.start_ns) / NS
-
-    def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["id"] = self.id
-        return out
-
-
-def split_value(bag: str | Path, index: int, seed: int) -> float:
-    """Deterministic number in [0, 1) for an episode: sha256 of seed, bag name and episode index.
-
-    The bag's directory *name* (not its full path) is hashed so the split survives moving the
-    dataset folder; rosbag2 names bags by date and time, so names are unique in practice.
-    """
-    key = f"{seed}:{Path(bag).name}:{index}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
-
-
-def expand_bag_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Bags from paths: a bag directory (has metadata.yaml), a single .mcap/.db3 file, or a folder
-    whose sub-directories are bags (sorted by name). Order is kept; duplicates are dropped."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if (p / "metadata.yaml").is_file() or (p.is_file() and p.suffix in (".mcap", ".db3")):
-            found = [p]
-        elif p.is_dir():
-            files = storage_files(p)
-            if files:  # storage files without metadata.yaml: a recording that did not close
-                raise BagError(files[0], f"no metadata.yaml in {p}: the recording did not close; "
-                                         f"run `sage-hl-bag repair {p}`")
-            found = sorted(d for d in p.iterdir() if (d / "metadata.yaml").is_file())
-            if not found:
-                raise BagError(p, "no rosbag2 bag here (a bag is a directory with metadata.yaml; "
-                                  "a recording killed before closing needs `sage-hl-bag repair DIR` first)")
-        elif not p.exists():
-            raise BagError(p, "no such file or directory")
-        else:
-            raise BagError(p, "not a rosbag2 bag (expected a directory with metadata.yaml, or .mcap/.db3)")
-        for f in found:
-            if f not in out:
-                out.append(f)
-    if not out:
-        raise BagError("<none>", "no bags given")
-    return out
-
 
 # ============================================================================ per-episode data
 
@@ -495,41 +201,6 @@ class AlignedStep:
     obs: ObservationBatch  # prepared, B = 1
     action: np.ndarray  # (K, J) float32 absolute targets
     source: int  # SOURCE_COMMAND, SOURCE_TEACHER or SOURCE_TEACHER_CHUNK
-
-
-# ============================================================================ statistics
-
-
-class RunningStats:
-    """Streaming per-feature count/mean/std/min/max (Chan et al. merge, float64)."""
-
-    def __init__(self, dim: int):
-        self.n = 0
-        self.mean = np.zeros(dim)
-        self.m2 = np.zeros(dim)
-        self.min = np.full(dim, np.inf)
-        self.max = np.full(dim, -np.inf)
-
-    def add(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64).reshape(-1, self.mean.size)
-        m = x.shape[0]
-        if m == 0:
-            return
-        mean_b = x.mean(0)
-        m2_b = ((x - mean_b) ** 2).sum(0)
-        n = self.n + m
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (m / n)
-        self.m2 = self.m2 + m2_b + delta**2 * (self.n * m / n)
-        self.n = n
-        self.min = np.minimum(self.min, x.min(0))
-        self.max = np.maximum(self.max, x.max(0))
-
-    def to_json(self) -> dict[str, Any]:
-        if self.n == 0:
-            return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
-        return {"count": self.n, "mean": self.mean.tolist(), "std": np.sqrt(self.m2 / self.n).tolist(),
-                "min": self.min.tolist(), "max": self.max.tolist()}
 
 
 # ============================================================================ dataset
@@ -1235,35 +906,6 @@ class BagDataset:
         return batch
 
 
-def _check_split(split: str) -> None:
-    if split not in (*SPLITS, "all"):
-        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
-
-
-def _stat_rows(plan: _Plan) -> np.ndarray:
-    """Used steps that have proprioception (rows for joint and action statistics)."""
-    return plan.used[plan.held["proprio"].valid[plan.used]]
-
-
-class _StatsAccumulator:
-    def __init__(self, joints: int, taxels: int):
-        self.stats = {"joint_position": RunningStats(joints), "joint_velocity": RunningStats(joints),
-                      "tactile": RunningStats(taxels), "action": RunningStats(joints),
-                      "action_delta": RunningStats(joints)}
-
-    def add(self, plan: _Plan) -> None:
-        rows = _stat_rows(plan)
-        s = self.stats
-        s["joint_position"].add(plan.joint_position[rows])
-        s["joint_velocity"].add(plan.joint_velocity[rows])
-        s["action"].add(plan.action[rows])
-        s["action_delta"].add(plan.action[rows] - plan.joint_position[rows][:, None, :])
-        s["tactile"].add(plan.tactile[plan.used[plan.held["tactile"].valid[plan.used]]])
-
-    def to_json(self) -> dict[str, dict[str, Any]]:
-        return {k: v.to_json() for k, v in self.stats.items()}
-
-
 def concat_sequences(seqs: list[SequenceBatch]) -> SequenceBatch:
     """B sequences of the same T -> one SequenceBatch (observations stay in ``b * T + t`` order)."""
     steps = {s.steps for s in seqs}
@@ -1271,199 +913,3 @@ def concat_sequences(seqs: list[SequenceBatch]) -> SequenceBatch:
         raise ValueError(f"cannot batch sequences of different lengths {sorted(steps)}")
     return SequenceBatch(obs=ObservationBatch.cat([s.obs for s in seqs]),
                          action=torch.cat([s.action for s in seqs]), steps=seqs[0].steps)
-
-
-# ============================================================================ export
-
-
-_ROW_FIELDS = ("image", "depth", "audio", "tactile", "joint_position", "joint_velocity", "mask")
-
-
-class _ShardWriter:
-    """Buffers up to ``shard_steps`` steps of one split and writes them as one compressed .npz.
-
-    Steps are stored once; ``sequence_start`` lists where each T-step sequence begins, so
-    overlapping sequences (stride < T) share steps. A sequence never crosses a shard boundary.
-    """
-
-    def __init__(self, out_dir: Path, split: str, obs_cfg: ObservationConfig, cfg: DatasetConfig):
-        self.out_dir, self.split, self.cfg = out_dir, split, cfg
-        c, cap = obs_cfg, cfg.shard_steps + cfg.sequence_steps
-        self.buf = {
-            "image": np.zeros((cap, 3 * c.num_cameras, c.image_height_px, c.image_width_px), np.uint8),
-            "depth": np.zeros((cap, 1, c.depth_height_px, c.depth_width_px), np.float32),
-            "audio": np.zeros((cap, c.audio_window_samples), np.float32),
-            "tactile": np.zeros((cap, c.tactile_taxels), np.float32),
-            "joint_position": np.zeros((cap, c.num_joints), np.float32),
-            "joint_velocity": np.zeros((cap, c.num_joints), np.float32),
-            "mask": np.zeros((cap, len(MODALITIES)), bool),
-            "action": np.zeros((cap, cfg.action_chunk, c.num_joints), np.float32),
-            "action_source": np.zeros(cap, np.int8),
-            "episode": np.zeros(cap, np.int32),
-            "step": np.zeros(cap, np.int32),
-            "time_ns": np.zeros(cap, np.int64),
-        }
-        self.rows = 0
-        self.row_of: dict[tuple[int, int], int] = {}
-        self.starts: list[int] = []
-        self.shards: list[dict[str, Any]] = []
-
-    def add(self, ep_id: int, start: int, seq: SequenceBatch, plan: _Plan) -> None:
-        t = seq.steps
-        if self.rows + t > self.cfg.shard_steps and self.starts:
-            self.flush()
-        obs = seq.obs
-        for i in range(t):
-            g = start + i
-            if (ep_id, g) in self.row_of:
-                continue
-            r = self.rows
-            self.row_of[(ep_id, g)] = r
-            b = self.buf
-            b["image"][r] = (obs.image[i] * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
-            for name in _ROW_FIELDS[1:]:
-                b[name][r] = getattr(obs, name)[i].numpy()
-            b["action"][r] = seq.action[0, i].numpy()
-            b["action_source"][r] = plan.source[g]
-            b["episode"][r], b["step"][r], b["time_ns"][r] = ep_id, g, plan.grid[g]
-            self.rows += 1
-        self.starts.append(self.row_of[(ep_id, start)])
-
-    def flush(self) -> None:
-        if not self.starts:
-            return
-        name = f"{self.split}-{len(self.shards):05d}.npz"
-        arrays = {k: v[:self.rows] for k, v in self.buf.items()}
-        arrays["sequence_start"] = np.array(self.starts, np.int64)
-        arrays["sequence_steps"] = np.array(self.cfg.sequence_steps, np.int64)
-        tmp = self.out_dir / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, self.out_dir / name)
-        self.shards.append({"file": name, "split": self.split, "steps": self.rows, "sequences": len(self.starts)})
-        self.rows, self.row_of, self.starts = 0, {}, []
-
-
-def export_samples(bag_paths: str | Path | Iterable[str | Path], out_dir: str | Path,
-                   config_path: str | Path | None = None, *, obs_cfg: ObservationConfig | None = None,
-                   dataset_cfg: DatasetConfig | None = None, overwrite: bool = False,
-                   progress: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Align bags and write the samples to ``out_dir`` as ``<split>-NNNNN.npz`` shards + ``index.json``.
-
-    ``config_path``: a YAML file with a ``dataset`` section (default ``config/dataset.yaml``) and
-    optionally an ``observation`` section (else the observation section of ``config/model.yaml``;
-    ``obs_cfg``/``dataset_cfg`` override both). Shards hold each step once: ``image`` uint8 (N, 3,
-    H, W) (the model's float image x 255, rounded), ``depth`` (N, 1, H, W) normalised as the model
-    sees it, ``audio``, ``tactile``, ``joint_position``, ``joint_velocity``, ``mask`` (N, 5),
-    ``action`` (N, K, J) absolute targets, ``action_source`` (0 none, 1 command, 2 teacher),
-    ``episode`` (index into the index's episode list), ``step``, ``time_ns``, and
-    ``sequence_start`` (M,) with scalar ``sequence_steps``. ``load_shard`` turns one back into a
-    ``SequenceBatch``. The index (written last, so a partial export has none) holds the counts,
-    episodes, split, normaliser statistics of the train split and skipped-message counts.
-    Returns the index as a dict.
-    """
-    t0 = time.perf_counter()
-    say = progress or (lambda _msg: None)
-    cfg = dataset_cfg if dataset_cfg is not None else load_dataset_config(config_path)
-    ocfg, robot = (obs_cfg, None) if obs_cfg is not None else _observation_config(config_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    old = list(out.glob("*.npz")) + list(out.glob(INDEX_FILE))
-    if old:
-        if not overwrite:
-            raise FileExistsError(f"{out}: already holds an export ({len(old)} files); pass overwrite=True")
-        for f in old:
-            f.unlink()
-    ds = BagDataset(bag_paths, ocfg, cfg, robot)
-    episodes = ds.episodes()
-    ep_ids = {(e.bag, e.index): i for i, e in enumerate(episodes)}
-    say(f"export: {len(ds.bag_paths)} bag(s), {len(episodes)} episode(s) "
-        f"({sum(e.split == 'train' for e in episodes)} train, {sum(e.split == 'val' for e in episodes)} val) -> {out}")
-    writers = {s: _ShardWriter(out, s, ocfg, cfg) for s in SPLITS}
-    acc = _StatsAccumulator(ocfg.num_joints, ocfg.tactile_taxels)
-    done = 0
-    for bag in ds.bag_paths:
-        image_reader = None
-        try:
-            for plan in ds._iter_plans(bag, "all"):
-                ep = plan.ep
-                if ep.split == "train":
-                    acc.add(plan)
-                if plan.starts.size:
-                    if image_reader is None:
-                        image_reader = ds._open(bag)
-                    for _ep, start, seq in ds._sequences(image_reader, bag, plan):
-                        writers[ep.split].add(ep_ids[(ep.bag, ep.index)], start, seq, plan)
-                done += 1
-                if not plan.starts.size:
-                    seen = ", ".join(f"{k[9:]}={v}" for k, v in ep.counts.items() if k.startswith("messages."))
-                    say(f"  {ep.id}: no samples ({ep.counts.get('labelled_steps', 0)} steps with an action "
-                        f"label, {ep.counts.get('usable_steps', 0)} also with {'+'.join(cfg.require) or '-'}; "
-                        f"messages: {seen or 'none'})")
-                say(f"  [{done}/{len(episodes)}] {ep.id} {ep.split}: {ep.counts.get('steps', 0)} steps, "
-                    f"{ep.counts.get('sequences', 0)} sequences, task {ep.task!r} {ep.outcome or '-'} "
-                    f"({time.perf_counter() - t0:.1f} s)")
-        finally:
-            if image_reader is not None:
-                image_reader.close()
-    for w in writers.values():
-        w.flush()
-    shards = [s for w in writers.values() for s in w.shards]
-    index = {
-        "format": "sage_hl_ros.bag_samples",
-        "version": FORMAT_VERSION,
-        "bags": [str(b) for b in ds.bag_paths],
-        "observation": dataclasses.asdict(ocfg),
-        "dataset": dataclasses.asdict(cfg),
-        "sequence_steps": cfg.sequence_steps,
-        "action_chunk": cfg.action_chunk,
-        "shards": shards,
-        "episodes": [e.to_json() for e in episodes],
-        "split": ds.split_ids(),
-        "counts": {s: {"sequences": sum(x["sequences"] for x in shards if x["split"] == s),
-                       "steps": sum(x["steps"] for x in shards if x["split"] == s),
-                       "episodes": sum(e.split == s for e in episodes)} for s in SPLITS},
-        "stats": {"train": acc.to_json()},
-        "skipped": ds.skipped_counts(),
-        "notes": dict(ds.stats),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    tmp = out / (INDEX_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out / INDEX_FILE)
-    c = index["counts"]
-    say(f"export: wrote {len(shards)} shard(s): train {c['train']['sequences']} sequences, "
-        f"val {c['val']['sequences']} sequences, {ds.skipped_total} bad message(s) skipped "
-        f"({index['seconds']:.1f} s)")
-    return index
-
-
-def load_shard(path: str | Path) -> SequenceBatch:
-    """One exported shard as a SequenceBatch of all its sequences (images back to float [0, 1])."""
-    with np.load(path) as z:
-        starts = z["sequence_start"]
-        t = int(z["sequence_steps"])
-        rows = (starts[:, None] + np.arange(t)[None]).reshape(-1)  # b * T + t
-        obs = ObservationBatch(
-            image=torch.from_numpy(z["image"][rows]).float() / 255.0,
-            depth=torch.from_numpy(z["depth"][rows]),
-            audio=torch.from_numpy(z["audio"][rows]),
-            tactile=torch.from_numpy(z["tactile"][rows]),
-            joint_position=torch.from_numpy(z["joint_position"][rows]),
-            joint_velocity=torch.from_numpy(z["joint_velocity"][rows]),
-            mask=torch.from_numpy(z["mask"][rows]),
-        )
-        action = torch.from_numpy(z["action"][rows]).reshape(starts.size, t, *z["action"].shape[1:])
-    return SequenceBatch(obs=obs, action=action, steps=t)
-
-
-def iter_exported(out_dir: str | Path, split: str = "train") -> Iterator[SequenceBatch]:
-    """Shard by shard (one SequenceBatch each) of an export's split."""
-    out = Path(out_dir)
-    try:
-        index = json.loads((out / INDEX_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{out}: not a complete export ({INDEX_FILE}: {exc})") from None
-    for shard in index["shards"]:
-        if shard["split"] == split:
-            yield load_shard(out / shard["file"])
