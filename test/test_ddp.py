@@ -109,3 +109,22 @@ def test_a_failing_rank_ends_the_job_with_its_error(files):
     assert "no training sequences" in run.stderr and "for rank 1 of 2" in run.stderr
     assert "the data-parallel job failed" in run.stderr
     assert not (files / "dead" / "model.safetensors").exists()
+
+
+def test_replay_on_disk_learns_bit_for_bit_what_memory_does_and_workers_decode_the_bags(files):
+    train = ["--set", "batch_size=8", "--set", "phases=[wake]", "--set", "wake.steps=4"]
+    runs = {name: _sleep(files, name, *train, *extra) for name, extra in (
+        ("memory", []), ("disk", ["--set", "replay_store=disk"]),
+        ("workers", ["--set", "replay_store=disk", "--set", "decode_workers=2"]))}
+    for name, run in runs.items():
+        assert run.returncode == 0, (name, run.stderr[-3000:])
+    a, b = load_file(str(files / "memory" / "model.safetensors")), load_file(str(files / "disk" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same sequences in the same order, read from the map
+    assert not (files / "disk" / "replay_cache").exists()  # removed when the run finished
+    import json
+
+    report = json.loads((files / "workers" / "report" / "report.json").read_text())
+    whole = json.loads((files / "memory" / "report" / "report.json").read_text())
+    assert report["data"]["decode_workers"] == 2 and report["data"]["read_passes"] == 1
+    # the workers' shards together are the whole train split
+    assert report["data"]["train_sequences"]["new"] == whole["data"]["train_sequences"]["new"]

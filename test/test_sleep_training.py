@@ -300,6 +300,23 @@ def test_experience_store_round_trip_and_priorities():
     assert len(capped) == 3 and capped.seen == 6
 
 
+def test_an_on_disk_store_holds_every_sequence_and_batches_like_the_memory_store(tmp_path):
+    batch = _batch(6, t=3)
+    seqs = [type(batch)(obs=batch.obs.index(slice(3 * i, 3 * i + 3)), action=batch.action[i:i + 1], steps=3)
+            for i in range(6)]
+    memory = ExperienceStore.from_sequences("m", seqs, capacity=10)
+    disk = ExperienceStore.on_disk("d", iter(seqs), tmp_path / "store")
+    assert len(disk) == 6 and disk.steps == 3 and (tmp_path / "store" / "image.bin").is_file()
+    assert isinstance(disk.t["image"], np.memmap)  # mapped, not loaded
+    idx = torch.tensor([4, 0, 4])
+    a, b = memory.batch(idx), disk.batch(idx)
+    assert torch.equal(a.action, b.action)
+    for name in ("image", "depth", "audio", "tactile", "joint_position", "joint_velocity", "mask"):
+        assert torch.equal(getattr(a.obs, name), getattr(b.obs, name)), name
+    again = ExperienceStore.on_disk("d", iter(seqs[:2]), tmp_path / "store")  # rebuilt, not appended
+    assert len(again) == 2
+
+
 def test_trainer_state_round_trip_is_safetensors_and_json(tmp_path):
     model = build_model(SageConfig())
     opt = torch.optim.AdamW(model.l_module.parameters(), lr=1e-3)

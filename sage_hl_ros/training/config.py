@@ -180,6 +180,10 @@ class TrainConfig(SelfValidating):
     min_lr_fraction: float = 0.05
     checkpoint_every_steps: int = 100  # resumable trainer state (and at every phase end)
     max_sequences: int = 5000  # in-memory cap per experience store (reservoir sample beyond it; ~0.9 GB at 128x128)
+    # memory: the stores above, capped; disk: every sequence in memory-mapped files under
+    # <out>/replay_cache/ (memory no longer grows with the experience; removed at the end)
+    replay_store: str = "memory"
+    decode_workers: int = 0  # processes decoding the bags side by side (0 = in the trainer)
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     joint_limits_file: str = ""  # optional YAML limits for the dream phase's "inside limits" objective
     wake: WakeConfig = field(default_factory=WakeConfig)
@@ -196,6 +200,8 @@ class TrainConfig(SelfValidating):
         for key in ("batch_size", "checkpoint_every_steps", "max_sequences"):
             _check(getattr(self, key) >= 1, where, key, "must be >= 1", getattr(self, key))
         _check(self.grad_clip > 0, where, "grad_clip", "must be > 0", self.grad_clip)
+        _check(self.replay_store in ("memory", "disk"), where, "replay_store", "memory or disk", self.replay_store)
+        _check(self.decode_workers >= 0, where, "decode_workers", "must be >= 0", self.decode_workers)
         _non_negative(self, where, "weight_decay", "threads")
         _probability(self, where, "warmup_fraction", "min_lr_fraction")
         self.wake.validate(f"{where}.wake")

@@ -1,4 +1,5 @@
-"""In-memory experience for the trainer: sequences from bags, compact, sampled with priorities.
+"""Experience for the trainer: sequences from bags, compact, sampled with priorities; held in
+memory (``from_sequences``, capped) or on disk (``on_disk``: memory-mapped files, every sequence).
 
 Storage is compact (uint8 images as the model sees them x 255, float16 depth and audio), about
 ``T x (3HW + 2HW + 2 audio_window_samples)`` bytes per sequence: 180 kB for T = 2 at 128x128, so
@@ -8,12 +9,20 @@ with p_i = the sequence's last behaviour-cloning error (normalised) + eps; unsee
 an untrained model's error, so each is drawn early.
 No importance weights: replay here is rehearsal of what the model does worst, not an unbiased
 gradient estimate; the uniform share ``u`` keeps every sequence in play.
+
+On disk (``sleep_train.replay_store: disk``) each field is one flat file of the same compact rows,
+memory-mapped read-only once written: a batch reads only its rows, so the trainer's memory no longer
+grows with the experience (the OS page cache holds what is hot), and nothing is dropped.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..core.observation import ObservationBatch
@@ -63,12 +72,51 @@ class ExperienceStore:
         store.seen = seen
         return store
 
+    @classmethod
+    def on_disk(cls, name: str, sequences: Iterable[SequenceBatch], directory: str | Path) -> ExperienceStore:
+        """Every sequence, written once to ``directory`` (replaced) and memory-mapped from there."""
+        d = Path(directory)
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        files: dict[str, object] = {}
+        layout: dict[str, tuple[str, list[int]]] = {}
+        n, steps = 0, 0
+        try:
+            for seq in sequences:
+                for b in range(seq.num_sequences):
+                    one = {k: v.numpy() for k, v in _compact(seq, b).items()}
+                    steps = seq.steps
+                    for k, v in one.items():
+                        if k not in files:
+                            files[k] = open(d / f"{k}.bin", "wb")  # noqa: SIM115 - closed below
+                            layout[k] = (str(v.dtype), list(v.shape))
+                        files[k].write(np.ascontiguousarray(v).tobytes())
+                    n += 1
+        finally:
+            for f in files.values():
+                f.close()
+        (d / "layout.json").write_text(json.dumps({"sequences": n, "steps": steps, "fields": layout}))
+        if n == 0:
+            return cls(name, {}, 0)
+        arrays = {k: np.memmap(d / f"{k}.bin", dtype=np.dtype(dt), mode="r", shape=(n, *shape))
+                  for k, (dt, shape) in layout.items()}
+        store = cls(name, arrays, steps)  # numpy memmaps: _rows reads only the rows a batch takes
+        store.seen = n
+        store.directory = d
+        return store
+
+    def _rows(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        x = self.t[name]
+        if isinstance(x, np.ndarray):  # on disk: copy the chosen rows out of the map
+            return torch.from_numpy(np.ascontiguousarray(x[idx.cpu().numpy()]))
+        return x[idx]
+
     def batch(self, idx: torch.Tensor) -> SequenceBatch:
         """Sequences ``idx`` as one SequenceBatch (observations ``b * T + t``), float tensors."""
-        t = self.t
 
         def rows(name: str) -> torch.Tensor:
-            x = t[name][idx]
+            x = self._rows(name, idx)
             return x.reshape(-1, *x.shape[2:])
 
         obs = ObservationBatch(
@@ -80,7 +128,7 @@ class ExperienceStore:
             joint_velocity=rows("joint_velocity"),
             mask=rows("mask"),
         )
-        return SequenceBatch(obs=obs, action=t["action"][idx], steps=self.steps)
+        return SequenceBatch(obs=obs, action=self._rows("action", idx), steps=self.steps)
 
     def all(self) -> SequenceBatch:
         return self.batch(torch.arange(self.size))

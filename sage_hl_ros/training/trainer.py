@@ -37,6 +37,7 @@ import dataclasses
 import datetime
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -74,6 +75,7 @@ from .state import (
 )
 
 REPORT_DIR = "report"
+REPLAY_CACHE = "replay_cache"  # replay_store: disk; removed when the run finishes
 # Keys of the train config that may differ on resume (they do not change what is learned).
 _RESUME_FREE = ("device", "threads", "checkpoint_every_steps", "eval")
 
@@ -150,6 +152,31 @@ def _dataset(paths: list[str], obs_cfg, dcfg: DatasetConfig, robot, shard: tuple
     if len(kinds) > 1:
         raise ValueError(f"{paths}: bags and LeRobot datasets mixed in one list; give them separately")
     return BagDataset(paths, obs_cfg, dcfg, robot=robot, shard=shard)
+
+
+class _WorkerSequences(torch.utils.data.IterableDataset):
+    """The train sequences of one decode worker's shard (episode k of the split goes to shard
+    k % (ranks x workers)): bags are decoded in ``decode_workers`` processes side by side."""
+
+    def __init__(self, paths, obs_cfg, dcfg, robot, rank: int, world: int, workers: int):
+        super().__init__()
+        self.args = (paths, obs_cfg, dcfg, robot)
+        self.rank, self.world, self.workers = rank, world, workers
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w = info.id if info is not None else 0
+        torch.set_num_threads(1)
+        paths, obs_cfg, dcfg, robot = self.args
+        ds = BagDataset(paths, obs_cfg, dcfg, robot=robot, shard=(self.rank * self.workers + w,
+                                                                 self.world * self.workers))
+        yield from ds.iter_sequences("train")
+
+
+def _decoded_in_workers(paths, obs_cfg, dcfg, robot, d: Dist, workers: int):
+    loader = torch.utils.data.DataLoader(_WorkerSequences(paths, obs_cfg, dcfg, robot, d.rank, d.world, workers),
+                                         batch_size=None, num_workers=workers)
+    yield from loader
 
 
 class SleepTrainer:
@@ -236,6 +263,20 @@ class SleepTrainer:
                 break
         return concat_sequences(seqs) if seqs else None
 
+    def _store(self, name: str, paths: list[str], obs, dcfg: DatasetConfig, seed: int) -> ExperienceStore:
+        """One experience store of the train split of ``paths``: in memory (capped) or on disk
+        (``replay_store``), decoded here or by ``decode_workers`` processes (each its shard)."""
+        cfg, d = self.cfg, self.dist
+        self.read_passes += 1
+        if cfg.decode_workers > 0 and not any(_is_lerobot(p) for p in paths):
+            sequences = _decoded_in_workers(paths, obs, dcfg, self._robot, d, cfg.decode_workers)
+        else:
+            sequences = self.datasets[name].iter_sequences("train")
+        if cfg.replay_store == "disk":
+            where = self.out / REPLAY_CACHE / (f"rank{d.rank}" if d.enabled else "") / name
+            return ExperienceStore.on_disk(name, sequences, where)
+        return ExperienceStore.from_sequences(name, sequences, cfg.max_sequences, seed)
+
     def _load_data(self, model: SageHL, dcfg: DatasetConfig) -> None:
         cfg, obs = self.cfg, model.cfg.observation
         t0 = time.perf_counter()
@@ -243,17 +284,16 @@ class SleepTrainer:
         self._robot = model.cfg.robot_contract()
         d = self.dist
         shard = (d.rank, d.world) if d.enabled else None
+        self.read_passes = 0  # passes over a training split with its images (store build, probes)
         self.datasets = {"new": _dataset(self.bags, obs, dcfg, self._robot, shard)}
-        self.stores["new"] = ExperienceStore.from_sequences("new", self.datasets["new"].iter_sequences("train"),
-                                                            cfg.max_sequences, cfg.seed)
+        self.stores["new"] = self._store("new", self.bags, obs, dcfg, cfg.seed)
         if not len(self.stores["new"]):
             where = f" for rank {d.rank} of {d.world} (its share of the episodes)" if d.enabled else ""
             raise ValueError(f"no training sequences in {self.bags} (train split){where}: check the topics in the "
                              "dataset config and that the bags hold joint states and commands")
         if self.replay_bags:
             self.datasets["old"] = _dataset(self.replay_bags, obs, dcfg, self._robot, shard)
-            self.stores["old"] = ExperienceStore.from_sequences(
-                "old", self.datasets["old"].iter_sequences("train"), cfg.max_sequences, cfg.seed + 1)
+            self.stores["old"] = self._store("old", self.replay_bags, obs, dcfg, cfg.seed + 1)
         ecfg = self._eval_cfg(dcfg)
         n = cfg.eval.max_sequences
         self.eval_sets: dict[str, SequenceBatch] = {}
@@ -278,6 +318,7 @@ class SleepTrainer:
                 self.eval_sets["old"] = old_eval
                 self.eval_sources["old"] = "val split of the replay bags"
         if cfg.eval.probes:
+            self.read_passes += 1
             per = max(1, cfg.eval.probe_max_train_steps // ecfg.sequence_steps)
             self.probe_train = self._sequences(self.bags, obs, ecfg, "train", per)
         self.load_seconds = time.perf_counter() - t0
@@ -493,6 +534,7 @@ class SleepTrainer:
             raise
         if not d.is_main:
             save(finished=True)  # its part of the final state, gathered when rank 0 has evaluated
+            shutil.rmtree(self.out / REPLAY_CACHE / f"rank{d.rank}", ignore_errors=True)
             return {"rank": d.rank}
         return self._finish(model, device, st, save)
 
@@ -581,6 +623,7 @@ class SleepTrainer:
                     "held_out_action_error": final["new"]["action_error"], "report": f"{REPORT_DIR}/report.json",
                     "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         save_checkpoint(model, self.out, extra={"training": training})
+        shutil.rmtree(self.out / REPLAY_CACHE, ignore_errors=True)  # replay_store: disk
         sha = model_hash(self.out)
         first = _first(self.eval_sets["new"])
         ex = predict(model, first.to(device))
@@ -597,7 +640,8 @@ class SleepTrainer:
                 "train_steps_per_sequence": self.stores["new"].steps,
                 "eval": {k: {"source": self.eval_sources[k], "sequences": v.num_sequences,
                              "steps_per_sequence": v.steps} for k, v in self.eval_sets.items()},
-                "rate_hz": self.rate_hz, "load_seconds": self.load_seconds,
+                "rate_hz": self.rate_hz, "load_seconds": self.load_seconds, "read_passes": self.read_passes,
+                "replay_store": cfg.replay_store, "decode_workers": cfg.decode_workers,
             },
             "config": cfg.to_dict(),
             "definitions": DEFINITIONS,
