@@ -170,7 +170,14 @@ class _WorkerSequences(torch.utils.data.IterableDataset):
         paths, obs_cfg, dcfg, robot = self.args
         ds = BagDataset(paths, obs_cfg, dcfg, robot=robot, shard=(self.rank * self.workers + w,
                                                                  self.world * self.workers))
-        yield from ds.iter_sequences("train")
+        chunk: list[SequenceBatch] = []
+        for seq in ds.iter_sequences("train"):  # handed over in chunks: one transfer per 64 sequences
+            chunk.append(seq)
+            if len(chunk) == 64:
+                yield concat_sequences(chunk)
+                chunk = []
+        if chunk:
+            yield concat_sequences(chunk)
 
 
 def _decoded_in_workers(paths, obs_cfg, dcfg, robot, d: Dist, workers: int):
