@@ -88,7 +88,7 @@ from .decode import (
 )
 from .layout import expand_bag_paths
 from .normalizer_stats import _stat_rows, _StatsAccumulator
-from .splits import EpisodeInfo, _check_split, split_value
+from .splits import EpisodeInfo, _check_split, assign_splits
 from .verify import read_failure, require_intact
 
 __all__ = ["AlignedStep", "BagDataset", "concat_sequences"]
@@ -506,17 +506,9 @@ class BagDataset:
 
     def _assign_splits(self, eps: list[EpisodeInfo]) -> None:
         grid_ns = seconds_to_ns(1.0 / self.cfg.rate_hz)
-        eligible = []
         for e in eps:
             e.steps = (e.end_ns - e.start_ns) // grid_ns + 1
-            if e.outcome and e.outcome in self.cfg.exclude_outcomes:
-                e.split = "excluded"
-                continue
-            e.split = "val" if split_value(e.bag, e.index, self.cfg.seed) < self.cfg.val_fraction else "train"
-            eligible.append(e)
-        # Small datasets: with a val fraction asked for, keep at least one val episode.
-        if self.cfg.val_fraction > 0 and len(eligible) >= 2 and not any(e.split == "val" for e in eligible):
-            min(eligible, key=lambda e: split_value(e.bag, e.index, self.cfg.seed)).split = "val"
+        assign_splits(eps, self.cfg.val_fraction, self.cfg.seed, self.cfg.exclude_outcomes)
 
     # ------------------------------------------------------------------ pass 1: small streams
     def _iter_plans(self, bag: Path, split: str) -> Iterator[_Plan]:

@@ -49,7 +49,7 @@ from ..core.system import SequenceBatch
 from .align import NS
 from .dataset_config import DatasetConfig, load_dataset_config
 from .lerobot_format import ACTION, EPISODES_DIR, IMAGE_PREFIX, STATE, VELOCITY, feature_names, read_info, read_tasks
-from .splits import SPLITS, EpisodeInfo, split_value
+from .splits import SPLITS, EpisodeInfo, assign_splits
 
 __all__ = ["LeRobotSource", "lerobot_roots"]
 
@@ -235,16 +235,7 @@ class LeRobotSource:
                                  task=str(tasks[0]) if tasks else "", outcome=str(row.get("sage/outcome") or ""))
                 ep.steps = (n - 1) // lay["ratio"] + 1 if n else 0
                 out.append(_Episode(ep, root, row))
-        eligible = []
-        for e in out:
-            info = e.info
-            if info.outcome and info.outcome in self.cfg.exclude_outcomes:
-                info.split = "excluded"
-                continue
-            info.split = "val" if split_value(info.bag, info.index, self.cfg.seed) < self.cfg.val_fraction else "train"
-            eligible.append(info)
-        if self.cfg.val_fraction > 0 and len(eligible) >= 2 and not any(e.split == "val" for e in eligible):
-            min(eligible, key=lambda e: split_value(e.bag, e.index, self.cfg.seed)).split = "val"
+        assign_splits([e.info for e in out], self.cfg.val_fraction, self.cfg.seed, self.cfg.exclude_outcomes)
         self._episodes = out
         return out
 

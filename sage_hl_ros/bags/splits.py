@@ -11,7 +11,7 @@ from typing import Any
 
 from .align import NS
 
-__all__ = ["SPLITS", "EpisodeInfo", "split_value"]
+__all__ = ["SPLITS", "EpisodeInfo", "assign_splits", "split_value"]
 
 SPLITS = ("train", "val")
 
@@ -52,6 +52,22 @@ def split_value(bag: str | Path, index: int, seed: int) -> float:
     """
     key = f"{seed}:{Path(bag).name}:{index}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
+
+
+def assign_splits(eps: list[EpisodeInfo], val_fraction: float, seed: int,
+                  exclude_outcomes: list[str]) -> None:
+    """In place: each episode's split. An excluded outcome is "excluded"; the others go to val by
+    ``split_value`` < ``val_fraction``. Small datasets: with a val fraction asked for, at least one
+    of two or more eligible episodes is val (the one with the smallest value)."""
+    eligible = []
+    for e in eps:
+        if e.outcome and e.outcome in exclude_outcomes:
+            e.split = "excluded"
+            continue
+        e.split = "val" if split_value(e.bag, e.index, seed) < val_fraction else "train"
+        eligible.append(e)
+    if val_fraction > 0 and len(eligible) >= 2 and not any(e.split == "val" for e in eligible):
+        min(eligible, key=lambda e: split_value(e.bag, e.index, seed)).split = "val"
 
 
 def _check_split(split: str) -> None:

@@ -108,6 +108,13 @@ def read_config(directory: str | Path):
 
     return SageConfig.from_dict(read_meta(directory)["config"], str(Path(directory) / CONFIG_FILE))
 
+def trained_on(directory: str | Path) -> list[str]:
+    """The bags a checkpoint was trained on (its config.json training record: new, then replayed),
+    each once, as recorded; [] for a checkpoint without a record."""
+    training = read_meta(directory).get("training") or {}
+    return list(dict.fromkeys([*(training.get("bags") or []), *(training.get("replay_bags") or [])]))
+
+
 def tensor_group_sha256(tensors: Mapping[str, np.ndarray]) -> str:
     """SHA-256 over ``tensors`` in name order: name, dtype, shape and the raw bytes of each."""
     h = hashlib.sha256()
@@ -260,5 +267,5 @@ def _is_sha256(value: object) -> bool:
 __all__ = ["CONFIG_FILE", "FORMAT_VERSION", "GROUP_PREFIXES", "L_STEP_PREFIX", "NORMALIZER_FIELDS",
            "NORMALIZER_FILE", "NORMALIZER_STATS", "WEIGHTS_FILE", "CheckpointError", "UnverifiedWeightsWarning",
            "load_tensors_numpy", "load_verified_tensors_numpy", "read_config", "read_meta", "read_normalizer",
-           "sha256_file",
+           "sha256_file", "trained_on",
            "tensor_group_sha256", "verify_weights"]

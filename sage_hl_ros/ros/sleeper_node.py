@@ -445,14 +445,13 @@ def _sha(model_dir) -> str:
 
 
 def _trained_on(model_dir: str) -> list[str]:
-    """The bags a checkpoint was trained on (its config.json's training record), resolved."""
+    """The bags a checkpoint was trained on, resolved ([] when its config.json cannot tell)."""
+    from ..core.checkpoint_files import CheckpointError, trained_on
+
     try:
-        data = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
+        return [str(Path(b).resolve()) for b in trained_on(model_dir) if isinstance(b, str)]
+    except CheckpointError:
         return []
-    training = data.get("training") or {}
-    bags = [*(training.get("bags") or []), *(training.get("replay_bags") or [])]
-    return [str(Path(b).resolve()) for b in bags if isinstance(b, str)]
 
 
 def main(args=None) -> None:

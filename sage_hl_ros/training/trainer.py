@@ -50,7 +50,8 @@ import torch
 from ..bags.bag_dataset import BagDataset, concat_sequences
 from ..bags.dataset_config import DatasetConfig, load_dataset_config
 from ..bags.layout import expand_bag_paths
-from ..core.checkpoint import load_checkpoint, model_hash, read_meta, save_checkpoint
+from ..core.checkpoint import load_checkpoint, model_hash, save_checkpoint
+from ..core.checkpoint_files import trained_on
 from ..core.config import ConfigError, SageConfig
 from ..core.system import SageHL, SequenceBatch, build_model
 from ..safety.limits import JointLimits
@@ -197,12 +198,9 @@ class SleepTrainer:
         self.init = str(Path(init).resolve()) if init else None
         self.parent: dict[str, Any] | None = None
         if self.init:
-            meta = read_meta(self.init)
             self.parent = {"dir": self.init, "sha256": model_hash(self.init)}
             if replay_bags is None:
-                trained_on = (meta.get("training") or {}).get("bags", []) + (meta.get("training") or {}).get(
-                    "replay_bags", [])
-                replay_bags = [b for b in dict.fromkeys(trained_on) if Path(b).exists() and b not in self.bags]
+                replay_bags = [b for b in trained_on(self.init) if Path(b).exists() and b not in self.bags]
         self.replay_bags = _bag_list(replay_bags)
         self.eval_bags = _bag_list(eval_bags)
         self.model_config = model_config
