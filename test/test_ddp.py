@@ -1,6 +1,7 @@
 """Data-parallel sleep training through torchrun (2 CPU ranks, gloo): the same global batch learns
 the same as one process, rank 0 alone reports and writes, a DDP resume is bit-identical to an
-uninterrupted DDP run, and a rank that fails ends the job with its error instead of a hang."""
+uninterrupted DDP run, and a rank that fails or is killed ends the job with a clear error instead
+of a hang."""
 
 from __future__ import annotations
 
@@ -128,3 +129,68 @@ def test_replay_on_disk_learns_bit_for_bit_what_memory_does_and_workers_decode_t
     assert report["data"]["decode_workers"] == 2 and report["data"]["read_passes"] == 1
     # the workers' shards together are the whole train split
     assert report["data"]["train_sequences"]["new"] == whole["data"]["train_sequences"]["new"]
+
+
+def _rank_process(root_pid: int, rank: int) -> int | None:
+    """The pid of ``rank`` under the job started as ``root_pid`` (torchrun sets RANK in its environment)."""
+    from pathlib import Path
+
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    for pid in parents:
+        p = pid
+        while p in parents and p != root_pid and p > 1:
+            p = parents[p]
+        if p != root_pid or pid == root_pid:
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"TORCHELASTIC_RUN_ID" in b"".join(env):
+            return pid
+    return None
+
+
+def test_a_rank_that_dies_ends_the_job_with_a_clear_error_and_no_hang(files):
+    import os
+    import signal
+    import time
+
+    out = files / "killed"
+    cmd = [sys.executable, "-m", "sage_hl_ros.tools.sleep_cli", "--bags", str(files / "bags" / "a"),
+           "--out", str(out), "--model-config", str(files / "model.yaml"),
+           "--dataset-config", str(files / "dataset.yaml"), *COMMON, "--set", "wake.steps=100000",
+           "--nproc-per-node", "2"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        victim = None
+        while victim is None and job.poll() is None and time.monotonic() < deadline:
+            victim = _rank_process(job.pid, 1)
+            time.sleep(0.5)
+        assert victim is not None, "rank 1 never started"
+        # let it load its shard and join the training (5 s of its own CPU time), then kill it
+        # without a chance to clean up
+        while job.poll() is None and time.monotonic() < deadline:
+            try:
+                ticks = int(open(f"/proc/{victim}/stat").read().rsplit(")", 1)[1].split()[11])
+            except OSError:
+                break
+            if ticks > 5 * os.sysconf("SC_CLK_TCK"):
+                break
+            time.sleep(0.5)
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = job.communicate(timeout=300)  # no hang: the job ends on its own
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0
+    assert "the data-parallel job failed" in stderr
+    assert "SIGKILL" in stderr or "Signal 9" in stderr or "exitcode: -9" in stderr, stderr[-3000:]
+    assert not (out / "model.safetensors").exists()
