@@ -5,6 +5,7 @@
     sage-hl demo --evaluate runs/sim_demo_<date>_<time>/models/round0
     sage-hl runtime-demo [--duration-s 20] [--quick]
     sage-hl export MODEL_DIR [--precision fp32 fp16 int8] [--calibration-bags BAG ...]
+    sage-hl audit MODEL_DIR --bags BAG ... [--dataset-config config/sim_dataset.yaml]
 
 Node executables have their own entry points (``ros2 run sage_hl_ros <node>``); see README.
 """
@@ -42,7 +43,7 @@ def _runtime_demo(args: argparse.Namespace) -> int:
 
 
 # --quick: a few episodes and a short training, for tests and a first look (about 3 minutes).
-QUICK = {"demos": 16, "eval_episodes": 5, "dagger_rounds": 0}
+QUICK = {"demos": 16, "eval_episodes": 5, "val_episodes": 2, "dagger_rounds": 0}
 QUICK_TRAIN = ["wake.steps=250", "sleep.steps=20", "dream.steps=20", "eval.probes=false"]
 
 
@@ -65,6 +66,26 @@ def _demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or time.strftime("runs/sim_demo_%Y%m%d_%H%M%S"))
     return run_sim_demo(workdir, config=args.config, overrides=overrides, sleep_overrides=train,
                         evaluate=args.evaluate)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bags.dataset_config import load_dataset_config
+    from .bags.errors import BagError
+    from .core.checkpoint import CheckpointError, load_checkpoint
+    from .core.config import ConfigError
+    from .training.policy_audit import audit_policy, format_audit
+
+    torch.set_num_threads(args.threads)
+    try:
+        model = load_checkpoint(args.model_dir)
+        result = audit_policy(model, args.bags, load_dataset_config(args.dataset_config), split=args.split)
+    except (CheckpointError, ConfigError, BagError, ValueError) as exc:
+        print(f"sage-hl audit: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_audit(result), flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="sage_context's H path while the learned nodes drive (default: the config's, torch); "
                         "onnxruntime exports the checkpoint first where it has no fp32 export")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("audit", help="where a checkpoint's steps part from the teacher's labels in some bags, by "
+                                     "time in the episode (error, step sizes, gain; sage_hl_ros.training.policy_audit)")
+    p.add_argument("model_dir", help="checkpoint directory")
+    p.add_argument("--bags", nargs="+", required=True, help="bags with teacher labels (e.g. the policy's own rollouts)")
+    p.add_argument("--dataset-config", default=None, help="YAML with a dataset section (default: config/dataset.yaml)")
+    p.add_argument("--split", choices=("all", "train", "val"), default="all", help="episodes to audit")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.set_defaults(func=_audit)
 
     p = sub.add_parser("runtime-demo", help="the H and L nodes on synthetic sensors and a loopback arm: rates and "
                                             "latencies only (no MuJoCo, no training from bags)")
