@@ -324,6 +324,13 @@ def test_configs_validate_on_construction_and_replace(tmp_path):
         SimConfig(image_width_px=8)
     with pytest.raises(ConfigError, match=r"^SimDemoConfig.eval_seed: must differ"):
         SimDemoConfig(train_seed=5, eval_seed=5)
+    with pytest.raises(ConfigError, match=r"^SimDemoConfig.val_seed: must differ from eval_seed"):
+        SimDemoConfig(val_seed=1000, eval_seed=1000)
+    # DAgger round 2 would draw its training targets from the test seed
+    with pytest.raises(ConfigError, match=r"^SimDemoConfig.eval_seed: 1000 is also the seed of DAgger round 2"):
+        SimDemoConfig(train_seed=998, eval_seed=1000, dagger_rounds=2)
+    with pytest.raises(ConfigError, match=r"^SimDemoConfig.val_seed: 3 is also the seed of DAgger round 2"):
+        SimDemoConfig(train_seed=1, val_seed=3, dagger_rounds=2)
     with pytest.raises(ConfigError, match=r"^ModalityMap.cameras: declare at least one key"):
         ModalityMap()
     # Nested: the file and the dotted key of the nested section.

@@ -54,6 +54,13 @@ def test_quick_demo_learned_policy_beats_zero_and_random(quick_run):
     targets = [r["target_m"] for r in summary["episodes"]["expert"]]
     assert targets == [r["target_m"] for r in summary["episodes"]["learned"]]
     assert values["control_hz"] > 50  # the L loop commanded the arm (the rate is the benchmark's business)
+    # The checkpoint was validated on the validation targets, and those are not the test targets.
+    val = dict(kv.split("=") for kv in [x for x in out.splitlines() if x.startswith("demo_val: ")][-1]
+               .split(": ", 1)[1].split())
+    assert val["seed"] == "2000" and val["episodes"] == "2" and val["selected"] == "round0", val
+    assert [v["name"] for v in summary["validation"]] == ["round0"] and summary["selected"] == "round0"
+    val_targets = summary["validation"][0]["targets_m"]
+    assert len(val_targets) == 2 and not set(map(tuple, val_targets)) & set(map(tuple, targets))
 
 
 def test_quick_demo_leaves_bags_model_and_report(quick_run):

@@ -177,6 +177,23 @@ def test_expert_is_a_state_feedback_law():
     assert dataclasses.asdict(expert.config) == dataclasses.asdict(ExpertConfig())
 
 
+def test_expert_holds_still_within_hold_within_m_and_steps_outside():
+    target = np.array([0.5, 0.1, 0.03])
+    plain = ReachExpert()
+    goal = plain.goal_configuration(target)
+    near = goal + 0.01  # a few millimetres to centimetres off the goal pose
+    far = goal + 0.3
+    d_near = np.linalg.norm(plain.tip_position(near) - target)
+    d_far = np.linalg.norm(plain.tip_position(far) - target)
+    assert d_near < 0.05 < d_far
+    holding = ReachExpert(ExpertConfig(hold_within_m=0.05))
+    np.testing.assert_array_equal(holding.command(near, target), near)  # done: the label is "stay"
+    assert not np.allclose(plain.command(near, target), near)  # the servo law would still move
+    np.testing.assert_array_equal(holding.command(far, target), plain.command(far, target))
+    with pytest.raises(ConfigError, match="hold_within_m: must be >= 0"):
+        ExpertConfig(hold_within_m=-0.1)
+
+
 # --------------------------------------------------------------------------- the robots
 
 UR6_JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",

@@ -7,6 +7,14 @@ command moves a fixed fraction of the remaining joint-space error (step norm bou
 feedback law, so it labels any state, including states the learned policy visits (teacher labels).
 The IK is generic in the arm's DoF (``SimConfig.robot``: 7 or 6 joints); a continuous joint has no
 bound to clip at.
+
+``hold_within_m`` (off by default) makes the expert hold still once the fingertip is that close to
+the aim point. For labelling the learned policy's own rollouts (DAgger) this is what makes the
+labels learnable: a policy that has settled a few centimetres from the target sits where its camera
+puts the target, and the servo law would label that state with a step toward the expert's own IK
+solution whose direction is the policy's perception error, which it cannot see. Trained on such
+labels, round 1 of the demo learned to keep moving at the end of a reach, in the wrong direction
+(``sage-hl audit``: late-window gain -0.21; bench/RESULTS.md, "DAgger").
 """
 
 from __future__ import annotations
@@ -33,10 +41,13 @@ class ExpertConfig(SelfValidating):
     ik_null_gain: float = 0.2  # pull toward the home pose in the Jacobian's null space
     ik_tolerance_m: float = 1e-4
     aim_offset_m: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # aim point - target centre
+    hold_within_m: float = 0.0  # > 0: the command is the current position once the fingertip is this close
 
     def validate(self, where: str) -> None:
         require_positive(self, where, "gain_per_s", "step_horizon_s", "max_step_rad", "ik_iterations", "ik_damping_m",
                   "ik_tolerance_m")
+        if not self.hold_within_m >= 0:
+            raise ConfigError(f"{where}.hold_within_m: must be >= 0 (0 = never hold), got {self.hold_within_m}")
         if self.ik_null_gain < 0:
             raise ConfigError(f"{where}.ik_null_gain: must be >= 0, got {self.ik_null_gain}")
         if len(self.aim_offset_m) != 3:
@@ -102,6 +113,10 @@ class ReachExpert:
     def command(self, q: np.ndarray, target_m: np.ndarray) -> np.ndarray:
         cfg = self.config
         q = np.asarray(q, dtype=np.float64)
+        if cfg.hold_within_m > 0:
+            aim = np.asarray(target_m, dtype=np.float64) + np.asarray(cfg.aim_offset_m)
+            if np.linalg.norm(self.tip_position(q) - aim) <= cfg.hold_within_m:
+                return q.copy()
         step = (self.goal_configuration(target_m) - q) * min(1.0, cfg.gain_per_s * cfg.step_horizon_s)
         largest = np.abs(step).max()
         if largest > cfg.max_step_rad:

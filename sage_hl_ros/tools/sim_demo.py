@@ -6,10 +6,19 @@
 3. **DAgger** (``dagger_rounds``): the SAGE nodes drive the arm on new training targets while the
    expert only labels; the bag of that on-policy experience trains the next checkpoint (replaying
    the demonstrations);
-4. **evaluate** on held-out targets (``eval_seed``): the expert, then the SAGE H and L nodes, each
-   through the same ROS graph; a zero-motion and a random policy on the same targets in process;
-5. ``<workdir>/report.md`` and plots, then the one-line summary
-   ``demo: expert_success=<a> learned_success=<b> mean_final_dist_m=<d> control_hz=<h> e2e_p99_ms=<l>``.
+4. **validate** every candidate checkpoint (round 0 and each DAgger round) by closed-loop rollouts
+   on the validation targets (``val_seed``) and keep the best: every choice the demo makes is made
+   on these targets, never on the test targets;
+5. **test** the chosen checkpoint once on the test targets (``eval_seed``): the expert, then the
+   SAGE H and L nodes, each through the same ROS graph; a zero-motion and a random policy on the
+   same targets in process;
+6. ``<workdir>/report.md`` and plots, then ``demo_val: ...`` (validation) and the one-line summary
+   ``demo: expert_success=<a> learned_success=<b> mean_final_dist_m=<d> control_hz=<h> e2e_p99_ms=<l>``
+   (test targets).
+
+Seeds: the bridge draws a target stream from its seed. Training phases use ``train_seed + k``
+(k = 0 for the demonstrations, k for DAgger round k); validation ``val_seed``; test ``eval_seed``.
+The config refuses any overlap between the three.
 
 Every node is its own process (started like ``ros2 run``), with the package's parameter files.
 The arm is ``robot`` (``--robot``; ``sage_hl_ros.sim.robots``: ``sim_arm7`` by default, or the 6-DoF
@@ -37,6 +46,7 @@ from ..paths import config_file
 from ..sim.robots import DEFAULT_ROBOT, SIM_ROBOTS, camera_info_topic, check_contract, sim_robot
 from .bringup import NodeProcesses, node_command
 
+VAL_KEYS = ("seed", "episodes", "selected", "learned_success", "rounds")
 SUMMARY_KEYS = ("expert_success", "learned_success", "mean_final_dist_m", "control_hz", "e2e_p99_ms")
 TEACHER_KEYS = ("teacher", "teacher_success", "learned_success", "learned_vs_teacher", "bag_teacher_chunks")
 TEACHERS = ("expert", "groot")
@@ -49,11 +59,16 @@ class SimDemoConfig(SelfValidating):
     """What the demo runs; counts are episodes, times in seconds (sim time unless stated)."""
 
     demos: int = 120  # expert demonstrations recorded for the first training
-    eval_episodes: int = 30  # held-out targets, for the expert and for the learned policy
+    eval_episodes: int = 30  # test targets (eval_seed), for the expert and for the learned policy: reported once
+    val_episodes: int = 20  # validation targets (val_seed): every checkpoint choice is made on these
     dagger_rounds: int = 0
     dagger_episodes: int = 40  # on-policy episodes per DAgger round (training targets)
+    # While it labels the learned policy's rollouts the expert holds still once the fingertip is this
+    # close to the target (sim expert hold_within_m; 0 = its servo law everywhere). See sim/expert.py.
+    dagger_label_hold_within_m: float = 0.03
     train_seed: int = 1
-    eval_seed: int = 1000  # a different stream of targets: unseen in training
+    eval_seed: int = 1000  # the test targets: unseen in training, never used to choose anything
+    val_seed: int = 2000  # the validation targets: round selection (and any tuning) happens here
     record_real_time_factor: float = 3.0  # expert-only phases run faster than real time
     eval_real_time_factor: float = 1.0  # phases where the learned nodes drive run in real time
     expert_noise_rad: float = 0.05  # exploration noise on the executed demo commands (labels clean)
@@ -83,7 +98,7 @@ class SimDemoConfig(SelfValidating):
     groot_timeout_s: float = 1.0  # reply timeout per request (wall s)
 
     def validate(self, where: str) -> None:
-        for key in ("demos", "eval_episodes"):
+        for key in ("demos", "eval_episodes", "val_episodes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
         for key in ("dagger_rounds", "dagger_episodes"):
@@ -95,10 +110,22 @@ class SimDemoConfig(SelfValidating):
         for key in ("control_rate_hz", "phase_timeout_s", "train_threads"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(self, key)}")
+        if not self.dagger_label_hold_within_m >= 0:
+            raise ConfigError(f"{where}.dagger_label_hold_within_m: must be >= 0, got "
+                              f"{self.dagger_label_hold_within_m}")
         if self.expert_noise_rad < 0:
             raise ConfigError(f"{where}.expert_noise_rad: must be >= 0, got {self.expert_noise_rad}")
         if self.train_seed == self.eval_seed:
             raise ConfigError(f"{where}.eval_seed: must differ from train_seed (held-out targets)")
+        if self.val_seed == self.eval_seed:
+            raise ConfigError(f"{where}.val_seed: must differ from eval_seed (validation and test targets "
+                              f"are separate), both are {self.eval_seed}")
+        for k, seed in enumerate(self.training_seeds()):
+            for key in ("eval_seed", "val_seed"):
+                if seed == getattr(self, key):
+                    what = "the demonstrations" if k == 0 else f"DAgger round {k}"
+                    raise ConfigError(f"{where}.{key}: {seed} is also the seed of {what} (train_seed + {k}); "
+                                      "training targets must not be validation or test targets")
         if self.inference_backend not in INFERENCE_BACKENDS:
             raise ConfigError(f"{where}.inference_backend: one of {list(INFERENCE_BACKENDS)}, "
                               f"got {self.inference_backend!r}")
@@ -114,6 +141,10 @@ class SimDemoConfig(SelfValidating):
         for key in ("groot_rate_hz", "groot_timeout_s"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(self, key)}")
+
+    def training_seeds(self) -> list[int]:
+        """The bridge seeds of every training phase: demonstrations, then each DAgger round."""
+        return [self.train_seed + k for k in range(self.dagger_rounds + 1)]
 
     def path(self, name: str) -> Path:
         p = Path(name)
@@ -230,9 +261,11 @@ class _Phase:
     """One run of episodes: which processes, which seed, how fast; returns the episode results."""
 
     def __init__(self, demo: SimDemo, name: str, seed: int, episodes: int, rtf: float, *, expert_drives: bool,
-                 model_dir: Path | None = None, bag_dir: Path | None = None, groot_labels: bool = False):
+                 model_dir: Path | None = None, bag_dir: Path | None = None, groot_labels: bool = False,
+                 label_hold_within_m: float = 0.0):
         self.demo, self.name, self.seed, self.episodes, self.rtf = demo, name, seed, episodes, rtf
         self.expert_drives, self.model_dir, self.bag_dir = expert_drives, model_dir, bag_dir
+        self.label_hold_within_m = label_hold_within_m  # the expert's hold_within_m while it labels
         self.groot_labels = groot_labels  # sage_groot_teacher labels; the expert's labels go unrecorded
 
     def run(self) -> tuple[list[dict], dict]:
@@ -256,6 +289,8 @@ class _Phase:
                 "sim.robot": cfg.robot, **joint_topics,
                 "noise_rad": cfg.expert_noise_rad if (self.expert_drives and self.bag_dir) else 0.0,
                 "seed": self.seed}
+            if self.label_hold_within_m > 0:
+                expert_params["expert.hold_within_m"] = self.label_hold_within_m
             if self.groot_labels:  # the teacher labels; the expert's own labels go to a topic nobody records
                 expert_params["teacher_topic"] = "/sim_expert/unrecorded_label"
             nodes.start("sim_expert", node_command(_spec("sim_expert"), ros_params, expert_params))
@@ -488,7 +523,23 @@ class SimDemo:
                  f"{time.monotonic() - t0:.0f} s -> {out}")
         return out
 
-    def _learn(self, n_steps: int, timings: dict[str, float], dagger: list[dict]) -> Path:
+    def _validate(self, name: str, model: Path, timings: dict[str, float]) -> dict:
+        """Closed-loop success of ``model`` on the validation targets (the learned nodes drive)."""
+        cfg = self.cfg
+        t0 = time.monotonic()
+        results, _ = _Phase(self, f"val_{name}", cfg.val_seed, cfg.val_episodes, cfg.eval_real_time_factor,
+                            expert_drives=False, model_dir=model).run()
+        timings[f"val_{name}_s"] = time.monotonic() - t0
+        stats = _success_stats(results)
+        self.log(f"      val_{name}: success {stats['success_rate']:.2f} on {cfg.val_episodes} validation targets "
+                 f"(seed {cfg.val_seed}), mean final distance {stats['mean_final_dist_m']:.3f} m")
+        return {"name": name, "model": str(model), **stats, "targets_m": [r.get("target_m") for r in results]}
+
+    def _learn(self, n_steps: int, timings: dict[str, float], dagger: list[dict],
+               validation: list[dict]) -> Path:
+        """Demonstrations, round 0 and the DAgger rounds; returns the candidate with the best
+        closed-loop success on the validation targets (ties: the smaller mean final distance, then
+        the earlier round)."""
         cfg, wd = self.cfg, self.workdir
         groot = cfg.teacher == "groot"
         self.log(f"[1/{n_steps}] recording {cfg.demos} expert demonstrations"
@@ -508,6 +559,7 @@ class SimDemo:
         t0 = time.monotonic()
         model = self._train("round0", [demo_bag], cfg.sleep_config, cfg.sleep_overrides, None, None)
         timings["train_s"] = time.monotonic() - t0
+        validation.append(self._validate("round0", model, timings))
         bags = [demo_bag]
         for k in range(1, cfg.dagger_rounds + 1):
             self.log(f"[{2 + k}/{n_steps}] DAgger round {k}: the learned nodes drive, the expert labels")
@@ -515,14 +567,20 @@ class SimDemo:
             bag = wd / "bags" / f"dagger{k}"
             results, _ = _Phase(self, f"dagger{k}", cfg.train_seed + k, cfg.dagger_episodes,
                                 cfg.eval_real_time_factor, expert_drives=False, model_dir=model, bag_dir=bag,
-                                groot_labels=cfg.teacher == "groot").run()
+                                groot_labels=cfg.teacher == "groot",
+                                label_hold_within_m=cfg.dagger_label_hold_within_m).run()
             dagger.append(_success_stats(results))
             # DAgger proper: the aggregate of every bag so far is the wake data (the on-policy
             # states with their teacher labels next to the demonstrations), not the new bag alone.
             bags.append(bag)
             model = self._train(f"round{k}", list(bags), cfg.dagger_sleep_config, cfg.dagger_overrides, model, [])
             timings[f"dagger{k}_s"] = time.monotonic() - t0
-        return model
+            validation.append(self._validate(f"round{k}", model, timings))
+        best = min(validation, key=lambda v: (-v["success_rate"], v["mean_final_dist_m"]))
+        if len(validation) > 1:
+            self.log(f"      selected {best['name']} by validation success ("
+                     + ", ".join(f"{v['name']} {v['success_rate']:.2f}" for v in validation) + ")")
+        return Path(best["model"])
 
     def ensure_export(self, model_dir: Path) -> None:
         """The checkpoint's fp32 ONNX export (checked against torch as it is written), made once."""
@@ -556,17 +614,19 @@ class SimDemo:
         timings: dict[str, float] = {}
         t_all = time.monotonic()
         dagger: list[dict] = []
+        validation: list[dict] = []
         self.graph = _Graph(list(self.contract.joints), self.joint_states_topic, self.joint_command_topic)
         try:
             if cfg.teacher == "groot" and not self.groot_endpoint:
                 self._start_standin()
             if evaluate is None:
                 n_steps = 4 + cfg.dagger_rounds
-                model = self._learn(n_steps, timings, dagger)
+                model = self._learn(n_steps, timings, dagger, validation)
             else:
                 n_steps, model = 2, Path(evaluate)
-            self.log(f"[{n_steps - 1}/{n_steps}] evaluating on {cfg.eval_episodes} held-out targets "
-                     f"(seed {cfg.eval_seed})")
+                validation.append(self._validate(model.name, model, timings))
+            self.log(f"[{n_steps - 1}/{n_steps}] testing {model.name} on {cfg.eval_episodes} test targets "
+                     f"(seed {cfg.eval_seed}; reported, never used to choose)")
             t0 = time.monotonic()
             expert, _ = _Phase(self, "eval_expert", cfg.eval_seed, cfg.eval_episodes, cfg.record_real_time_factor,
                                expert_drives=True).run()
@@ -591,6 +651,7 @@ class SimDemo:
         timings["total_s"] = time.monotonic() - t_all
         summary = {
             "expert": _success_stats(expert), "learned": _success_stats(learned), "dagger": dagger,
+            "validation": validation, "selected": model.name,
             "baselines": {k: _success_stats(v) for k, v in baselines.items()},
             "timing": timing, "durations_s": timings, "model": str(model),
             "episodes": {"expert": expert, "learned": learned, **baselines},
@@ -604,6 +665,11 @@ class SimDemo:
                 "teacher_success": f"{t_rate:.2f}", "learned_success": f"{l_rate:.2f}",
                 "learned_vs_teacher": f"{l_rate / t_rate if t_rate > 0 else float('nan'):.2f}",
                 "bag_teacher_chunks": str(getattr(self, "bag_teacher_chunks", 0))}
+        chosen = next(v for v in validation if Path(v["model"]) == model)
+        summary["val_line"] = {
+            "seed": str(cfg.val_seed), "episodes": str(cfg.val_episodes), "selected": model.name,
+            "learned_success": f"{chosen['success_rate']:.2f}",
+            "rounds": ",".join(f"{v['name']}:{v['success_rate']:.2f}" for v in validation)}
         summary["line"] = {
             "expert_success": f"{summary['expert']['success_rate']:.2f}",
             "learned_success": f"{summary['learned']['success_rate']:.2f}",
@@ -715,7 +781,7 @@ def write_report(wd: Path, summary: dict, cfg: SimDemoConfig) -> None:
     tol = _success_tolerance(cfg)
     ax.axhline(tol, color="g", ls="--", lw=1, label=f"success tolerance {tol:g} m")
     ax.set_ylabel("final fingertip-target distance (m)")
-    ax.set_title(f"{len(data[0])} held-out targets")
+    ax.set_title(f"{len(data[0])} test targets (seed {cfg.eval_seed})")
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(wd / "final_distance.png", dpi=100)
@@ -736,7 +802,12 @@ def write_report(wd: Path, summary: dict, cfg: SimDemoConfig) -> None:
                      f"{s['teacher_line']['learned_vs_teacher']} (goal >= 0.80); "
                      f"{s['teacher_line']['bag_teacher_chunks']} teacher chunks in bags/demos"))
     for k, st in enumerate(s["dagger"], 1):
-        rows.append((f"DAgger round {k} rollouts (training targets): success", f"{st['success_rate']:.2f}"))
+        rows.append((f"DAgger round {k} rollouts (training targets, seed {cfg.train_seed + k}): success",
+                     f"{st['success_rate']:.2f}"))
+    for v in s["validation"]:
+        mark = " (selected)" if v["name"] == s["selected"] else ""
+        rows.append((f"{v['name']}: validation success ({v['episodes']} targets, seed {cfg.val_seed}){mark}",
+                     f"{v['success_rate']:.2f} (mean final distance {v['mean_final_dist_m']:.3f} m)"))
     t = s["timing"]
     rows += [("control loop (commands per sim second), Hz", f"{t.get('control_hz', float('nan')):.1f}"),
              ("joint_states -> command p50 / p99, ms",
@@ -744,7 +815,9 @@ def write_report(wd: Path, summary: dict, cfg: SimDemoConfig) -> None:
     rows += [(f"wall time: {k[:-2]}, s", f"{v:.0f}") for k, v in s["durations_s"].items()]
     lines = ["# sage_hl_ros closed-loop demo (MuJoCo stand-in for Isaac Sim)", "",
              f"Checkpoint: `{s['model']}`. Config: {cfg.demos} demos, {cfg.dagger_rounds} DAgger round(s) of "
-             f"{cfg.dagger_episodes} episodes, {cfg.eval_episodes} held-out targets (seed {cfg.eval_seed}).", "",
+             f"{cfg.dagger_episodes} episodes, {cfg.val_episodes} validation targets (seed {cfg.val_seed}: "
+             f"the checkpoint is chosen there), {cfg.eval_episodes} test targets (seed {cfg.eval_seed}: "
+             "every success rate above without a seed is a test figure).", "",
              "| measure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
              "![final distances](final_distance.png)", "",
              "Training reports: `models/*/report.md`. Bags: `bags/` (demos, DAgger rollouts, evaluation).", ""]
@@ -777,6 +850,7 @@ def run_sim_demo(workdir: Path, config: str | None = None, overrides: dict | Non
         print(f"sage-hl demo: failed: {exc}", flush=True)
         return 1
     print(f"report: {workdir / 'report.md'}")
+    print("demo_val: " + " ".join(f"{k}={summary['val_line'][k]}" for k in VAL_KEYS), flush=True)
     print("demo: " + " ".join(f"{k}={summary['line'][k]}" for k in SUMMARY_KEYS), flush=True)
     if "teacher_line" in summary:
         print("demo_teacher: " + " ".join(f"{k}={summary['teacher_line'][k]}" for k in TEACHER_KEYS), flush=True)
