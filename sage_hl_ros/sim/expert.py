@@ -9,12 +9,10 @@ The IK is generic in the arm's DoF (``SimConfig.robot``: 7 or 6 joints); a conti
 bound to clip at.
 
 ``hold_within_m`` (off by default) makes the expert hold still once the fingertip is that close to
-the aim point. For labelling the learned policy's own rollouts (DAgger) this is what makes the
-labels learnable: a policy that has settled a few centimetres from the target sits where its camera
-puts the target, and the servo law would label that state with a step toward the expert's own IK
-solution whose direction is the policy's perception error, which it cannot see. Trained on such
-labels, round 1 of the demo learned to keep moving at the end of a reach, in the wrong direction
-(``sage-hl audit``: late-window gain -0.21; bench/RESULTS.md, "DAgger").
+the aim point, so that on the learned policy's own rollouts (DAgger) it labels "stop" where the task
+is done instead of a step toward its own IK solution, whose direction is the policy's perception
+error. Measured in the demo it was not enough: round 1 still learned to keep moving late in the
+wrong direction (bench/RESULTS.md, "DAgger").
 """
 
 from __future__ import annotations

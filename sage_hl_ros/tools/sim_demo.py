@@ -64,8 +64,9 @@ class SimDemoConfig(SelfValidating):
     dagger_rounds: int = 0
     dagger_episodes: int = 40  # on-policy episodes per DAgger round (training targets)
     # While it labels the learned policy's rollouts the expert holds still once the fingertip is this
-    # close to the target (sim expert hold_within_m; 0 = its servo law everywhere). See sim/expert.py.
-    dagger_label_hold_within_m: float = 0.03
+    # close to the target (sim expert hold_within_m; 0 = its servo law everywhere). See sim/expert.py:
+    # measured at 0.03 m, it did not stop a DAgger round from hurting (bench/RESULTS.md), so it is off.
+    dagger_label_hold_within_m: float = 0.0
     train_seed: int = 1
     eval_seed: int = 1000  # the test targets: unseen in training, never used to choose anything
     val_seed: int = 2000  # the validation targets: round selection (and any tuning) happens here
