@@ -327,9 +327,11 @@ def test_configs_validate_on_construction_and_replace(tmp_path):
     with pytest.raises(ConfigError, match=r"^SimDemoConfig.val_seed: must differ from eval_seed"):
         SimDemoConfig(val_seed=1000, eval_seed=1000)
     # DAgger round 2 would draw its training targets from the test seed
-    with pytest.raises(ConfigError, match=r"^SimDemoConfig.eval_seed: 1000 is also the seed of DAgger round 2"):
+    with pytest.raises(ConfigError, match=r"^SimDemoConfig.eval_seed: must differ from the seed of DAgger round 2 "
+                                          r"\(train_seed \+ 2 = 1000\)"):
         SimDemoConfig(train_seed=998, eval_seed=1000, dagger_rounds=2)
-    with pytest.raises(ConfigError, match=r"^SimDemoConfig.val_seed: 3 is also the seed of DAgger round 2"):
+    with pytest.raises(ConfigError, match=r"^SimDemoConfig.val_seed: must differ from the seed of DAgger round 2 "
+                                          r"\(train_seed \+ 2 = 3\)"):
         SimDemoConfig(train_seed=1, val_seed=3, dagger_rounds=2)
     with pytest.raises(ConfigError, match=r"^ModalityMap.cameras: declare at least one key"):
         ModalityMap()

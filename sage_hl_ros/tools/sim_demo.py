@@ -116,8 +116,6 @@ class SimDemoConfig(SelfValidating):
                               f"{self.dagger_label_hold_within_m}")
         if self.expert_noise_rad < 0:
             raise ConfigError(f"{where}.expert_noise_rad: must be >= 0, got {self.expert_noise_rad}")
-        if self.train_seed == self.eval_seed:
-            raise ConfigError(f"{where}.eval_seed: must differ from train_seed (held-out targets)")
         if self.val_seed == self.eval_seed:
             raise ConfigError(f"{where}.val_seed: must differ from eval_seed (validation and test targets "
                               f"are separate), both are {self.eval_seed}")
@@ -125,8 +123,8 @@ class SimDemoConfig(SelfValidating):
             for key in ("eval_seed", "val_seed"):
                 if seed == getattr(self, key):
                     what = "the demonstrations" if k == 0 else f"DAgger round {k}"
-                    raise ConfigError(f"{where}.{key}: {seed} is also the seed of {what} (train_seed + {k}); "
-                                      "training targets must not be validation or test targets")
+                    raise ConfigError(f"{where}.{key}: must differ from the seed of {what} (train_seed + {k} "
+                                      f"= {seed}): training targets must not be validation or test targets")
         if self.inference_backend not in INFERENCE_BACKENDS:
             raise ConfigError(f"{where}.inference_backend: one of {list(INFERENCE_BACKENDS)}, "
                               f"got {self.inference_backend!r}")

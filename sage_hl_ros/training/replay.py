@@ -17,7 +17,6 @@ grows with the experience (the OS page cache holds what is hot), and nothing is 
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -96,14 +95,12 @@ class ExperienceStore:
         finally:
             for f in files.values():
                 f.close()
-        (d / "layout.json").write_text(json.dumps({"sequences": n, "steps": steps, "fields": layout}))
         if n == 0:
             return cls(name, {}, 0)
         arrays = {k: np.memmap(d / f"{k}.bin", dtype=np.dtype(dt), mode="r", shape=(n, *shape))
                   for k, (dt, shape) in layout.items()}
         store = cls(name, arrays, steps)  # numpy memmaps: _rows reads only the rows a batch takes
         store.seen = n
-        store.directory = d
         return store
 
     def _rows(self, name: str, idx: torch.Tensor) -> torch.Tensor:
