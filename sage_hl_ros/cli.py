@@ -3,6 +3,7 @@
     sage-hl init-model --out models/synthetic [--config config/model.yaml] [--robot ROBOT.yaml] [--synthetic-steps 300]
     sage-hl demo [--workdir runs/x] [--quick] [--robot sim_ur6] [--demos N] [--eval-episodes M] [--set wake.steps=800]
     sage-hl demo --evaluate runs/sim_demo_<date>_<time>/models/round0
+    sage-hl demo --demos 30 --online-cycles 3      # online sleep: sage_sleeper learns while the arm idles
     sage-hl runtime-demo [--duration-s 20] [--quick]
     sage-hl export MODEL_DIR [--precision fp32 fp16 int8] [--calibration-bags BAG ...]
     sage-hl audit MODEL_DIR --bags BAG ... [--dataset-config config/sim_dataset.yaml]
@@ -51,7 +52,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .tools.sim_demo import run_sim_demo
 
     overrides = dict(QUICK) if args.quick else {}
-    for key in ("demos", "eval_episodes", "dagger_rounds"):
+    for key in ("demos", "eval_episodes", "dagger_rounds", "online_cycles", "online_episodes"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.teacher is not None:
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demos", type=int, default=None, help="expert demonstrations to record")
     p.add_argument("--eval-episodes", type=int, default=None, help="held-out evaluation episodes")
     p.add_argument("--dagger-rounds", type=int, default=None, help="DAgger rounds")
+    p.add_argument("--online-cycles", type=int, default=None, metavar="C",
+                   help="online sleep after round 0: C cycles of (the SAGE nodes drive, the expert labels -> idle "
+                        "-> sage_sleeper trains, gates, hot-reloads -> test targets); last line 'online: ...'")
+    p.add_argument("--online-episodes", type=int, default=None, help="on-policy episodes per online cycle")
     p.add_argument("--evaluate", default=None, metavar="MODEL_DIR",
                    help="only evaluate this checkpoint on the held-out targets (expert, nodes, baselines)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -333,6 +333,14 @@ def test_configs_validate_on_construction_and_replace(tmp_path):
     with pytest.raises(ConfigError, match=r"^SimDemoConfig.val_seed: must differ from the seed of DAgger round 2 "
                                           r"\(train_seed \+ 2 = 3\)"):
         SimDemoConfig(train_seed=1, val_seed=3, dagger_rounds=2)
+    # Online cycle k drives on train_seed + k too, and is checked the same way
+    with pytest.raises(ConfigError, match=r"^SimDemoConfig.eval_seed: must differ from the seed of online cycle 3 "
+                                          r"\(train_seed \+ 3 = 1000\)"):
+        SimDemoConfig(train_seed=997, eval_seed=1000, online_cycles=3)
+    with pytest.raises(ConfigError, match=r"^SimDemoConfig.online_cycles: online cycles start from round 0"):
+        SimDemoConfig(online_cycles=2, dagger_rounds=1)
+    with pytest.raises(ConfigError, match=r"^SimDemoConfig.online_train_nice: 0..19, got 25"):
+        SimDemoConfig(online_train_nice=25)
     with pytest.raises(ConfigError, match=r"^ModalityMap.cameras: declare at least one key"):
         ModalityMap()
     # Nested: the file and the dotted key of the nested section.

@@ -587,6 +587,49 @@ class TestEpisodes:
         _stop_all_cleanly(batch["procs"])
 
 
+def test_idle_physics_runs_the_world_on_between_batches(harness, tmp_path):
+    """``idle_physics``: before ~/start and after a batch sim time goes on (the control loop of a
+    robot between tasks keeps ticking) with no episode open; the arm holds its last command."""
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    from sage_hl_ros.ros.convert import joint_state_to_arrays
+
+    procs: dict = {}
+    _start(procs, tmp_path, "bridge", "sage_sim_bridge", {
+        "seed": SEED, "autostart": False, "idle_physics": True, "real_time_factor": 3.0, "episodes": 1,
+        "sim.episode_duration_s": EPISODE_S, "sim.homing_duration_s": HOMING_S, "camera_rate_hz": 10.0})
+    subs = Subscriptions(harness.node)
+    clock = subs.add("clock", Clock, "/clock", _qos(depth=200))
+    js = subs.add("js", JointState, "/joint_states", _qos(depth=200))
+    episode = subs.add("episode", String, "/sage/episode", _qos(depth=100, latched=True))
+    result = subs.add("result", String, "/sim/episode_result", _qos(depth=1000, latched=True))
+    try:
+        wait_for(lambda: clock.count() >= 50, 60.0, interval_s=0.1, what="/clock before ~/start")
+        stamps = [_ns(m.clock) for _, m in clock.snapshot()]
+        assert stamps[-1] > stamps[0], "idle_physics: sim time must run on before ~/start"
+        assert episode.count() == 0 and result.count() == 0, "no episode may open before ~/start"
+        positions = np.array([joint_state_to_arrays(m, JOINTS)[0] for _, m in js.snapshot()])
+        assert np.ptp(positions, axis=0).max() < 1e-3, "the arm must hold still while idle"
+        assert harness.call(Trigger, "/sim_bridge/start").success
+        wait_for(lambda: any(json.loads(m.data).get("done") for _, m in result.snapshot()), 60.0,
+                 interval_s=0.1, what="the batch of one episode")
+        end_sim_ns = int(round(json.loads(result.snapshot()[0][1].data)["sim_time_s"] * 1e9))
+        t0 = time.monotonic()
+        wait_for(lambda: len(clock.since(t0)) >= 30, 30.0, interval_s=0.1, what="/clock after the batch")
+        assert min(_ns(m.clock) for _, m in clock.since(t0)) > end_sim_ns, "sim time must run on after the batch"
+        time.sleep(0.5)
+        assert [m.data for _, m in episode.snapshot()][-1].startswith("end"), "an episode opened after the batch"
+        _alive(procs)
+        _stop_all_cleanly(procs)
+    finally:
+        subs.destroy()
+        for proc in procs.values():
+            stop_process(proc, grace_s=5.0)
+
+
 # =========================================================================== the 6-DoF UR-style arm
 
 UR6_JOINTS = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",

@@ -78,6 +78,11 @@ Parameters (read at start-up unless marked runtime)
                                     each must divide joint_state_rate_hz; audio_rate_hz must divide
                                     sim.audio_sample_rate_hz
     paused_publish_hz (float, 2.0)  wall rate of /clock + /joint_states while paused (time stands still)
+    idle_physics (bool, false)      between batches (before the first ~/start, after a batch) keep the
+                                    world running at ``real_time_factor`` with no episode open: the arm
+                                    holds its last command and every stream flows, as a real arm does
+                                    between tasks (the online-sleep demo measures the control loop
+                                    then); false = physics paused, time stands still
     episode_task (str, "reach")     task name in the start marker
     robot_file (str, "")            robot contract of sim.robot; "" = the package's config/robots/<robot>.yaml
     joint_states_topic, joint_command_topic, tactile_topic, audio_topic   ("" = the contract's)
@@ -168,6 +173,8 @@ class SimBridge(DeclaredParams, Node):
         tactile_hz = float(p("tactile_rate_hz", 100.0, "tactile rate [Hz, sim]").value)
         audio_hz = float(p("audio_rate_hz", 20.0, "audio frames per sim second").value)
         paused_hz = float(p("paused_publish_hz", 2.0, "wall rate of /clock and /joint_states while paused").value)
+        self._idle_physics = bool(p("idle_physics", False, "between batches the world runs on, no episode open "
+                                                           "(false: physics paused)").value)
         self.task = str(p("episode_task", "reach", "task name in the 'start:<task>' marker").value)
         robot = sim_robot(cfg.robot)
         robot_file = str(p("robot_file", "", "robot contract of sim.robot; '' = config/robots/<robot>.yaml").value)
@@ -399,25 +406,27 @@ class SimBridge(DeclaredParams, Node):
                 state = self._state
                 command = self._command if self._command_new else None
                 self._command_new = False
-            if state != RUNNING:  # time stands still; keep publishing it for use_sim_time nodes
+            running = state == RUNNING
+            if not running and not self._idle_physics:  # time stands still; keep publishing it for use_sim_time nodes
                 self._publish_state()
                 self._wake.wait(self._paused_period)
                 self._wake.clear()
                 self._pacing_reset = True
                 continue
             t0 = time.perf_counter()
-            homing = self._homing_step()
+            homing = running and self._homing_step()
             if command is not None and not homing:
                 self.world.set_command(command)
-                self._ep_commands += 1
-                self._ep_max_gap_ns = max(self._ep_max_gap_ns, self._sim_ns - self._ep_last_command_ns)
-                self._ep_last_command_ns = self._sim_ns
+                if running:
+                    self._ep_commands += 1
+                    self._ep_max_gap_ns = max(self._ep_max_gap_ns, self._sim_ns - self._ep_last_command_ns)
+                    self._ep_last_command_ns = self._sim_ns
             self.world.step(self.tick_s)
             self._sim_ns += self._tick_ns
             self._ticks += 1
             self._publish_state()
             self._publish_sensors()
-            if not homing and (self.world.episode_over() or self._end_requested):
+            if running and not homing and (self.world.episode_over() or self._end_requested):
                 self._end_episode()
             self._tick_ms.add((time.perf_counter() - t0) * 1e3)
             # Pacing: sleep to absolute wall deadlines derived from sim time.
@@ -549,7 +558,8 @@ class SimBridge(DeclaredParams, Node):
                 done = {"done": True, "episodes": self._batch_done, "successes": self._batch_successes}
                 self._result_pub.publish(String(data=json.dumps(done)))
                 self._log.info(f"batch done: {self._batch_successes}/{self._batch_done} episodes succeeded; "
-                               "physics paused (call ~/start for another batch)")
+                               + ("idle, physics runs on" if self._idle_physics else "physics paused")
+                               + " (call ~/start for another batch)")
             else:
                 self._begin_episode_locked()
 

@@ -88,6 +88,18 @@ class NodeProcesses:
     def exited(self) -> dict[str, int]:
         return {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
 
+    def stop_one(self, name: str, grace_s: float = 5.0) -> int:
+        """SIGINT one process (a recorder, to close its bag), SIGKILL after ``grace_s``; its exit code."""
+        p = self.procs[name]
+        if p.poll() is None:
+            _signal_group(p, signal.SIGINT)
+            try:
+                p.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(p, signal.SIGKILL)
+                p.wait()
+        return p.returncode
+
     def stop(self, grace_s: float = 5.0) -> dict[str, int]:
         for p in self.procs.values():
             if p.poll() is None:

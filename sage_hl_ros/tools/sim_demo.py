@@ -67,6 +67,17 @@ class SimDemoConfig(SelfValidating):
     # close to the target (sim expert hold_within_m; 0 = its servo law everywhere). See sim/expert.py:
     # measured at 0.03 m, it did not stop a DAgger round from hurting (bench/RESULTS.md), so it is off.
     dagger_label_hold_within_m: float = 0.0
+    # Online sleep (tools/online_demo.py): after round 0, ``online_cycles`` cycles of: the SAGE nodes
+    # drive ``online_episodes`` episodes (training targets train_seed + k) while the expert labels and
+    # the recorder records -> idle (control disabled, the world runs on) -> sage_sleeper trains in its
+    # low-priority process, gates, hot-reloads the nodes -> the test targets. 0 = no online cycles.
+    online_cycles: int = 0
+    online_episodes: int = 40
+    online_idle_settle_s: float = 20.0  # the sleeper's idle_settle_s: also the "sleeper idle" tick window
+    online_train_threads: int = 1  # the sleeper's training process (the other core runs the robot)
+    online_train_nice: int = 10
+    online_max_error_ratio: float = 1.0  # the sleeper's gate (candidate error <= ratio x running error)
+    online_cycle_timeout_s: float = 3600.0  # wall time a sleep cycle may take (training + gate + reload)
     train_seed: int = 1
     eval_seed: int = 1000  # the test targets: unseen in training, never used to choose anything
     val_seed: int = 2000  # the validation targets: round selection (and any tuning) happens here
@@ -102,18 +113,24 @@ class SimDemoConfig(SelfValidating):
         for key in ("demos", "eval_episodes", "val_episodes"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("dagger_rounds", "dagger_episodes"):
+        for key in ("dagger_rounds", "dagger_episodes", "online_cycles", "online_idle_settle_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
         for key in ("record_real_time_factor", "eval_real_time_factor"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key}: must be >= 0 (0 = as fast as possible), got {getattr(self, key)}")
-        for key in ("control_rate_hz", "phase_timeout_s", "train_threads"):
+        for key in ("control_rate_hz", "phase_timeout_s", "train_threads", "online_episodes", "online_train_threads",
+                    "online_max_error_ratio", "online_cycle_timeout_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(self, key)}")
         if not self.dagger_label_hold_within_m >= 0:
             raise ConfigError(f"{where}.dagger_label_hold_within_m: must be >= 0, got "
                               f"{self.dagger_label_hold_within_m}")
+        if self.online_cycles and self.dagger_rounds:
+            raise ConfigError(f"{where}.online_cycles: online cycles start from round 0 and take the DAgger rounds' "
+                              f"training seeds; set dagger_rounds 0 (got {self.dagger_rounds})")
+        if not 0 <= self.online_train_nice <= 19:
+            raise ConfigError(f"{where}.online_train_nice: 0..19, got {self.online_train_nice}")
         if self.expert_noise_rad < 0:
             raise ConfigError(f"{where}.expert_noise_rad: must be >= 0, got {self.expert_noise_rad}")
         if self.val_seed == self.eval_seed:
@@ -122,7 +139,8 @@ class SimDemoConfig(SelfValidating):
         for k, seed in enumerate(self.training_seeds()):
             for key in ("eval_seed", "val_seed"):
                 if seed == getattr(self, key):
-                    what = "the demonstrations" if k == 0 else f"DAgger round {k}"
+                    what = ("the demonstrations" if k == 0 else f"DAgger round {k}" if self.dagger_rounds
+                            else f"online cycle {k}")
                     raise ConfigError(f"{where}.{key}: must differ from the seed of {what} (train_seed + {k} "
                                       f"= {seed}): training targets must not be validation or test targets")
         if self.inference_backend not in INFERENCE_BACKENDS:
@@ -142,8 +160,8 @@ class SimDemoConfig(SelfValidating):
                 raise ConfigError(f"{where}.{key}: must be > 0, got {getattr(self, key)}")
 
     def training_seeds(self) -> list[int]:
-        """The bridge seeds of every training phase: demonstrations, then each DAgger round."""
-        return [self.train_seed + k for k in range(self.dagger_rounds + 1)]
+        """The bridge seeds of every training phase: demonstrations, then each DAgger round or online cycle."""
+        return [self.train_seed + k for k in range(max(self.dagger_rounds, self.online_cycles) + 1)]
 
     def path(self, name: str) -> Path:
         p = Path(name)
@@ -261,8 +279,11 @@ class _Phase:
 
     def __init__(self, demo: SimDemo, name: str, seed: int, episodes: int, rtf: float, *, expert_drives: bool,
                  model_dir: Path | None = None, bag_dir: Path | None = None, groot_labels: bool = False,
-                 label_hold_within_m: float = 0.0):
+                 label_hold_within_m: float = 0.0, idle_physics: bool = False, after_batch=None):
         self.demo, self.name, self.seed, self.episodes, self.rtf = demo, name, seed, episodes, rtf
+        # The bridge's idle_physics (the world runs on after the batch), and what to do then with the
+        # nodes still up (``after_batch(nodes)``: the online-sleep cycle), before they are stopped.
+        self.idle_physics, self.after_batch = idle_physics, after_batch
         self.expert_drives, self.model_dir, self.bag_dir = expert_drives, model_dir, bag_dir
         self.label_hold_within_m = label_hold_within_m  # the expert's hold_within_m while it labels
         self.groot_labels = groot_labels  # sage_groot_teacher labels; the expert's labels go unrecorded
@@ -281,6 +302,7 @@ class _Phase:
         try:
             nodes.start("sim_bridge", node_command(_spec("sim_bridge"), ros_params, {
                 "autostart": False, "episodes": self.episodes, "seed": self.seed, "real_time_factor": self.rtf,
+                "idle_physics": self.idle_physics,
                 "sim_config_file": str(sim_yaml), "sim.robot": cfg.robot, "robot_file": str(demo.robot_file()),
                 **{f"{k}_topic": "" for k in ("rgb", "depth", "camera_info", "audio", "tactile")}, **joint_topics}))
             expert_params = {
@@ -329,6 +351,8 @@ class _Phase:
             self._start(nodes)
             results = self._collect(nodes)
             timing = self._timing() if self.model_dir is not None else {}
+            if self.after_batch is not None:
+                self.after_batch(nodes)
             return results, timing
         finally:
             codes = nodes.stop(grace_s=10.0)
@@ -841,6 +865,16 @@ def run_sim_demo(workdir: Path, config: str | None = None, overrides: dict | Non
         if sleep_overrides:
             cfg = dataclasses.replace(cfg, sleep_overrides=[*cfg.sleep_overrides, *sleep_overrides],
                                       dagger_overrides=[*cfg.dagger_overrides, *sleep_overrides])
+        if cfg.online_cycles and evaluate:
+            raise ConfigError("--evaluate tests one checkpoint; it does not run online cycles (online_cycles 0)")
+        if cfg.online_cycles:
+            from .online_demo import ONLINE_KEYS, TICK_KEYS, OnlineDemo
+
+            summary = OnlineDemo(SimDemo(cfg, workdir)).run()
+            print(f"report: {workdir / 'report.md'}")
+            print("online_ticks: " + " ".join(f"{k}={summary['tick_line'][k]}" for k in TICK_KEYS), flush=True)
+            print("online: " + " ".join(f"{k}={summary['line'][k]}" for k in ONLINE_KEYS), flush=True)
+            return 0
         summary = SimDemo(cfg, workdir).run(Path(evaluate) if evaluate else None)
     except ConfigError as exc:
         print(f"sage-hl demo: error: {exc}", flush=True)
