@@ -56,8 +56,7 @@ def test_quick_online_cycle_promotes_hot_reloads_and_tests_the_new_model(tmp_pat
 
     from sage_hl_ros.cli import main
 
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ["ROS_DOMAIN_ID"] = str(os.getpid() % 90 + 50)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # the domain: conftest's, reserved
     config = tmp_path / "online.yaml"
     config.write_text("sim_demo:\n  online_max_error_ratio: 100.0\n  online_idle_settle_s: 10.0\n")
     workdir = tmp_path / "run"

@@ -341,7 +341,7 @@ def write_online_report(wd: Path, summary: dict, cfg) -> None:
                     f"{'promoted' if c['promoted'] else 'refused'} | {t['success_rate']:.2f}"
                     f"{' (unchanged)' if t.get('unchanged') else ''} | {c['idle_missed']} / {c['idle_ticks']} | "
                     f"{c['training_missed']} / {c['training_ticks']} | {c['training_s']:.0f} |")
-    gates = [f"- cycle {c['cycle']}: {c['gate']}" for c in summary["cycles"]]
+    gates = [f"- {c['gate']}" for c in summary["cycles"]]  # the sleeper's verdict: "cycle N: ..."
     t = summary["ticks"]
     lines = ["# sage_hl_ros online sleep in the sim (MuJoCo stand-in for Isaac Sim)", "",
              f"Weak start: round 0 from {cfg.demos} expert demonstrations. Each cycle: the SAGE nodes drive "
