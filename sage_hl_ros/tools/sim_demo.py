@@ -76,7 +76,9 @@ class SimDemoConfig(SelfValidating):
     online_idle_settle_s: float = 20.0  # the sleeper's idle_settle_s: also the "sleeper idle" tick window
     online_train_threads: int = 1  # the sleeper's training process (the other core runs the robot)
     online_train_nice: int = 10
-    online_max_error_ratio: float = 1.0  # the sleeper's gate (candidate error <= ratio x running error)
+    # The sleeper's gate (candidate error <= ratio x running error, on every held-out set): 1.0 refused
+    # candidates for +3% error on the replayed demos; 1.05 was chosen on validation targets (RESULTS).
+    online_max_error_ratio: float = 1.05
     online_cycle_timeout_s: float = 3600.0  # wall time a sleep cycle may take (training + gate + reload)
     train_seed: int = 1
     eval_seed: int = 1000  # the test targets: unseen in training, never used to choose anything
